@@ -1,0 +1,7 @@
+"""DeepNetPrint: few-shot network behavioural fingerprints of IoT devices.
+
+The runtime: reads captures through tshark, encodes packets with onnxruntime (never torch),
+enrolls fingerprints and scans captures. Training lives in `export/`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,183 @@
+"""Reading packets out of capture files through one tshark process.
+
+Every packet the tool looks at comes from here: one streaming `tshark -T fields` run per
+capture (or per set of captures merged with `mergecap`), never the whole capture in memory.
+
+Stateful analyses that depend on what else is in the file (TCP sequence analysis, ARP
+duplicate-address detection) are switched off, so that a packet's Info text is the same whether
+its capture is read alone or merged with others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# The order of the fields tshark prints; Info goes last so a stray tab inside it stays in it.
+FIELDS = (
+    "frame.interface_id",
+    "frame.number",
+    "frame.time_epoch",
+    "eth.src",
+    "eth.dst",
+    "ip.src",
+    "ip.dst",
+    "ipv6.src",
+    "ipv6.dst",
+    "frame.len",
+    "_ws.col.Protocol",
+    "_ws.col.Info",
+)
+
+# Dissector state that would make a packet's text depend on its neighbours in the file.
+TSHARK_PREFS = (
+    "tcp.analyze_sequence_numbers:FALSE",
+    "arp.detect_duplicate_ips:FALSE",
+)
+
+
+class CaptureError(Exception):
+    """A capture could not be read: the message is one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One packet as the tool sees it: addresses, length and Wireshark's summary columns."""
+
+    frame: int
+    time: float
+    eth_src: str
+    eth_dst: str
+    ip_src: str
+    ip_dst: str
+    length: int
+    protocol: str
+    info: str
+    source: int = 0  # index of the input file, when several were read in one tshark run
+
+
+def tshark_path() -> str:
+    """The tshark executable, or a CaptureError saying how to install it."""
+    path = os.environ.get("DNP_TSHARK") or shutil.which("tshark")
+    if not path:
+        raise CaptureError("tshark not found: install it (apt-get install -y tshark) or set DNP_TSHARK")
+    return path
+
+
+def _parse_line(line: str) -> Packet:
+    parts = line.rstrip("\n").split("\t", len(FIELDS) - 1)
+    if len(parts) < len(FIELDS):
+        parts += [""] * (len(FIELDS) - len(parts))
+    iface, frame, when, esrc, edst, ip4s, ip4d, ip6s, ip6d, length, proto, info = parts
+    return Packet(
+        frame=int(frame),
+        time=float(when or 0.0),
+        eth_src=esrc.lower(),
+        eth_dst=edst.lower(),
+        ip_src=ip4s or ip6s,
+        ip_dst=ip4d or ip6d,
+        length=int(length or 0),
+        protocol=proto,
+        info=info,
+        source=int(iface or 0),
+    )
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise CaptureError(f"{path}: no such file")
+    if not path.is_file():
+        raise CaptureError(f"{path}: not a file")
+    if not os.access(path, os.R_OK):
+        raise CaptureError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise CaptureError(f"{path}: empty file, not a capture")
+
+
+def _first_error_line(stderr: str) -> str:
+    for line in stderr.splitlines():
+        line = line.strip()
+        if line and not line.startswith("Running as user"):
+            return line
+    return "tshark failed"
+
+
+def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> Iterator[Packet]:
+    """Stream the packets of one capture (pcap or pcapng), optionally through a display filter.
+
+    >>> for p in read_packets("cam.pcap", "eth.src == b0:c5:54:25:5b:0e"):
+    ...     print(p.frame, p.protocol, p.info)
+    """
+    path = Path(path)
+    _check_readable(path)
+    cmd = [tshark_path(), "-n", "-r", str(path), "-T", "fields", "-E", "separator=/t",
+           "-E", "occurrence=f", "-E", "quote=n"]
+    for pref in TSHARK_PREFS:
+        cmd += ["-o", pref]
+    for field in FIELDS:
+        cmd += ["-e", field]
+    if display_filter:
+        cmd += ["-Y", display_filter]
+    with tempfile.TemporaryFile() as err:
+        # stderr goes to a file, not a pipe: a chatty tshark must never block on a full pipe.
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                                text=True, encoding="utf-8", errors="replace", bufsize=1 << 16)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                yield _parse_line(line)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    # tshark exits 2 on a capture cut short after printing what it could read; a cut capture is
+    # bad input all the same, so the caller hears about it instead of silently scoring part of it.
+    if proc.returncode != 0:
+        msg = _first_error_line(stderr)
+        if "display filter" in stderr.lower() or "isn't a valid" in stderr:
+            raise CaptureError(f"invalid display filter {display_filter!r}: {msg}")
+        raise CaptureError(f"{path}: {msg}")
+
+
+def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = None) -> Iterator[Packet]:
+    """Stream the packets of several captures through one tshark run.
+
+    The files are concatenated (not interleaved by time) with `mergecap -a -I none`, which
+    keeps one interface per input file, so `Packet.source` says which file a packet came from
+    and `Packet.frame` counts from 1 within that file.
+    """
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        _check_readable(p)
+    if len(paths) == 1:
+        yield from read_packets(paths[0], display_filter)
+        return
+    mergecap = shutil.which("mergecap")
+    if not mergecap:
+        raise CaptureError("mergecap not found: install tshark's tools (apt-get install -y tshark)")
+    with tempfile.TemporaryDirectory(prefix="dnp-") as tmp:
+        merged = Path(tmp) / "merged.pcapng"
+        done = subprocess.run([mergecap, "-a", "-I", "none", "-F", "pcapng", "-w", str(merged),
+                               *map(str, paths)], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise CaptureError(f"mergecap: {_first_error_line(done.stderr)}")
+        offsets: dict[int, int] = {}
+        last_frame = 0
+        for packet in read_packets(merged, display_filter):
+            # Interface ids stand for input files only while every input had one interface;
+            # a file whose id repeats or jumps would be misattributed, so refuse instead.
+            if packet.source >= len(paths):
+                raise CaptureError("an input capture has several interfaces; read it on its own")
+            first = offsets.setdefault(packet.source, last_frame)
+            last_frame = packet.frame
+            yield Packet(packet.frame - first, packet.time, packet.eth_src, packet.eth_dst,
+                         packet.ip_src, packet.ip_dst, packet.length, packet.protocol,
+                         packet.info, packet.source)

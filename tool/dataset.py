@@ -1,0 +1,193 @@
+"""The IoT Sentinel data set as the dnp-23 protocol sees it (../shared/EVALUATION.md).
+
+A data folder holds one folder per device type, each with its captures and `_iotdevice-mac.txt`.
+This module knows the split (seen / unseen devices, development / test halves), the capture
+order, and how to read every device's own packets with as few tshark starts as possible: the
+extraction of each capture is cached under its sha256, and the captures not yet cached are read
+in one tshark run over their concatenation.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tool.capture import FIELDS, TSHARK_PREFS, CaptureError, Packet, read_many, tshark_path
+
+SEEN = (
+    "Aria", "D-LinkCam", "D-LinkDoorSensor", "D-LinkSiren", "D-LinkWaterSensor", "EdimaxPlug1101W",
+    "EdnetGateway", "HueBridge", "Lightify", "SmarterCoffee", "TP-LinkPlugHS100", "WeMoLink",
+)
+UNSEEN = (
+    "D-LinkDayCam", "D-LinkHomeHub", "D-LinkSensor", "D-LinkSwitch", "EdimaxPlug2101W",
+    "HomeMaticPlug", "HueSwitch", "iKettle2", "MAXGateway", "TP-LinkPlugHS110", "Withings",
+)
+BRANDS = {
+    "Aria": "Fitbit", "EdnetGateway": "Ednet", "HomeMaticPlug": "eQ-3", "MAXGateway": "eQ-3",
+    "HueBridge": "Philips Hue", "HueSwitch": "Philips Hue", "iKettle2": "Smarter",
+    "SmarterCoffee": "Smarter", "Lightify": "Osram", "WeMoLink": "Belkin", "Withings": "Withings",
+}
+BRAND_PREFIXES = {"D-Link": "D-Link", "EdimaxPlug": "Edimax", "TP-Link": "TP-Link"}
+
+DEV_CAPTURES = 10  # captures 1-10 of each device are the development half, 11-20 the test half
+ENROLL_PACKETS = 20
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "iot-sentinel"
+
+_CAPTURE_RE = re.compile(r"Setup-([A-Za-z]+)-(\d+)-")
+
+
+def brand(device: str) -> str:
+    """The vendor of a device type, as EVALUATION.md's brand_top1 counts it."""
+    if device in BRANDS:
+        return BRANDS[device]
+    for prefix, name in BRAND_PREFIXES.items():
+        if device.startswith(prefix):
+            return name
+    return device
+
+
+def capture_order(path: Path) -> tuple[str, int, str]:
+    """Sort key: setup person, then sequence number as an integer (A-1, A-2, ..., A-10, B-1)."""
+    m = _CAPTURE_RE.search(path.name)
+    if not m:
+        return ("~", 0, path.name)
+    return (m.group(1), int(m.group(2)), path.name)
+
+
+@dataclass
+class Device:
+    """One device type: its MAC, its captures in protocol order, and its side of the split."""
+
+    name: str
+    mac: str
+    captures: list[Path]
+    split: str  # "seen" or "unseen"
+
+    @property
+    def dev_captures(self) -> list[Path]:
+        return self.captures[:DEV_CAPTURES]
+
+    @property
+    def test_captures(self) -> list[Path]:
+        return self.captures[DEV_CAPTURES:]
+
+
+def default_data_dir() -> Path:
+    """The data folder: $DNP_DATA, else ../shared/data/iot-sentinel beside the checkout."""
+    env = os.environ.get("DNP_DATA")
+    return Path(env) if env else DEFAULT_DATA
+
+
+def load_devices(root: str | os.PathLike | None = None) -> list[Device]:
+    """Every device folder under `root`, sorted by name; devices outside SEEN count as unseen."""
+    root = Path(root) if root else default_data_dir()
+    if not root.is_dir():
+        raise CaptureError(f"{root}: no such data folder")
+    devices = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        mac_file = folder / "_iotdevice-mac.txt"
+        if not mac_file.exists():
+            continue
+        captures = sorted((p for p in folder.iterdir() if p.suffix in (".pcap", ".pcapng")),
+                          key=capture_order)
+        mac = mac_file.read_text().strip().lower()
+        devices.append(Device(folder.name, mac, captures, "seen" if folder.name in SEEN else "unseen"))
+    if not devices:
+        raise CaptureError(f"{root}: no device folders with _iotdevice-mac.txt")
+    return devices
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("DNP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deepnetprint")
+    return Path(base) / "extract"
+
+
+def _extraction_version() -> str:
+    # The cache must not outlive a change of tshark or of what is extracted.
+    out = subprocess.run([tshark_path(), "--version"], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL).stdout.splitlines()
+    version = out[0] if out else "unknown"
+    return hashlib.sha256("|".join([version, *FIELDS, *TSHARK_PREFS]).encode()).hexdigest()[:16]
+
+
+def _write_cache(path: Path, packets: Iterable[Packet]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        for p in packets:
+            w.writerow([p.frame, repr(p.time), p.eth_src, p.eth_dst, p.ip_src, p.ip_dst, p.length,
+                        p.protocol, p.info])
+    os.replace(tmp, path)
+
+
+def _read_cache(path: Path) -> list[Packet]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [Packet(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8])
+                for r in csv.reader(f, delimiter="\t")]
+
+
+def read_captures(paths: Sequence[Path], use_cache: bool = True) -> dict[Path, list[Packet]]:
+    """All packets of each capture, from the cache where it has them, else one tshark run."""
+    paths = list(dict.fromkeys(Path(p) for p in paths))
+    result: dict[Path, list[Packet]] = {}
+    missing: list[tuple[Path, Path]] = []
+    cache = _cache_dir() / _extraction_version()
+    if use_cache:
+        cache.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        entry = cache / f"{sha256_file(path)}.tsv"
+        if use_cache and entry.exists():
+            result[path] = _read_cache(entry)
+        else:
+            missing.append((path, entry))
+    if missing:
+        fresh: dict[int, list[Packet]] = {i: [] for i in range(len(missing))}
+        for packet in read_many([p for p, _ in missing]):
+            fresh[packet.source].append(packet)
+        for i, (path, entry) in enumerate(missing):
+            result[path] = fresh[i]
+            if use_cache:
+                _write_cache(entry, fresh[i])
+    return {p: result[p] for p in paths}
+
+
+@dataclass
+class DevicePackets:
+    """A device's own packets (eth.src is its MAC), per capture, in protocol order."""
+
+    device: Device
+    per_capture: list[list[Packet]] = field(default_factory=list)
+
+    def enrollment(self, count: int = ENROLL_PACKETS) -> list[Packet]:
+        """The first `count` packets of capture 1, continuing into capture 2, ... if short."""
+        out: list[Packet] = []
+        for packets in self.per_capture:
+            out.extend(packets[: count - len(out)])
+            if len(out) >= count:
+                break
+        return out
+
+
+def device_packets(devices: Sequence[Device], use_cache: bool = True) -> dict[str, DevicePackets]:
+    """Each device's own packets in each of its captures, read in one go."""
+    all_paths = [c for d in devices for c in d.captures]
+    packets = read_captures(all_paths, use_cache=use_cache)
+    return {
+        d.name: DevicePackets(d, [[p for p in packets[c] if p.eth_src == d.mac] for c in d.captures])
+        for d in devices
+    }

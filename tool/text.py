@@ -1,0 +1,120 @@
+"""The packet text the model reads: Wireshark's Protocol and Info columns, with addresses masked.
+
+Addresses are not behaviour: a model that reads IP or MAC addresses, DHCP transaction ids, TCP
+sequence numbers or ephemeral ports learns the network it was trained on, not the device. This
+module is the one place that decides what the model may see; training (`export/`) and the
+runtime (`tool/`) both call `packet_text`, so the two cannot drift apart.
+
+What is kept is behaviour: protocol names, message types, well-known ports, HTTP paths, DNS and
+mDNS names (model numbers included), multicast groups a device joins, payload lengths.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+# Placeholders are upper-case words the Info column never prints on its own.
+IP4 = "IPV4"
+IP6 = "IPV6"
+MAC = "MACADDR"
+HEXID = "0xID"
+NUM = "N"
+PORT = "EPORT"
+UNIT = "UNITID"
+
+_MAC_RE = re.compile(r"\b[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}\b")
+_IP6_ARPA_RE = re.compile(r"\b(?:[0-9A-Fa-f]\.){32}ip6\.arpa\b", re.IGNORECASE)
+_IP4_ARPA_RE = re.compile(r"\b(?:\d{1,3}\.){4}in-addr\.arpa\b", re.IGNORECASE)
+# Candidate IPv6 addresses: hex groups and at least two colons; validated before masking.
+_IP6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?(?![\w:])")
+_IP4_RE = re.compile(r"(?<![\w.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\w]|\.\d)")
+_HEX_RE = re.compile(r"\b0x[0-9A-Fa-f]{3,}\b")
+# TCP counters that restart at random values on every connection.
+_COUNTER_RE = re.compile(r"\b(Seq|Ack|Win|TSval|TSecr|SLE|SRE)=\d+")
+_PORTS_RE = re.compile(r"\b(\d{1,5}) (→|->) (\d{1,5})\b")
+# A trailing run of hex digits on a host-name label, as in dcs-935l5b0e or Lightify-017b5f6b:
+# units derive these from their MAC or serial, so they tell one unit from another, not a type.
+_UNIT_RE = re.compile(r"(?<=[A-Za-z0-9-])([0-9A-Fa-f]{4,})(?=$|[.\s,\"'_)])")
+_REPEAT_RE = re.compile(r"(?P<item>[^,]+)(?:, (?P=item)){2,}")
+
+EPHEMERAL_MIN = 32768  # Linux's lowest ephemeral port; IANA's range starts at 49152
+
+
+def _is_unit_id(run: str) -> bool:
+    # Model numbers (DCH-S150, HS110) are short or all digits; unit ids mix letters and digits.
+    has_digit = any(c.isdigit() for c in run)
+    has_letter = any(c.isalpha() for c in run)
+    return (has_digit and has_letter) or len(run) >= 8
+
+
+def _mask_ip4(match: re.Match[str]) -> str:
+    octets = [int(g) for g in match.groups()]
+    if any(o > 255 for o in octets):
+        return match.group(0)
+    # Multicast groups and the all-zero / broadcast addresses name a protocol, not a host.
+    if 224 <= octets[0] <= 239 or match.group(0) in ("0.0.0.0", "255.255.255.255"):
+        return match.group(0)
+    return IP4
+
+
+def _mask_ip6(match: re.Match[str]) -> str:
+    text = match.group(0)
+    try:
+        addr = ipaddress.IPv6Address(text.split("%")[0])
+    except ValueError:
+        return text
+    return text if addr.is_multicast else IP6
+
+
+def _mask_ports(match: re.Match[str]) -> str:
+    src, arrow, dst = int(match.group(1)), match.group(2), int(match.group(3))
+
+    # The client side of a flow is the higher port; any port in the ephemeral range is a client's.
+    def masked(port: int, other: int) -> str:
+        if port >= EPHEMERAL_MIN or (port >= 1024 and port > other):
+            return PORT
+        return str(port)
+
+    return f"{masked(src, dst)} {arrow} {masked(dst, src)}"
+
+
+def _mask_unit(match: re.Match[str]) -> str:
+    run = match.group(1)
+    return UNIT if _is_unit_id(run) else run
+
+
+def _collapse_repeats(match: re.Match[str]) -> str:
+    item = match.group("item")
+    count = match.group(0).count(", " + item.strip()) + 1
+    return f"{item} (x{count})"
+
+
+def mask_info(info: str) -> str:
+    """Mask addresses, ids and per-connection counters in an Info text; keep the behaviour.
+
+    >>> mask_info("Who has 10.10.10.1? Tell 10.10.10.37")
+    'Who has IPV4? Tell IPV4'
+    >>> mask_info("49158 → 80 Len=210")
+    'EPORT → 80 Len=210'
+    """
+    text = _MAC_RE.sub(MAC, info)
+    text = _IP6_ARPA_RE.sub(f"{IP6}.ip6.arpa", text)
+    text = _IP4_ARPA_RE.sub(f"{IP4}.in-addr.arpa", text)
+    text = _IP6_RE.sub(_mask_ip6, text)
+    text = _IP4_RE.sub(_mask_ip4, text)
+    text = _HEX_RE.sub(HEXID, text)
+    text = _COUNTER_RE.sub(lambda m: f"{m.group(1)}={NUM}", text)
+    text = _PORTS_RE.sub(_mask_ports, text)
+    text = _UNIT_RE.sub(_mask_unit, text)
+    text = _REPEAT_RE.sub(_collapse_repeats, text)
+    return " ".join(text.split())
+
+
+def packet_text(protocol: str, info: str) -> str:
+    """The text the model reads for one packet: its protocol, a tab, its masked Info.
+
+    >>> packet_text("DHCP", "DHCP Discover - Transaction ID 0x391675c3")
+    'DHCP\\tDHCP Discover - Transaction ID 0xID'
+    """
+    return f"{protocol.strip()}\t{mask_info(info)}"

@@ -115,8 +115,20 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
     """
     path = Path(path)
     _check_readable(path)
-    cmd = [tshark_path(), "-n", "-r", str(path), "-T", "fields", "-E", "separator=/t",
-           "-E", "occurrence=f", "-E", "quote=n"]
+    cmd = [
+        tshark_path(),
+        "-n",
+        "-r",
+        str(path),
+        "-T",
+        "fields",
+        "-E",
+        "separator=/t",
+        "-E",
+        "occurrence=f",
+        "-E",
+        "quote=n",
+    ]
     for pref in TSHARK_PREFS:
         cmd += ["-o", pref]
     for field in FIELDS:
@@ -125,8 +137,16 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
         cmd += ["-Y", display_filter]
     with tempfile.TemporaryFile() as err:
         # stderr goes to a file, not a pipe: a chatty tshark must never block on a full pipe.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-                                text=True, encoding="utf-8", errors="replace", bufsize=1 << 16)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            bufsize=1 << 16,
+        )
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -164,9 +184,12 @@ def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = N
         raise CaptureError("mergecap not found: install tshark's tools (apt-get install -y tshark)")
     with tempfile.TemporaryDirectory(prefix="dnp-") as tmp:
         merged = Path(tmp) / "merged.pcapng"
-        done = subprocess.run([mergecap, "-a", "-I", "none", "-F", "pcapng", "-w", str(merged),
-                               *map(str, paths)], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [mergecap, "-a", "-I", "none", "-F", "pcapng", "-w", str(merged), *map(str, paths)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if done.returncode != 0:
             raise CaptureError(f"mergecap: {_first_error_line(done.stderr)}")
         offsets: dict[int, int] = {}
@@ -178,6 +201,15 @@ def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = N
                 raise CaptureError("an input capture has several interfaces; read it on its own")
             first = offsets.setdefault(packet.source, last_frame)
             last_frame = packet.frame
-            yield Packet(packet.frame - first, packet.time, packet.eth_src, packet.eth_dst,
-                         packet.ip_src, packet.ip_dst, packet.length, packet.protocol,
-                         packet.info, packet.source)
+            yield Packet(
+                packet.frame - first,
+                packet.time,
+                packet.eth_src,
+                packet.eth_dst,
+                packet.ip_src,
+                packet.ip_dst,
+                packet.length,
+                packet.protocol,
+                packet.info,
+                packet.source,
+            )

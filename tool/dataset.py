@@ -21,17 +21,44 @@ from pathlib import Path
 from tool.capture import FIELDS, TSHARK_PREFS, CaptureError, Packet, read_many, tshark_path
 
 SEEN = (
-    "Aria", "D-LinkCam", "D-LinkDoorSensor", "D-LinkSiren", "D-LinkWaterSensor", "EdimaxPlug1101W",
-    "EdnetGateway", "HueBridge", "Lightify", "SmarterCoffee", "TP-LinkPlugHS100", "WeMoLink",
+    "Aria",
+    "D-LinkCam",
+    "D-LinkDoorSensor",
+    "D-LinkSiren",
+    "D-LinkWaterSensor",
+    "EdimaxPlug1101W",
+    "EdnetGateway",
+    "HueBridge",
+    "Lightify",
+    "SmarterCoffee",
+    "TP-LinkPlugHS100",
+    "WeMoLink",
 )
 UNSEEN = (
-    "D-LinkDayCam", "D-LinkHomeHub", "D-LinkSensor", "D-LinkSwitch", "EdimaxPlug2101W",
-    "HomeMaticPlug", "HueSwitch", "iKettle2", "MAXGateway", "TP-LinkPlugHS110", "Withings",
+    "D-LinkDayCam",
+    "D-LinkHomeHub",
+    "D-LinkSensor",
+    "D-LinkSwitch",
+    "EdimaxPlug2101W",
+    "HomeMaticPlug",
+    "HueSwitch",
+    "iKettle2",
+    "MAXGateway",
+    "TP-LinkPlugHS110",
+    "Withings",
 )
 BRANDS = {
-    "Aria": "Fitbit", "EdnetGateway": "Ednet", "HomeMaticPlug": "eQ-3", "MAXGateway": "eQ-3",
-    "HueBridge": "Philips Hue", "HueSwitch": "Philips Hue", "iKettle2": "Smarter",
-    "SmarterCoffee": "Smarter", "Lightify": "Osram", "WeMoLink": "Belkin", "Withings": "Withings",
+    "Aria": "Fitbit",
+    "EdnetGateway": "Ednet",
+    "HomeMaticPlug": "eQ-3",
+    "MAXGateway": "eQ-3",
+    "HueBridge": "Philips Hue",
+    "HueSwitch": "Philips Hue",
+    "iKettle2": "Smarter",
+    "SmarterCoffee": "Smarter",
+    "Lightify": "Osram",
+    "WeMoLink": "Belkin",
+    "Withings": "Withings",
 }
 BRAND_PREFIXES = {"D-Link": "D-Link", "EdimaxPlug": "Edimax", "TP-Link": "TP-Link"}
 
@@ -94,8 +121,9 @@ def load_devices(root: str | os.PathLike | None = None) -> list[Device]:
         mac_file = folder / "_iotdevice-mac.txt"
         if not mac_file.exists():
             continue
-        captures = sorted((p for p in folder.iterdir() if p.suffix in (".pcap", ".pcapng")),
-                          key=capture_order)
+        captures = sorted(
+            (p for p in folder.iterdir() if p.suffix in (".pcap", ".pcapng")), key=capture_order
+        )
         mac = mac_file.read_text().strip().lower()
         devices.append(Device(folder.name, mac, captures, "seen" if folder.name in SEEN else "unseen"))
     if not devices:
@@ -113,14 +141,16 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def _cache_dir() -> Path:
     base = os.environ.get("DNP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deepnetprint")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deepnetprint"
+    )
     return Path(base) / "extract"
 
 
 def _extraction_version() -> str:
     # The cache must not outlive a change of tshark or of what is extracted.
-    out = subprocess.run([tshark_path(), "--version"], capture_output=True, text=True,
-                         stdin=subprocess.DEVNULL).stdout.splitlines()
+    out = subprocess.run(
+        [tshark_path(), "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    ).stdout.splitlines()
     version = out[0] if out else "unknown"
     return hashlib.sha256("|".join([version, *FIELDS, *TSHARK_PREFS]).encode()).hexdigest()[:16]
 
@@ -130,15 +160,28 @@ def _write_cache(path: Path, packets: Iterable[Packet]) -> None:
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         for p in packets:
-            w.writerow([p.frame, repr(p.time), p.eth_src, p.eth_dst, p.ip_src, p.ip_dst, p.length,
-                        p.protocol, p.info])
+            w.writerow(
+                [
+                    p.frame,
+                    repr(p.time),
+                    p.eth_src,
+                    p.eth_dst,
+                    p.ip_src,
+                    p.ip_dst,
+                    p.length,
+                    p.protocol,
+                    p.info,
+                ]
+            )
     os.replace(tmp, path)
 
 
 def _read_cache(path: Path) -> list[Packet]:
     with open(path, newline="", encoding="utf-8") as f:
-        return [Packet(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8])
-                for r in csv.reader(f, delimiter="\t")]
+        return [
+            Packet(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8])
+            for r in csv.reader(f, delimiter="\t")
+        ]
 
 
 def read_captures(paths: Sequence[Path], use_cache: bool = True) -> dict[Path, list[Packet]]:

@@ -1,0 +1,58 @@
+"""dnp-enroll: learn a device's fingerprint from a few of its packets."""
+
+from __future__ import annotations
+
+import click
+
+from tool.cli.common import run
+
+EXAMPLE = """
+Example:
+
+  dnp-enroll cam.pcap --mac b0:c5:54:25:5b:0e --name cam -o cam.fp
+"""
+
+
+@click.command(epilog=EXAMPLE)
+@click.argument("capture", type=click.Path(exists=True, dir_okay=False))
+@click.option("--mac", help="The device's MAC address: its packets are those it sent.")
+@click.option("--filter", "display_filter", metavar="FILTER", help="A Wireshark display filter instead.")
+@click.option("--count", default=20, show_default=True, help="How many packets to learn from (at least 5).")
+@click.option("--name", help="The fingerprint's name.  [default: the capture's name]")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .fp file to write.")
+@click.option(
+    "--models", type=click.Path(exists=True, file_okay=False), help="Model folder (default: shipped)."
+)
+@click.option("--quiet", is_flag=True, help="Print nothing on success.")
+def command(
+    capture: str,
+    mac: str | None,
+    display_filter: str | None,
+    count: int,
+    name: str | None,
+    output: str,
+    models: str | None,
+    quiet: bool,
+) -> None:
+    """Learn the fingerprint of the device selected in CAPTURE and write it as a JSON file.
+
+    Takes the device's first --count packets in capture order. Exit status: 0 on success,
+    2 on error (fewer packets than --count, a bad capture, a bad MAC or filter).
+    """
+    from rich.console import Console
+
+    from tool.fingerprint import enroll
+    from tool.model import Model
+    from tool.report import print_fingerprint
+
+    if (mac is None) == (display_filter is None):
+        raise click.UsageError("give exactly one of --mac or --filter")
+    fingerprint = enroll(
+        capture, mac=mac, display_filter=display_filter, count=count, name=name, model=Model.load(models)
+    )
+    fingerprint.save(output)
+    if not quiet:
+        print_fingerprint(Console(), fingerprint, output)
+
+
+main = run(command, "dnp-enroll")

@@ -1,0 +1,304 @@
+"""Fingerprints: a device's behaviour learnt from a few of its packets, stored as validated JSON.
+
+A fingerprint is something an investigator receives from someone else, so it is plain JSON (never
+pickle) and everything in it is checked on load: its schema and version, its digest (any edited
+value is refused), the model it was made with (a fingerprint of another model means nothing to
+this one), and its prototype, which must be what this model computes from the support packets
+the file lists.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tool import __version__
+from tool.capture import Packet
+from tool.text import packet_text
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tool.model import Model
+
+FORMAT = "deepnetprint-fingerprint"
+VERSION = 1
+MIN_SUPPORT = 5
+MAX_FILE_BYTES = 4 << 20  # a fingerprint is a few KB; refuse to parse anything huge
+PROTOTYPE_TOLERANCE = 1e-4
+
+
+class FingerprintError(Exception):
+    """A fingerprint file is unreadable, damaged, or made for another model: one line for the user."""
+
+
+@dataclass(frozen=True)
+class SupportPacket:
+    """One packet the fingerprint was learnt from, as the model read it."""
+
+    frame: int
+    text: str
+    length: int
+
+
+@dataclass
+class Fingerprint:
+    """A device's fingerprint: the Target prototype and what it was made from."""
+
+    name: str
+    prototype: list[float]
+    support: list[SupportPacket]
+    encoder_sha256: str
+    head_sha256: str
+    source: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    tool_version: str = __version__
+
+    @classmethod
+    def from_packets(
+        cls,
+        model: Model,
+        packets: Sequence[Packet],
+        name: str,
+        source: dict[str, Any] | None = None,
+    ) -> Fingerprint:
+        """Learn a fingerprint from a device's packets, in capture order (the first 20 by default)."""
+        if len(packets) < MIN_SUPPORT:
+            raise FingerprintError(f"a fingerprint needs at least {MIN_SUPPORT} packets, got {len(packets)}")
+        support = [SupportPacket(p.frame, packet_text(p.protocol, p.info), p.length) for p in packets]
+        prototype = _prototype(model, support)
+        return cls(
+            name=name,
+            prototype=[float(x) for x in prototype],
+            support=support,
+            encoder_sha256=model.encoder_sha256,
+            head_sha256=model.head_sha256,
+            source=dict(source or {}),
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON object, without its digest."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "created": self.created,
+            "tool_version": self.tool_version,
+            "model": {"encoder_sha256": self.encoder_sha256, "head_sha256": self.head_sha256},
+            "source": self.source,
+            "support": [{"frame": s.frame, "text": s.text, "length": s.length} for s in self.support],
+            "prototype": self.prototype,
+        }
+
+    def to_json(self) -> str:
+        data = self.payload()
+        data["digest"] = _digest(data)
+        return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fingerprint atomically: a reader never sees half a file."""
+        write_atomic(Path(path), self.to_json())
+
+    def check_model(self, model: Model) -> None:
+        """Refuse a fingerprint made with another model, or whose prototype the model disowns."""
+        if self.encoder_sha256 != model.encoder_sha256 or self.head_sha256 != model.head_sha256:
+            raise FingerprintError(
+                f"fingerprint {self.name!r} was made with encoder {self.encoder_sha256[:12]} / head "
+                f"{self.head_sha256[:12]}, the installed model is encoder {model.encoder_sha256[:12]} / head "
+                f"{model.head_sha256[:12]}: enroll it again with this model"
+            )
+        if len(self.prototype) != model.embedding_dim:
+            raise FingerprintError(
+                f"fingerprint {self.name!r} has a prototype of {len(self.prototype)} values, "
+                f"the model needs {model.embedding_dim}"
+            )
+        import numpy as np
+
+        expected = _prototype(model, self.support)
+        if not np.allclose(expected, np.asarray(self.prototype), atol=PROTOTYPE_TOLERANCE, rtol=0):
+            raise FingerprintError(
+                f"fingerprint {self.name!r}: its prototype is not what its support packets give; "
+                "the file was altered"
+            )
+
+
+def _prototype(model: Model, support: Sequence[SupportPacket]) -> np.ndarray:
+    embedded = model.embed([s.text for s in support], [s.length for s in support])
+    return model.prototype(embedded)
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to path through a temporary file in the same folder and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise FingerprintError(what)
+
+
+def _is_hex64(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def parse(text: str, origin: str = "fingerprint") -> Fingerprint:
+    """Validate a fingerprint's JSON text and build it; any defect is a one-line FingerprintError."""
+    try:
+        data = json.loads(text, parse_constant=lambda c: math.nan)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise FingerprintError(f"{origin}: not a fingerprint (invalid JSON: {e.msg})") from None
+    _require(isinstance(data, dict), f"{origin}: not a fingerprint (a JSON object is expected)")
+    _require(data.get("format") == FORMAT, f"{origin}: not a fingerprint (format is not {FORMAT!r})")
+    _require(
+        data.get("version") == VERSION,
+        f"{origin}: fingerprint version {data.get('version')!r} is not supported (this tool reads {VERSION})",
+    )
+    digest = data.pop("digest", None)
+    _require(isinstance(digest, str), f"{origin}: damaged fingerprint (no digest)")
+    _require(
+        digest == _digest(data), f"{origin}: damaged fingerprint (its digest does not match its content)"
+    )
+
+    name, model, support, prototype = (data.get(k) for k in ("name", "model", "support", "prototype"))
+    _require(isinstance(name, str) and 0 < len(name) <= 200, f"{origin}: damaged fingerprint (bad name)")
+    _require(
+        isinstance(model, dict)
+        and _is_hex64(model.get("encoder_sha256"))
+        and _is_hex64(model.get("head_sha256")),
+        f"{origin}: damaged fingerprint (bad model hashes)",
+    )
+    _require(
+        isinstance(support, list) and len(support) >= MIN_SUPPORT,
+        f"{origin}: damaged fingerprint (needs at least {MIN_SUPPORT} support packets)",
+    )
+    packets = []
+    for s in support:
+        ok = (
+            isinstance(s, dict)
+            and isinstance(s.get("text"), str)
+            and type(s.get("frame")) is int
+            and type(s.get("length")) is int
+            and s["length"] >= 0
+        )
+        _require(ok, f"{origin}: damaged fingerprint (bad support packet)")
+        packets.append(SupportPacket(s["frame"], s["text"], s["length"]))
+    _require(
+        isinstance(prototype, list)
+        and len(prototype) > 0
+        and all(type(x) in (int, float) and math.isfinite(x) for x in prototype),
+        f"{origin}: damaged fingerprint (the prototype must be a list of finite numbers)",
+    )
+    source = data.get("source", {})
+    _require(isinstance(source, dict), f"{origin}: damaged fingerprint (bad source)")
+    return Fingerprint(
+        name=name,
+        prototype=[float(x) for x in prototype],
+        support=packets,
+        encoder_sha256=model["encoder_sha256"],
+        head_sha256=model["head_sha256"],
+        source=source,
+        created=str(data.get("created", "")),
+        tool_version=str(data.get("tool_version", "")),
+    )
+
+
+def load(path: str | os.PathLike, model: Model | None = None) -> Fingerprint:
+    """Read and validate a fingerprint file; with a model, also check it belongs to that model."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise FingerprintError(f"{path}: not a fingerprint (larger than {MAX_FILE_BYTES >> 20} MB)")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise FingerprintError(f"{path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FingerprintError(f"{path}: not a fingerprint (not UTF-8 text)") from None
+    fingerprint = parse(text, str(path))
+    if model is not None:
+        try:
+            fingerprint.check_model(model)
+        except FingerprintError as e:
+            raise FingerprintError(f"{path}: {e}") from None
+    return fingerprint
+
+
+def enroll(
+    capture: str | os.PathLike,
+    *,
+    mac: str | None = None,
+    display_filter: str | None = None,
+    count: int = 20,
+    name: str | None = None,
+    model: Model | None = None,
+) -> Fingerprint:
+    """Learn a device's fingerprint from its first `count` packets in a capture.
+
+    The device is picked by its MAC (the packets it sent) or by any Wireshark display filter.
+
+    >>> fp = enroll("cam.pcap", mac="b0:c5:54:25:5b:0e", name="cam")   # doctest: +SKIP
+    >>> fp.save("cam.fp")                                              # doctest: +SKIP
+    """
+    from tool.capture import read_packets
+    from tool.dataset import sha256_file
+    from tool.model import Model
+
+    if (mac is None) == (display_filter is None):
+        raise FingerprintError("select the device with exactly one of a MAC or a display filter")
+    if count < MIN_SUPPORT:
+        raise FingerprintError(f"--count must be at least {MIN_SUPPORT}")
+    if mac is not None:
+        mac = normalise_mac(mac)
+        display_filter = f"eth.src == {mac}"
+    model = model or Model.load()
+    packets: list[Packet] = []
+    for packet in read_packets(capture, display_filter):
+        packets.append(packet)
+        if len(packets) == count:
+            break
+    if len(packets) < count:
+        who = f"MAC {mac}" if mac else f"filter {display_filter!r}"
+        raise FingerprintError(
+            f"{capture}: only {len(packets)} packets match {who}, {count} needed"
+            + (f" (lower --count, at least {MIN_SUPPORT})" if len(packets) >= MIN_SUPPORT else "")
+        )
+    source = {
+        "capture": Path(capture).name,
+        "sha256": sha256_file(capture),
+        "selector": {"mac": mac} if mac else {"filter": display_filter},
+        "frames": [packets[0].frame, packets[-1].frame],
+    }
+    return Fingerprint.from_packets(model, packets, name or Path(capture).stem, source)
+
+
+def normalise_mac(mac: str) -> str:
+    """aa:bb:cc:dd:ee:ff in lower case, from the usual spellings; FingerprintError otherwise."""
+    digits = mac.strip().lower().replace("-", ":").replace(".", "")
+    if ":" not in digits and len(digits) == 12:
+        digits = ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    parts = digits.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        raise FingerprintError(f"{mac!r} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
+    return digits

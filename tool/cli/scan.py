@@ -7,7 +7,6 @@ import json
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import click
 

@@ -1,0 +1,316 @@
+-- DeepNetPrint match: a Wireshark post-dissector that shows, for every packet dnp-scan scored, the
+-- probability that the packet came from the fingerprinted device.
+--
+-- It reads the scores sidecar that `dnp-scan CAPTURE --fingerprint A.fp --annotate PATH` writes: a CSV
+-- with the header `frame,score,target` and one row per scored frame (frame numbers as Wireshark numbers
+-- the frames of that capture file). Frames that are not in the sidecar get nothing.
+--
+-- Fields (a contract with the analyst: filters, columns and `tshark -e` use them; never rename them):
+--   deepnetprint         the protocol: present on every scored frame
+--   deepnetprint.match   double: the best fingerprint's match probability, in [0, 1]
+--   deepnetprint.target  string: that fingerprint's name
+-- e.g. display filter `deepnetprint.match > 0.9`, custom column `%Cus:deepnetprint.match`.
+--
+-- Where the sidecar path comes from (the first that is set):
+--   the preference deepnetprint.scores_file (Preferences > Protocols > DeepNetPrint, or
+--     tshark -o deepnetprint.scores_file:PATH);
+--   the script argument scores=PATH (tshark -X lua_script:deepnetprint.lua -X lua_script1:scores=PATH);
+--   the environment variable DNP_SCORES.
+-- The argument and the variable become the preference's default, so the preference dialog shows the
+-- path in use. Wireshark's Lua API does not say which capture file is open, so the path is not derived
+-- from the capture's name.
+--
+-- A bad sidecar (missing, empty, wrong header, rows that are not numbers, NaN, scores outside [0, 1],
+-- frames beyond the capture) is reported once (on stderr under tshark, in a dialog in the GUI); the
+-- rows that are valid are still shown and dissection goes on.
+--
+-- Written for Lua 5.2 to 5.4 (Wireshark 4.0 to 4.4): no integer division, no bit operators, no unpack.
+
+local PLUGIN_VERSION = "0.1.0"
+
+if set_plugin_info then
+    set_plugin_info({
+        version = PLUGIN_VERSION,
+        description = "DeepNetPrint match probability as the fields deepnetprint.match and deepnetprint.target",
+        repository = "https://github.com/deepnetprint/deepnetprint",
+    })
+end
+
+local script_args = { ... }
+
+-- The scores= script argument, or nil (other arguments are reported, not silently ignored).
+local function scores_argument()
+    local found = nil
+    for _, arg in ipairs(script_args) do
+        local value = string.match(arg, "^scores=(.*)$")
+        if value then
+            found = value
+        else
+            report_failure("deepnetprint: unknown script argument '" .. arg .. "' (expected scores=PATH)")
+        end
+    end
+    return found
+end
+
+-- The same plugin loaded twice (installed in the plugins folder and also given with -X lua_script)
+-- would fail with "there cannot be two protocols with the same description". The copy loaded second
+-- hands its scores= argument to the first one and stops; globals are shared by all Lua scripts.
+local shared = rawget(_G, "deepnetprint_shared")
+if shared then
+    local arg_path = scores_argument()
+    if arg_path and arg_path ~= "" then
+        shared.arg_path = arg_path
+    end
+    return
+end
+shared = { version = PLUGIN_VERSION }
+rawset(_G, "deepnetprint_shared", shared)
+shared.arg_path = scores_argument()
+if shared.arg_path == "" then
+    shared.arg_path = nil
+end
+
+local deepnetprint = Proto("deepnetprint", "DeepNetPrint match")
+local f_match = ProtoField.double("deepnetprint.match", "Match probability", "Probability that the packet "
+    .. "came from the fingerprinted device (best fingerprint), from the dnp-scan scores file")
+local f_target = ProtoField.string("deepnetprint.target", "Fingerprint", "Name of the fingerprint "
+    .. "with the best match probability")
+deepnetprint.fields = { f_match, f_target }
+
+local env_path = os.getenv("DNP_SCORES")
+if env_path == "" then
+    env_path = nil
+end
+local default_path = shared.arg_path or env_path or ""
+deepnetprint.prefs.scores_file = Pref.string("Scores file", default_path,
+    "CSV written by dnp-scan --annotate (header frame,score,target). Default: the script argument "
+    .. "scores=PATH, else the environment variable DNP_SCORES.")
+
+-- The parsed sidecar. Wireshark calls init at the start and the end of every pass over a file, so the
+-- parse is kept and redone only when the path or the file's bytes change.
+local scores = {}     -- frame number -> score
+local targets = {}    -- frame number -> fingerprint name
+local max_frame = 0   -- highest frame number in the sidecar
+local loaded_path = nil
+local loaded_content = nil
+local last_message = nil
+local max_seen = 0    -- highest frame number dissected in this pass
+
+local function tell(msg)
+    -- Once per distinct message: init runs several times per file and must not repeat itself.
+    if msg ~= last_message then
+        last_message = msg
+        report_failure("deepnetprint: " .. msg)
+    end
+end
+
+-- One CSV record starting at pos: its fields and the position after it, or nil and a reason.
+-- Quoted fields may hold commas, doubled quotes and line breaks (RFC 4180).
+local function parse_record(s, pos)
+    local fields = {}
+    local n = #s
+    while true do
+        if string.sub(s, pos, pos) == '"' then
+            local parts = {}
+            local i = pos + 1
+            while true do
+                local q = string.find(s, '"', i, true)
+                if not q then
+                    return nil, "a quote is not closed"
+                end
+                parts[#parts + 1] = string.sub(s, i, q - 1)
+                if string.sub(s, q + 1, q + 1) == '"' then
+                    parts[#parts + 1] = '"'
+                    i = q + 2
+                else
+                    pos = q + 1
+                    break
+                end
+            end
+            fields[#fields + 1] = table.concat(parts)
+            local c = string.sub(s, pos, pos)
+            if c == "," then
+                pos = pos + 1
+            elseif c == "\n" then
+                return fields, pos + 1
+            elseif c == "\r" then
+                if string.sub(s, pos + 1, pos + 1) == "\n" then
+                    return fields, pos + 2
+                end
+                return fields, pos + 1
+            elseif c == "" then
+                return fields, n + 1
+            else
+                return nil, "text after a closing quote"
+            end
+        else
+            local e = string.find(s, "[,\r\n]", pos)
+            if not e then
+                fields[#fields + 1] = string.sub(s, pos)
+                return fields, n + 1
+            end
+            fields[#fields + 1] = string.sub(s, pos, e - 1)
+            local c = string.sub(s, e, e)
+            if c == "," then
+                pos = e + 1
+            elseif c == "\r" and string.sub(s, e + 1, e + 1) == "\n" then
+                return fields, e + 2
+            else
+                return fields, e + 1
+            end
+        end
+    end
+end
+
+-- Parse the sidecar's text into fresh tables; the message (or nil) says what was wrong with it.
+local function parse_sidecar(content, path)
+    local new_scores, new_targets, top = {}, {}, 0
+    if content == "" then
+        return new_scores, new_targets, top, path .. " is empty (no header frame,score,target)"
+    end
+    local pos = 1
+    if string.sub(content, 1, 3) == "\239\187\191" then
+        pos = 4 -- a UTF-8 byte order mark, as spreadsheets write it
+    end
+    local header, after = parse_record(content, pos)
+    if not header or #header ~= 3 or header[1] ~= "frame" or header[2] ~= "score" or header[3] ~= "target" then
+        return new_scores, new_targets, top, path .. " does not start with the header frame,score,target"
+    end
+    pos = after
+    local n = #content
+    local line = 1
+    local bad, first_bad = 0, nil
+    while pos <= n do
+        line = line + 1
+        local record, next_pos = parse_record(content, pos)
+        local reason = nil
+        if not record then
+            reason = next_pos
+            -- An unclosed quote swallows the rest of the file: stop there.
+            bad = bad + 1
+            first_bad = first_bad or ("line " .. line .. ": " .. reason)
+            break
+        end
+        pos = next_pos
+        if not (#record == 1 and record[1] == "") then -- blank lines are not rows
+            local frame, score = nil, nil
+            if #record ~= 3 then
+                reason = #record .. " fields instead of 3"
+            else
+                if string.match(record[1], "^%d+$") then
+                    frame = tonumber(record[1])
+                end
+                if string.match(record[2], "^%s*[-+]?[%d.]+[eE]?[-+]?%d*%s*$") then
+                    score = tonumber(record[2])
+                end
+                if not frame or frame < 1 then
+                    reason = "frame '" .. record[1] .. "' is not a frame number"
+                elseif not score or score ~= score then
+                    reason = "score '" .. record[2] .. "' is not a number"
+                elseif score < 0 or score > 1 then
+                    reason = "score " .. record[2] .. " is outside [0, 1]"
+                elseif new_scores[frame] then
+                    reason = "frame " .. record[1] .. " is listed twice"
+                end
+            end
+            if reason then
+                bad = bad + 1
+                first_bad = first_bad or ("line " .. line .. ": " .. reason)
+            else
+                new_scores[frame] = score
+                new_targets[frame] = record[3]
+                if frame > top then
+                    top = frame
+                end
+            end
+        end
+    end
+    local msg = nil
+    if bad > 0 then
+        msg = path .. ": " .. bad .. " bad row(s) skipped, first at " .. first_bad
+    end
+    return new_scores, new_targets, top, msg
+end
+
+local function scores_path()
+    local path = deepnetprint.prefs.scores_file
+    -- A scores= argument from a second copy of the plugin arrives after the preference was
+    -- registered: it wins while the preference still holds its default.
+    if path == default_path and shared.arg_path then
+        path = shared.arg_path
+    end
+    return path
+end
+
+local function load_sidecar()
+    local path = scores_path()
+    if path == nil or path == "" then
+        scores, targets, max_frame = {}, {}, 0
+        loaded_path, loaded_content = path, nil
+        return
+    end
+    local file, err = io.open(path, "rb")
+    if not file then
+        scores, targets, max_frame = {}, {}, 0
+        loaded_path, loaded_content = path, nil
+        tell("cannot read the scores file: " .. tostring(err))
+        return
+    end
+    local content = file:read("*a") or ""
+    file:close()
+    if path == loaded_path and content == loaded_content then
+        return
+    end
+    local msg
+    scores, targets, max_frame, msg = parse_sidecar(content, path)
+    loaded_path, loaded_content = path, content
+    if msg then
+        tell(msg)
+    end
+end
+
+function deepnetprint.init()
+    max_seen = 0
+    -- A Lua error here would stop every later dissection: any surprise becomes one message.
+    local ok, err = pcall(load_sidecar)
+    if not ok then
+        scores, targets, max_frame = {}, {}, 0
+        tell("could not load the scores file: " .. tostring(err))
+    end
+end
+
+function deepnetprint.dissector(tvb, pinfo, tree)
+    local frame = pinfo.number
+    if frame > max_seen then
+        max_seen = frame
+    end
+    local score = scores[frame]
+    if score == nil then
+        return
+    end
+    local target = targets[frame]
+    local item = tree:add(deepnetprint, string.format("DeepNetPrint match: %.4f (%s)", score, target))
+    item:add(f_match, score):set_generated()
+    item:add(f_target, target):set_generated()
+end
+
+register_postdissector(deepnetprint)
+
+-- Under tshark a tap's draw runs once, after the last packet: the moment to say that the sidecar
+-- lists frames the capture does not have (most likely the sidecar of another capture). The GUI draws
+-- taps while a file is still loading, so the check would be premature there and is not made.
+if not (gui_enabled and gui_enabled()) then
+    local listener = Listener.new(nil, nil, false)
+    function listener.draw()
+        if max_frame > max_seen and max_seen > 0 then
+            local beyond = 0
+            for frame in pairs(scores) do
+                if frame > max_seen then
+                    beyond = beyond + 1
+                end
+            end
+            tell(loaded_path .. ": " .. beyond .. " scored frame(s) beyond the last frame read (" .. max_seen
+                .. "), up to frame " .. max_frame .. ": is it the scores file of this capture?")
+        end
+    end
+end

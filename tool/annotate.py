@@ -1,0 +1,370 @@
+"""Scores handed to Wireshark: the sidecar CSV the Lua plugin reads, and a pcapng copy with comments.
+
+The sidecar (`dnp-scan --annotate PATH`) is the contract between dnp-scan and lua/deepnetprint.lua:
+a CSV with the header `frame,score,target` and one row per scored frame, where `frame` is the 1-based
+number Wireshark gives the frame in that capture file, `score` the best fingerprint's probability in
+[0, 1] and `target` that fingerprint's name.
+
+The commented copy (`dnp-scan --pcapng OUT`) is for analysts who cannot install a plugin: each scored
+packet carries the packet comment `deepnetprint.match=0.9312 target=cam`, readable as `frame.comment`.
+It is written here in Python, block by block, because `editcap -a` takes one argument per comment and
+fails with "argument list too long" near 60,000 comments.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+SIDECAR_HEADER = ("frame", "score", "target")
+COMMENT_PREFIX = "deepnetprint.match="
+
+_FRAME_RE = re.compile(r"[0-9]+")
+
+# pcap's magic numbers, as read little-endian: microsecond and nanosecond timestamps.
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 6),
+    b"\xa1\xb2\xc3\xd4": (">", 6),
+    b"\x4d\x3c\xb2\xa1": ("<", 9),
+    b"\xa1\xb2\x3c\x4d": (">", 9),
+}
+_SHB = 0x0A0D0D0A
+_IDB = 0x00000001
+_PB = 0x00000002  # obsolete Packet Block
+_SPB = 0x00000003
+_EPB = 0x00000006
+_SJEB = 0x00000009  # systemd journal export: Wireshark gives it a frame number, but it holds no packet
+_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+_OPT_ENDOFOPT = 0
+_OPT_COMMENT = 1
+
+
+class AnnotateError(Exception):
+    """The commented copy could not be written: the message is one line for the user."""
+
+
+def _check_row(frame: object, score: object, target: object) -> tuple[int, float, str]:
+    if isinstance(frame, bool) or not isinstance(frame, int) or frame < 1:
+        raise ValueError(f"frame {frame!r} is not a frame number (an integer from 1)")
+    score = float(score)  # type: ignore[arg-type]
+    if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        raise ValueError(f"frame {frame}: score {score!r} is not a probability in [0, 1]")
+    if not isinstance(target, str):
+        raise ValueError(f"frame {frame}: target {target!r} is not a string")
+    return frame, score, target
+
+
+@contextmanager
+def _atomic_output(path: Path, mode: str = "wb", **kwargs) -> Iterator:
+    """A file object whose content appears at `path` only when the block ends without an exception."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        # mkstemp's 0600 would make the result private, unlike any other file the tool writes.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_sidecar(path: str | os.PathLike, rows: Iterable[tuple[int, float, str]]) -> None:
+    """Write the scores sidecar atomically (a temp file in the same folder, then os.replace).
+
+    Rows are (frame, score, target); a bad row raises ValueError and leaves no file behind.
+
+    >>> write_sidecar("cap.scores.csv", [(1, 0.9312345, "cam"), (7, 0.12, "cam")])
+    """
+    path = Path(path)
+    seen: set[int] = set()
+    with _atomic_output(path, "w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(SIDECAR_HEADER)
+        for row in rows:
+            frame, score, target = _check_row(*row)
+            if frame in seen:
+                raise ValueError(f"frame {frame} is listed twice")
+            seen.add(frame)
+            # repr keeps every digit of the float, so the plugin shows exactly what dnp-scan computed.
+            writer.writerow((frame, repr(score), target))
+
+
+def read_sidecar(path: str | os.PathLike) -> dict[int, tuple[float, str]]:
+    """Read a scores sidecar: {frame: (score, target)}.
+
+    Raises ValueError (one line, naming the file and line) on bad content; OSError if it cannot be read.
+    """
+    path = Path(path)
+    result: dict[int, tuple[float, str]] = {}
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path}: empty file, expected the header {','.join(SIDECAR_HEADER)}")
+            if tuple(header) != SIDECAR_HEADER:
+                raise ValueError(f"{path}: the header is not {','.join(SIDECAR_HEADER)}")
+            for row in reader:
+                where = f"{path}: line {reader.line_num}"
+                if not row:
+                    continue
+                if len(row) != 3:
+                    raise ValueError(f"{where}: {len(row)} fields instead of 3")
+                frame_text, score_text, target = row
+                if not _FRAME_RE.fullmatch(frame_text) or int(frame_text) < 1:
+                    raise ValueError(f"{where}: frame {frame_text!r} is not a frame number")
+                frame = int(frame_text)
+                try:
+                    score = float(score_text)
+                except ValueError:
+                    raise ValueError(f"{where}: score {score_text!r} is not a number") from None
+                if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+                    raise ValueError(f"{where}: score {score_text!r} is not a probability in [0, 1]")
+                if frame in result:
+                    raise ValueError(f"{where}: frame {frame} is listed twice")
+                result[frame] = (score, target)
+        except csv.Error as e:
+            raise ValueError(f"{path}: line {reader.line_num}: not CSV: {e}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text") from None
+    return result
+
+
+def comment_text(score: float, target: str) -> str:
+    """The packet comment of a scored packet: `deepnetprint.match=0.9312 target=cam`."""
+    # One line: Wireshark shows a comment's line breaks, and a filter on it should not need to know.
+    target = " ".join(target.splitlines())
+    return f"{COMMENT_PREFIX}{score:.4f} target={target}"
+
+
+def _pad4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _option(e: str, code: int, value: bytes) -> bytes:
+    return struct.pack(e + "HH", code, len(value)) + value + b"\0" * (_pad4(len(value)) - len(value))
+
+
+def _block(e: str, block_type: int, body: bytes) -> bytes:
+    length = 12 + len(body)
+    return struct.pack(e + "II", block_type, length) + body + struct.pack(e + "I", length)
+
+
+def _epb(e: str, iface: int, ts: int, data: bytes, orig_len: int, options: list[bytes]) -> bytes:
+    body = struct.pack(e + "IIIII", iface, ts >> 32, ts & 0xFFFFFFFF, len(data), orig_len)
+    body += data + b"\0" * (_pad4(len(data)) - len(data))
+    if options:
+        body += b"".join(options) + struct.pack(e + "HH", _OPT_ENDOFOPT, 0)
+    return _block(e, _EPB, body)
+
+
+def _parse_options(e: str, raw: bytes) -> list[bytes]:
+    """The options of a block, each as its raw bytes (code, length, value, padding), end marker dropped."""
+    options = []
+    pos = 0
+    while pos + 4 <= len(raw):
+        code, length = struct.unpack_from(e + "HH", raw, pos)
+        if code == _OPT_ENDOFOPT:
+            break
+        end = pos + 4 + _pad4(length)
+        if end > len(raw):
+            raise AnnotateError("a pcapng block has an option that runs past its end")
+        options.append(raw[pos:end])
+        pos = end
+    return options
+
+
+def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise AnnotateError(f"the capture is cut short inside {what}")
+    return data
+
+
+def _pcap_blocks(f: BinaryIO, magic: bytes, comments: dict[int, str]) -> Generator[bytes, None, int]:
+    """pcap in, pcapng blocks out: one section, one interface, an EPB per packet; returns the frame count."""
+    e, resolution = _PCAP_MAGICS[magic]
+    header = _read_exact(f, 20, "the pcap header")
+    _major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack(e + "HHiIII", header)
+    linktype = network & 0xFFFF  # the upper bits carry FCS flags, not the link type
+    shb_options = [_option("<", 4, b"deepnetprint")]  # shb_userappl
+    shb = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + b"".join(shb_options) + b"\0\0\0\0"
+    yield _block("<", _SHB, shb)
+    idb_options = [_option("<", 9, bytes([resolution]))] if resolution != 6 else []  # if_tsresol
+    idb = struct.pack("<HHI", linktype, 0, snaplen)
+    if idb_options:
+        idb += b"".join(idb_options) + b"\0\0\0\0"
+    yield _block("<", _IDB, idb)
+    frame = 0
+    scale = 10**resolution
+    while True:
+        record = f.read(16)
+        if not record:
+            break
+        if len(record) != 16:
+            raise AnnotateError(f"the capture is cut short after frame {frame}")
+        sec, frac, incl_len, orig_len = struct.unpack(e + "IIII", record)
+        data = _read_exact(f, incl_len, f"frame {frame + 1}")
+        frame += 1
+        comment = comments.get(frame)
+        options = [_option("<", _OPT_COMMENT, comment.encode("utf-8"))] if comment is not None else []
+        yield _epb("<", 0, sec * scale + frac, data, orig_len, options)
+    return frame
+
+
+def _pcapng_blocks(f: BinaryIO, comments: dict[int, str]) -> Generator[bytes, None, int]:
+    """pcapng in, pcapng out: every block copied, scored frames' packet blocks given a comment.
+
+    Returns the frame count.
+    """
+    e = "<"
+    frame = 0
+    while True:
+        head = f.read(8)
+        if not head:
+            break
+        if len(head) != 8:
+            raise AnnotateError(f"the capture is cut short after frame {frame}")
+        block_type = struct.unpack("<I", head[:4])[0]  # the SHB's type reads the same in both byte orders
+        if block_type == _SHB:
+            bom = _read_exact(f, 4, "a section header")
+            e = "<" if struct.unpack("<I", bom)[0] == _BYTE_ORDER_MAGIC else ">"
+            if struct.unpack(e + "I", bom)[0] != _BYTE_ORDER_MAGIC:
+                raise AnnotateError("not a pcapng file: a section header without its byte-order magic")
+            length = struct.unpack(e + "I", head[4:])[0]
+            if length < 28 or length % 4:
+                raise AnnotateError("a pcapng section header has a bad length")
+            rest = _read_exact(f, length - 12, "a section header")
+            yield head + bom + rest
+            continue
+        block_type, length = struct.unpack(e + "II", head)
+        if length < 12 or length % 4:
+            raise AnnotateError(f"a pcapng block after frame {frame} has a bad length ({length})")
+        body = _read_exact(f, length - 12, f"the block after frame {frame}")
+        trailer = _read_exact(f, 4, f"the block after frame {frame}")
+        if block_type not in (_EPB, _SPB, _PB, _SJEB):
+            yield head + body + trailer
+            continue
+        frame += 1
+        comment = comments.get(frame)
+        if comment is None:
+            yield head + body + trailer
+            continue
+        option = _option(e, _OPT_COMMENT, comment.encode("utf-8"))
+        if block_type == _EPB:
+            iface, ts_hi, ts_lo, cap_len, orig_len = struct.unpack_from(e + "IIIII", body)
+            data = body[20 : 20 + cap_len]
+            options = _parse_options(e, body[20 + _pad4(cap_len) :])
+            yield _epb(e, iface, (ts_hi << 32) | ts_lo, data, orig_len, [*options, option])
+        elif block_type == _PB:
+            iface, _drops, ts_hi, ts_lo, cap_len, orig_len = struct.unpack_from(e + "HHIIII", body)
+            data = body[20 : 20 + cap_len]
+            # A PB's pack_flags option has the same code and layout as an EPB's epb_flags.
+            options = _parse_options(e, body[20 + _pad4(cap_len) :])
+            yield _epb(e, iface, (ts_hi << 32) | ts_lo, data, orig_len, [*options, option])
+        elif block_type == _SPB:
+            # A simple packet block has no timestamp and no options: it becomes an EPB at time 0.
+            orig_len = struct.unpack_from(e + "I", body)[0]
+            data = body[4 : 4 + min(orig_len, len(body) - 4)]
+            yield _epb(e, 0, 0, data, orig_len, [option])
+        else:
+            raise AnnotateError(f"frame {frame} is a systemd journal entry, not a packet")
+    return frame
+
+
+def _sniff(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def write_commented_pcapng(
+    capture: str | os.PathLike, out: str | os.PathLike, rows: Iterable[tuple[int, float, str]]
+) -> None:
+    """Write a pcapng copy of `capture` in which every scored packet carries a packet comment.
+
+    The comment reads `deepnetprint.match=0.9312 target=cam` (filter: `frame.comment contains
+    "deepnetprint.match"`). pcap and pcapng are read directly, any other format tshark reads is first
+    converted with `editcap -F pcapng`. The copy appears at `out` only once complete. Raises
+    AnnotateError (one line) on an unreadable capture, a bad row, or a row for a frame the capture lacks.
+
+    >>> write_commented_pcapng("cap.pcap", "cap.scored.pcapng", [(1, 0.93, "cam")])
+    """
+    capture, out = Path(capture), Path(out)
+    comments: dict[int, str] = {}
+    try:
+        for row in rows:
+            frame, score, target = _check_row(*row)
+            if frame in comments:
+                raise ValueError(f"frame {frame} is listed twice")
+            comments[frame] = comment_text(score, target)
+    except (ValueError, TypeError) as e:
+        raise AnnotateError(f"bad score row: {e}") from None
+    try:
+        magic = _sniff(capture)
+    except OSError as e:
+        raise AnnotateError(f"{capture}: {e.strerror or e}") from None
+    if len(magic) < 4:
+        raise AnnotateError(f"{capture}: empty or too short to be a capture")
+    if magic in _PCAP_MAGICS or struct.unpack("<I", magic)[0] == _SHB:
+        _write_from(capture, out, magic, comments)
+        return
+    # Other formats (gzip-compressed, snoop, ERF, ...): let editcap turn them into pcapng first; it
+    # keeps the frames in order, so the frame numbers still hold.
+    editcap = shutil.which("editcap")
+    if not editcap:
+        raise AnnotateError(f"{capture}: not pcap or pcapng, and editcap (to convert it) is not installed")
+    with tempfile.TemporaryDirectory(prefix="dnp-") as tmp:
+        converted = Path(tmp) / "converted.pcapng"
+        done = subprocess.run(
+            [editcap, "-F", "pcapng", str(capture), str(converted)],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0:
+            lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
+            raise AnnotateError(f"{capture}: {lines[0] if lines else 'editcap could not read it'}")
+        _write_from(converted, out, _sniff(converted), comments)
+
+
+def _write_from(capture: Path, out: Path, magic: bytes, comments: dict[int, str]) -> None:
+    try:
+        with open(capture, "rb") as f, _atomic_output(out) as w:
+            if magic in _PCAP_MAGICS:
+                f.read(4)
+                blocks = _pcap_blocks(f, magic, comments)
+            else:
+                blocks = _pcapng_blocks(f, comments)
+            while True:
+                try:
+                    w.write(next(blocks))
+                except StopIteration as done:
+                    frames = done.value
+                    break
+            beyond = [frame for frame in comments if frame > frames]
+            if beyond:
+                raise AnnotateError(
+                    f"{len(beyond)} scored frame(s) beyond the {frames} frames of {capture}, the first "
+                    f"{min(beyond)}: are the scores from another capture?"
+                )
+    except OSError as e:
+        raise AnnotateError(f"{capture}: {e.strerror or e}") from None
+    except struct.error:
+        raise AnnotateError(f"{capture}: a block is too short for its type: not a valid capture") from None

@@ -161,7 +161,8 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
     # bad input all the same, so the caller hears about it instead of silently scoring part of it.
     if proc.returncode != 0:
         msg = _first_error_line(stderr)
-        if "display filter" in stderr.lower() or "isn't a valid" in stderr:
+        # tshark echoes a filter it cannot compile under its complaint.
+        if display_filter and display_filter.strip() in stderr:
             raise CaptureError(f"invalid display filter {display_filter!r}: {msg}")
         raise CaptureError(f"{path}: {msg}")
 

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tool.capture import FIELDS, TSHARK_PREFS, CaptureError, Packet, read_many, tshark_path
@@ -201,7 +201,8 @@ def read_captures(paths: Sequence[Path], use_cache: bool = True) -> dict[Path, l
     if missing:
         fresh: dict[int, list[Packet]] = {i: [] for i in range(len(missing))}
         for packet in read_many([p for p, _ in missing]):
-            fresh[packet.source].append(packet)
+            # source numbers the files of this one run; a cached capture must not depend on it.
+            fresh[packet.source].append(replace(packet, source=0))
         for i, (path, entry) in enumerate(missing):
             result[path] = fresh[i]
             if use_cache:

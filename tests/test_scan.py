@@ -1,0 +1,256 @@
+"""dnp-scan as a user runs it: find enrolled devices in a capture merged from several devices."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_command
+from tool.capture import read_packets
+from tool.fingerprint import parse
+
+# Test-half captures (the 11th) of seen and unseen devices of different vendors, merged in time.
+IN_CAPTURE = ["D-LinkCam", "HueBridge", "Withings", "D-LinkDayCam", "TP-LinkPlugHS110", "Aria", "MAXGateway"]
+ENROLLED = ["D-LinkCam", "Withings", "D-LinkDayCam", "TP-LinkPlugHS110", "Aria"]
+
+
+@pytest.fixture(scope="module")
+def merged(devices, tmp_path_factory):
+    out = tmp_path_factory.mktemp("merged") / "merged.pcapng"
+    paths = [str(devices[n].captures[10]) for n in IN_CAPTURE]
+    subprocess.run(["mergecap", "-w", str(out), *paths], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fingerprints(devices, tmp_path_factory, clean_env):
+    folder = tmp_path_factory.mktemp("fp")
+    paths = {}
+    for name in ENROLLED:
+        dev = devices[name]
+        paths[name] = folder / f"{name}.fp"
+        done = run_command(
+            "dnp-enroll",
+            str(dev.captures[0]),
+            "--mac",
+            dev.mac,
+            "--name",
+            name,
+            "-o",
+            str(paths[name]),
+            "--quiet",
+            env=clean_env,
+        )
+        assert done.returncode == 0, done.stderr
+    return paths
+
+
+@pytest.fixture(scope="module")
+def full_scan(merged, fingerprints, tmp_path_factory, clean_env):
+    out = tmp_path_factory.mktemp("scan")
+    args = [str(merged)]
+    for path in fingerprints.values():
+        args += ["--fingerprint", str(path)]
+    done = run_command(
+        "dnp-scan",
+        *args,
+        "--json",
+        str(out / "r.json"),
+        "--csv",
+        str(out / "p.csv"),
+        "--threshold",
+        "0",
+        env=clean_env,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "r.json").read_text()), out / "p.csv", done
+
+
+@pytest.mark.parametrize("device", ENROLLED)
+def test_enrolled_device_ranks_first_for_its_fingerprint(full_scan, devices, device):
+    report, _, _ = full_scan
+    ranked = sorted(report["hosts"], key=lambda h: -h["match"][device])
+    assert ranked[0]["mac"] == devices[device].mac, [(h["mac"], h["match"][device]) for h in ranked[:3]]
+
+
+def test_json_schema(full_scan, merged, fingerprints):
+    report, _, _ = full_scan
+    assert report["capture"] == str(merged)
+    assert [f["name"] for f in report["fingerprints"]] == ENROLLED
+    assert [f["file"] for f in report["fingerprints"]] == [str(p) for p in fingerprints.values()]
+    packets = list(read_packets(merged))
+    assert report["packets"] == len(packets)
+    assert sum(h["packets"] for h in report["hosts"]) == len(packets)
+    for host in report["hosts"]:
+        assert set(host) >= {"mac", "ips", "packets", "match"}
+        assert set(host["match"]) == set(ENROLLED)
+        assert all(0.0 <= v <= 1.0 for v in host["match"].values())
+    scores = [h["score"] for h in report["hosts"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_csv_has_one_row_per_packet_with_proper_quoting(full_scan, merged):
+    _, csv_path, _ = full_scan
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["frame", "time", "eth_src", "eth_dst", "protocol", "info", *ENROLLED]
+    packets = list(read_packets(merged))
+    assert len(rows) - 1 == len(packets)
+    for row, packet in zip(rows[1:], packets):
+        assert int(row[0]) == packet.frame and row[5] == packet.info and row[2] == packet.eth_src
+        assert all(0.0 <= float(x) <= 1.0 for x in row[6:])
+    assert any("," in row[5] for row in rows[1:])  # Info texts with commas survived the round trip
+
+
+def test_terminal_tables_name_the_best_host(full_scan, devices):
+    _, _, done = full_scan
+    assert "Hosts in merged.pcapng" in done.stdout and "Best-matching packets" in done.stdout
+
+
+@pytest.mark.parametrize("threshold", ["0", "0.5", "0.9", "1"])
+def test_exit_status_says_whether_a_host_reached_the_threshold(
+    merged, fingerprints, tmp_path, clean_env, threshold
+):
+    out = tmp_path / "r.json"
+    done = run_command(
+        "dnp-scan",
+        str(merged),
+        "-f",
+        str(fingerprints["Withings"]),
+        "--threshold",
+        threshold,
+        "--json",
+        str(out),
+        env=clean_env,
+    )
+    report = json.loads(out.read_text())
+    matched = any(h["match"]["Withings"] >= float(threshold) for h in report["hosts"])
+    assert done.returncode == (0 if matched else 1), done.stderr
+    assert [h["verdict"] is not None for h in report["hosts"]] == [
+        h["score"] >= float(threshold) for h in report["hosts"]
+    ]
+
+
+def test_json_to_stdout_is_only_json(merged, fingerprints, clean_env):
+    done = run_command("dnp-scan", str(merged), "-f", str(fingerprints["Aria"]), "--json", "-", env=clean_env)
+    assert done.returncode in (0, 1), done.stderr
+    assert json.loads(done.stdout)["fingerprints"][0]["name"] == "Aria"
+
+
+def rewrite(path, tmp_path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    out = tmp_path / "edited.fp"
+    out.write_text(json.dumps(data))
+    return out
+
+
+def redigest(data):
+    from tool.fingerprint import _digest
+
+    data.pop("digest")
+    data["digest"] = _digest(data)
+
+
+def _edit_prototype(data):
+    data["prototype"][0] += 0.5
+
+
+def _edit_prototype_and_digest(data):
+    _edit_prototype(data)
+    redigest(data)
+
+
+def _other_model(data):
+    data["model"]["encoder_sha256"] = "0" * 64
+    redigest(data)
+
+
+def _nan(data):
+    data["prototype"][1] = float("nan")
+
+
+TAMPERINGS = {
+    "edited prototype": (_edit_prototype, "digest"),
+    "edited prototype, digest recomputed": (_edit_prototype_and_digest, "altered"),
+    "made with another model": (_other_model, "0000000000"),
+    "NaN in the prototype": (_nan, "damaged"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERINGS))
+def test_tampered_fingerprint_is_refused_with_one_line(merged, fingerprints, tmp_path, clean_env, case):
+    edit, message = TAMPERINGS[case]
+    bad = rewrite(fingerprints["Aria"], tmp_path, edit)
+    out = tmp_path / "r.json"
+    done = run_command("dnp-scan", str(merged), "-f", str(bad), "--json", str(out), env=clean_env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not json at all", b'{"format": "deepnetprint-fingerprint"'])
+def test_fingerprint_that_is_not_one(merged, tmp_path, clean_env, content, fingerprints):
+    bad = tmp_path / "bad.fp"
+    bad.write_bytes(content or fingerprints["Aria"].read_bytes()[:200])
+    done = run_command("dnp-scan", str(merged), "-f", str(bad), env=clean_env)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["not a capture", "truncated", "empty"])
+def test_bad_capture_gives_one_line_and_no_output(devices, fingerprints, tmp_path, clean_env, kind):
+    source = devices["D-LinkCam"].captures[10].read_bytes()
+    data = {
+        "not a capture": b"GET / HTTP/1.1\r\n" * 50,
+        "truncated": source[: len(source) // 3],
+        "empty": b"",
+    }[kind]
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(data)
+    outputs = [tmp_path / "r.json", tmp_path / "p.csv", tmp_path / "a.csv"]
+    done = run_command(
+        "dnp-scan",
+        str(bad),
+        "-f",
+        str(fingerprints["Aria"]),
+        "--json",
+        str(outputs[0]),
+        "--csv",
+        str(outputs[1]),
+        "--annotate",
+        str(outputs[2]),
+        env=clean_env,
+    )
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pcap"]
+
+
+def test_python_api_scans_without_torch(merged, fingerprints, clean_env):
+    code = (
+        "import sys, json\n"
+        "from tool.fingerprint import load\n"
+        "from tool.model import Model\n"
+        "from tool.scan import scan\n"
+        "m = Model.load()\n"
+        f"r = scan({str(merged)!r}, [load({str(fingerprints['Withings'])!r}, m)], m)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'top': r.hosts[0]['mac']}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["torch"] is False
+
+
+def test_fingerprint_round_trips_through_json(fingerprints):
+    text = fingerprints["Aria"].read_text()
+    fp = parse(text)
+    assert fp.to_json() == text

@@ -39,12 +39,10 @@ def run(command: click.Command, prog: str) -> Callable[[], None]:
         from tool.fingerprint import FingerprintError
 
         errors: tuple[type[BaseException], ...] = (CaptureError, FingerprintError, OSError, ValueError)
-        try:
-            from tool.model import ModelError
+        from tool.annotate import AnnotateError
+        from tool.model import ModelError
 
-            errors += (ModelError,)
-        except ImportError:  # the runtime is being built; the commands still report its absence
-            pass
+        errors += (AnnotateError, ModelError)
         signal.signal(signal.SIGTERM, _raise_interrupted)
         signal.signal(signal.SIGINT, _raise_interrupted)
         try:

@@ -1,0 +1,108 @@
+"""dnp-plugin: put the Wireshark plugin where Wireshark finds it, or say where it is.
+
+The plugin (lua/deepnetprint.lua, shipped in the package as tool.lua) shows dnp-scan's scores as the
+fields deepnetprint.match and deepnetprint.target; docs/wireshark.md says how to use it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import click
+
+from tool.cli.common import run
+
+PLUGIN = "deepnetprint.lua"
+
+# \b keeps click from re-wrapping the example lines.
+EXAMPLE = """
+\b
+Examples:
+  dnp-plugin install
+  tshark -r cap.pcap -X lua_script:$(dnp-plugin path) -X lua_script1:scores=cap.scores.csv \\
+      -T fields -e frame.number -e deepnetprint.match -e deepnetprint.target
+"""
+
+AFTER_INSTALL = """\
+Restart Wireshark (or Analyze > Reload Lua Plugins), then:
+  scores:  dnp-scan CAPTURE -f DEVICE.fp --annotate CAPTURE.scores.csv, and set that file in
+           Edit > Preferences > Protocols > DeepNetPrint > Scores file (or export DNP_SCORES=FILE)
+  column:  right-click "Match probability" in the packet details > Apply as Column
+           (or Preferences > Appearance > Columns: add a Custom column, field deepnetprint.match)
+  filter:  deepnetprint.match > 0.9
+  tshark:  tshark -r CAPTURE -o deepnetprint.scores_file:CAPTURE.scores.csv -Y 'deepnetprint.match > 0.9'"""
+
+
+def plugin_file() -> Path:
+    """The plugin shipped with the package, else the one in the source tree."""
+    try:
+        from importlib.resources import files
+
+        resource = files("tool.lua") / PLUGIN
+        # Only a real file can be handed to tshark; a zipped install falls through to the repo's copy.
+        if isinstance(resource, Path) and resource.is_file():
+            return resource
+    except (ModuleNotFoundError, TypeError):
+        pass
+    here = Path(__file__).resolve().parent.parent.parent / "lua" / PLUGIN
+    if here.is_file():
+        return here
+    raise click.ClickException(f"{PLUGIN} is missing from this installation; reinstall deepnetprint")
+
+
+def personal_lua_plugins() -> Path:
+    """The folder `tshark -G folders` calls "Personal Lua Plugins"."""
+    from tool.capture import tshark_path
+
+    done = subprocess.run(
+        [tshark_path(), "-G", "folders"], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    for line in done.stdout.splitlines():
+        label, _, value = line.partition(":")
+        if label.strip() == "Personal Lua Plugins" and value.strip():
+            return Path(value.strip())
+    raise click.ClickException("tshark -G folders does not name a personal Lua plugins folder")
+
+
+@click.group(epilog=EXAMPLE)
+def command() -> None:
+    """The DeepNetPrint Wireshark plugin: the fields deepnetprint.match and deepnetprint.target."""
+
+
+@command.command()
+@click.option(
+    "--folder",
+    type=click.Path(file_okay=False),
+    help="Install there instead.  [default: tshark's Personal Lua Plugins folder]",
+)
+def install(folder: str | None) -> None:
+    """Copy the plugin into your personal Wireshark Lua plugins folder."""
+    source = plugin_file()
+    target_dir = Path(folder) if folder else personal_lua_plugins()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / PLUGIN
+    # Copy then rename: a Wireshark starting meanwhile sees the old plugin or the new one, never half.
+    fd, tmp = tempfile.mkstemp(prefix=f".{PLUGIN}.", dir=target_dir)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    click.echo(f"Installed the DeepNetPrint plugin: {target}")
+    click.echo(AFTER_INSTALL)
+
+
+@command.command()
+def path() -> None:
+    """Print the plugin's path, for tshark -X lua_script:$(dnp-plugin path)."""
+    click.echo(str(plugin_file()))
+
+
+main = run(command, "dnp-plugin")

@@ -1,0 +1,429 @@
+"""The Wireshark plugin as an analyst uses it: the real tshark, lua/deepnetprint.lua, real captures.
+
+Sidecars are written with tool.annotate.write_sidecar for the real frame numbers of real captures;
+the scores in them are seeded random numbers plus the edge values 0, 0.9, just above 0.9 and 1.
+Every tshark runs with a fresh HOME, so no personally installed copy of the plugin interferes.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_command
+from tool.annotate import write_sidecar
+from tool.capture import read_packets
+
+PLUGIN = ROOT / "lua" / "deepnetprint.lua"
+# What Wireshark prints when a Lua script fails to load or a dissector raises.
+LUA_ERRORS = ("Lua: Error", "Lua Error", "stack traceback", "attempt to ", "bad argument")
+# Names with what CSV must quote, and more than ASCII.
+TARGETS = ["D-LinkCam", 'Hue, bridge "living room"', "Küche ☕"]
+MERGED_DEVICES = ["D-LinkCam", "HueBridge", "Withings", "Aria", "TP-LinkPlugHS110", "MAXGateway"]
+COLUMNS = 'gui.column.format:"No.","%m","Info","%i","Match","%Cus:deepnetprint.match"'
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("lua-home")
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    env.pop("DNP_SCORES", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def capture(devices, tmp_path_factory):
+    """Six devices' first captures merged in time: a few thousand real frames."""
+    out = tmp_path_factory.mktemp("lua-cap") / "merged.pcapng"
+    paths = [str(devices[n].captures[0]) for n in MERGED_DEVICES]
+    subprocess.run(["mergecap", "-w", str(out), *paths], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames(capture) -> list[int]:
+    return [p.frame for p in read_packets(capture)]
+
+
+def make_scores(frames: list[int], seed: int = 6) -> dict[int, tuple[float, str]]:
+    """Most frames scored, some not; the edge values sit on real frames too."""
+    rng = np.random.default_rng(seed)
+    scores = {}
+    for frame in frames:
+        if rng.random() < 0.85:
+            scores[frame] = (float(rng.random()), TARGETS[int(rng.integers(len(TARGETS)))])
+    for frame, value in zip(frames[1:5], (0.0, 0.9, math.nextafter(0.9, 1.0), 1.0)):
+        scores[frame] = (value, TARGETS[1])
+    return scores
+
+
+@pytest.fixture(scope="module")
+def scores(frames) -> dict[int, tuple[float, str]]:
+    return make_scores(frames)
+
+
+@pytest.fixture(scope="module")
+def sidecar(scores, tmp_path_factory):
+    path = tmp_path_factory.mktemp("lua-sidecar") / "merged.scores.csv"
+    write_sidecar(path, ((f, s, t) for f, (s, t) in sorted(scores.items())))
+    return path
+
+
+def tshark(capture, *args: str, env: dict[str, str], scores=None, plugin=True) -> subprocess.CompletedProcess:
+    cmd = ["tshark", "-n", "-r", str(capture)]
+    if plugin:
+        cmd += ["-X", f"lua_script:{PLUGIN}"]
+    if scores is not None:
+        cmd += ["-X", f"lua_script1:scores={scores}"]
+    done = subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    for text in LUA_ERRORS:
+        assert text not in done.stdout and text not in done.stderr, done.stderr
+    return done
+
+
+def fields(done: subprocess.CompletedProcess) -> dict[int, tuple[str, str]]:
+    """frame -> (deepnetprint.match, deepnetprint.target) as tshark printed them ('' when absent)."""
+    out = {}
+    for line in done.stdout.splitlines():
+        frame, match, target = line.split("\t")
+        out[int(frame)] = (match, target)
+    return out
+
+
+FIELD_ARGS = ("-T", "fields", "-e", "frame.number", "-e", "deepnetprint.match", "-e", "deepnetprint.target")
+
+
+def messages(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in done.stderr.splitlines() if "deepnetprint:" in line]
+
+
+def assert_shows(shown: dict[int, tuple[str, str]], frames: list[int], scores) -> None:
+    assert sorted(shown) == frames  # every frame dissected, none dropped
+    for frame in frames:
+        match, target = shown[frame]
+        if frame in scores:
+            score, name = scores[frame]
+            # tshark prints doubles with 15 significant digits.
+            assert math.isclose(float(match), score, rel_tol=1e-14, abs_tol=0.0), (frame, match, score)
+            assert target == name
+        else:
+            assert (match, target) == ("", ""), frame
+
+
+def test_fields_equal_the_sidecar_for_every_frame(capture, frames, scores, sidecar, env):
+    done = tshark(capture, *FIELD_ARGS, env=env, scores=sidecar)
+    assert_shows(fields(done), frames, scores)
+    assert messages(done) == []
+    assert len(scores) < len(frames)  # unscored frames were checked too
+
+
+def test_display_filter_keeps_exactly_the_frames_above_0_9(capture, scores, sidecar, env):
+    done = tshark(
+        capture,
+        "-Y",
+        "deepnetprint.match > 0.9",
+        "-T",
+        "fields",
+        "-e",
+        "frame.number",
+        env=env,
+        scores=sidecar,
+    )
+    shown = [int(x) for x in done.stdout.split()]
+    expected = sorted(f for f, (s, _) in scores.items() if s > 0.9)
+    assert shown == expected
+    assert any(s == 0.9 for s, _ in scores.values())  # the boundary itself was on a frame, and left out
+
+
+def test_protocol_filter_finds_the_scored_frames(capture, scores, sidecar, env):
+    done = tshark(
+        capture, "-Y", "deepnetprint", "-T", "fields", "-e", "frame.number", env=env, scores=sidecar
+    )
+    assert [int(x) for x in done.stdout.split()] == sorted(scores)
+
+
+def test_target_filter(capture, scores, sidecar, env):
+    done = tshark(
+        capture,
+        "-Y",
+        f'deepnetprint.target == "{TARGETS[2]}"',
+        "-T",
+        "fields",
+        "-e",
+        "frame.number",
+        env=env,
+        scores=sidecar,
+    )
+    assert [int(x) for x in done.stdout.split()] == sorted(
+        f for f, (_, t) in scores.items() if t == TARGETS[2]
+    )
+
+
+def test_match_column_in_tshark_text_output(capture, frames, scores, sidecar, env):
+    info = fields(
+        tshark(capture, *FIELD_ARGS[:4], "-e", "_ws.col.Info", "-e", "frame.len", env=env, plugin=False)
+    )
+    done = tshark(capture, "-o", COLUMNS, env=env, scores=sidecar)
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(frames)
+    for line in lines:
+        # Text output and -T fields space an Info text differently: compare words.
+        number, *words = line.split()
+        text = info[int(number)][0].split()
+        assert words[: len(text)] == text, line
+        match = " ".join(words[len(text) :])
+        if int(number) in scores:
+            assert math.isclose(float(match), scores[int(number)][0], rel_tol=1e-14), line
+        else:
+            assert match == "", line
+
+
+def test_the_three_ways_to_give_the_sidecar(capture, frames, scores, sidecar, env):
+    by_pref = tshark(capture, "-o", f"deepnetprint.scores_file:{sidecar}", *FIELD_ARGS, env=env)
+    by_env = tshark(capture, *FIELD_ARGS, env=dict(env, DNP_SCORES=str(sidecar)))
+    for done in (by_pref, by_env):
+        assert_shows(fields(done), frames, scores)
+
+
+def test_preference_wins_over_the_script_argument(capture, frames, scores, sidecar, env, tmp_path):
+    other = tmp_path / "other.csv"
+    write_sidecar(other, [(frames[0], 0.5, "other")])
+    done = tshark(capture, "-o", f"deepnetprint.scores_file:{sidecar}", *FIELD_ARGS, env=env, scores=other)
+    assert_shows(fields(done), frames, scores)
+
+
+def test_no_sidecar_configured_is_silent(capture, frames, env):
+    done = tshark(capture, *FIELD_ARGS, env=env)
+    assert_shows(fields(done), frames, {})
+    assert messages(done) == []
+
+
+def test_packet_tree_shows_the_match(capture, frames, scores, sidecar, env):
+    frame = frames[3]  # scored with 0.9000000000000001
+    done = tshark(capture, "-V", "-Y", f"frame.number == {frame}", env=env, scores=sidecar)
+    assert "DeepNetPrint match" in done.stdout
+    assert "Match probability: 0.9\n" in done.stdout
+    assert f"Fingerprint: {TARGETS[1]}" in done.stdout
+
+
+HEADER = "frame,score,target\n"
+GOOD = "{f0},0.25,good\n{f1},0.25,good\n{f2},0.25,good\n{f3},0.25,good\n{f4},0.25,good\n"
+
+# Each bad sidecar: its text ({fN}: the capture's Nth frame, {after}: one past its last frame) and what
+# the one message must say. Those that start with HEADER + GOOD keep five valid rows, which must show.
+BAD_SIDECARS = {
+    "empty": ("", "is empty"),
+    "bad header": ("frame,probability,target\n" + GOOD, "header frame,score,target"),
+    "no header": (GOOD, "header frame,score,target"),
+    "binary garbage": ("\x00\x01\xff garbage \x7f" * 50, "header frame,score,target"),
+    "NaN score": (HEADER + GOOD + "{f6},nan,x\n", "not a number"),
+    "inf score": (HEADER + GOOD + "{f6},inf,x\n", "not a number"),
+    "score above 1": (HEADER + GOOD + "{f6},1.5,x\n", "outside [0, 1]"),
+    "score below 0": (HEADER + GOOD + "{f6},-0.1,x\n", "outside [0, 1]"),
+    "frame not a number": (HEADER + GOOD + "seven,0.5,x\n", "not a frame number"),
+    "frame zero": (HEADER + GOOD + "0,0.5,x\n", "not a frame number"),
+    "missing field": (HEADER + GOOD + "{f6},0.5\n", "2 fields instead of 3"),
+    "frame listed twice": (HEADER + GOOD + "{f0},0.5,x\n", "listed twice"),
+    "quote not closed": (HEADER + GOOD + '{f6},0.5,"x\n', "quote is not closed"),
+    "frames beyond the capture": (
+        HEADER + GOOD + "{after},0.5,x\n{far},0.5,x\n",
+        "2 scored frame(s) beyond the last frame read",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SIDECARS))
+def test_bad_sidecar_gives_one_message_and_dissection_goes_on(capture, frames, env, tmp_path, case):
+    template, message = BAD_SIDECARS[case]
+    text = template.format(
+        **{f"f{i}": frames[i] for i in range(7)}, after=frames[-1] + 1, far=frames[-1] + 900
+    )
+    path = tmp_path / "bad.csv"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    done = tshark(capture, "-V", env=env, scores=path)
+    assert len(re.findall(r"^Frame \d+:", done.stdout, re.M)) == len(frames)
+    found = messages(done)
+    assert len(found) == 1 and message in found[0], done.stderr
+    shown = re.findall(r"^\s+Match probability: (\S+)$", done.stdout, re.M)
+    assert shown == (["0.25"] * 5 if template.startswith(HEADER + GOOD) else [])
+
+
+def test_missing_sidecar_gives_one_message(capture, frames, env, tmp_path):
+    done = tshark(capture, *FIELD_ARGS, env=env, scores=tmp_path / "nowhere.csv")
+    assert_shows(fields(done), frames, {})
+    found = messages(done)
+    assert len(found) == 1 and "cannot read the scores file" in found[0] and "nowhere.csv" in found[0]
+
+
+def test_quoted_line_break_in_a_name_keeps_the_rows_after_it(capture, frames, env, tmp_path):
+    path = tmp_path / "multi.csv"
+    rows = [(frames[0], 0.75, "two\nlines"), (frames[1], 0.5, "a,b"), (frames[2], 0.125, 'say "hi"')]
+    write_sidecar(path, rows)
+    done = tshark(
+        capture, "-T", "fields", "-e", "frame.number", "-e", "deepnetprint.match", env=env, scores=path
+    )
+    shown = dict(line.split("\t") for line in done.stdout.splitlines()[:3])
+    assert shown == {str(frames[0]): "0.75", str(frames[1]): "0.5", str(frames[2]): "0.125"}
+    assert messages(done) == []
+
+
+def test_changed_sidecar_is_read_again_between_runs(capture, frames, env, tmp_path):
+    path = tmp_path / "changing.csv"
+    write_sidecar(path, [(frames[0], 0.25, "a")])
+    first = fields(tshark(capture, *FIELD_ARGS, env=env, scores=path))
+    write_sidecar(path, [(frames[0], 0.75, "b")])
+    second = fields(tshark(capture, *FIELD_ARGS, env=env, scores=path))
+    assert first[frames[0]] == ("0.25", "a") and second[frames[0]] == ("0.75", "b")
+
+
+def test_installed_plugin_and_the_same_plugin_on_the_command_line(capture, frames, scores, sidecar, tmp_path):
+    """dnp-plugin install, then the README's -X lua_script one-liner: no duplicate-protocol error."""
+    home = tmp_path / "home"
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"))
+    env.pop("DNP_SCORES", None)
+    done = run_command("dnp-plugin", "install", env=env)
+    assert done.returncode == 0, done.stderr
+    installed = home / ".local" / "lib" / "wireshark" / "plugins" / "deepnetprint.lua"
+    assert f"Installed the DeepNetPrint plugin: {installed}" in done.stdout
+    assert installed.read_bytes() == PLUGIN.read_bytes()
+    assert "deepnetprint.match" in done.stdout  # how to add the column
+    both = tshark(capture, *FIELD_ARGS, env=env, scores=sidecar)
+    assert_shows(fields(both), frames, scores)
+    alone = tshark(capture, *FIELD_ARGS, env=dict(env, DNP_SCORES=str(sidecar)), plugin=False)
+    assert_shows(fields(alone), frames, scores)
+
+
+def test_plugin_path_is_the_file_tshark_loads(capture, env):
+    done = run_command("dnp-plugin", "path", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(PLUGIN)
+    fields_list = subprocess.run(
+        ["tshark", "-G", "fields", "-X", f"lua_script:{done.stdout.strip()}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    names = {line.split("\t")[2] for line in fields_list.stdout.splitlines() if line.startswith("F\t")}
+    assert {"deepnetprint.match", "deepnetprint.target"} <= names
+
+
+def test_plugin_install_without_tshark_is_one_line(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path), HOME=str(tmp_path))
+    env.pop("DNP_TSHARK", None)
+    done = run_command("dnp-plugin", "install", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "tshark not found" in done.stderr
+
+
+@pytest.mark.parametrize("luac", ["luac5.2", "luac5.3", "luac5.4"])
+def test_plugin_parses_as_lua(luac):
+    exe = shutil.which(luac)
+    if exe is None:
+        pytest.skip(f"{luac} not installed (apt-get install lua{luac[4:]})")
+    done = subprocess.run([exe, "-p", str(PLUGIN)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def merged_all(devices, tmp_path_factory):
+    """Every capture of the 23 devices, one after the other: 174,822 frames."""
+    out = tmp_path_factory.mktemp("lua-all") / "all.pcapng"
+    paths = [str(p) for d in devices.values() for p in d.captures]
+    subprocess.run(["mergecap", "-a", "-w", str(out), *paths], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.slow
+def test_filter_on_the_whole_data_set(merged_all, env, tmp_path):
+    count = int(
+        subprocess.run(
+            ["capinfos", "-c", "-M", "-T", "-r", str(merged_all)], capture_output=True, text=True, check=True
+        ).stdout.split("\t")[-1]
+    )
+    scores = make_scores(list(range(1, count + 1)), seed=23)
+    path = tmp_path / "all.csv"
+    write_sidecar(path, ((f, s, t) for f, (s, t) in sorted(scores.items())))
+    done = tshark(
+        merged_all,
+        "-Y",
+        "deepnetprint.match > 0.99",
+        "-T",
+        "fields",
+        "-e",
+        "frame.number",
+        "-e",
+        "deepnetprint.match",
+        env=env,
+        scores=path,
+    )
+    shown = {int(f): float(m) for f, m in (line.split("\t") for line in done.stdout.splitlines())}
+    expected = {f: s for f, (s, _) in scores.items() if s > 0.99}
+    assert count > 170_000 and len(expected) > 1000
+    assert shown.keys() == expected.keys()
+    assert all(math.isclose(shown[f], expected[f], rel_tol=1e-14) for f in shown)
+    assert messages(done) == []
+
+
+def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
+    """The real dnp-scan: the plugin shows, for each frame, the best --csv probability and its name."""
+    enrolled = ["D-LinkCam", "Withings"]
+    fps = []
+    for name in enrolled:
+        dev = devices[name]
+        fp = tmp_path / f"{name}.fp"
+        done = run_command(
+            "dnp-enroll",
+            str(dev.captures[0]),
+            "--mac",
+            dev.mac,
+            "--name",
+            name,
+            "-o",
+            str(fp),
+            "--quiet",
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        fps += ["-f", str(fp)]
+    cap = tmp_path / "two.pcapng"
+    subprocess.run(
+        [
+            "mergecap",
+            "-w",
+            str(cap),
+            str(devices["D-LinkCam"].captures[12]),
+            str(devices["Withings"].captures[12]),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    sidecar, packets = tmp_path / "two.scores.csv", tmp_path / "two.csv"
+    done = run_command(
+        "dnp-scan", str(cap), *fps, "--csv", str(packets), "--annotate", str(sidecar), "--quiet", env=env
+    )
+    assert done.returncode in (0, 1), done.stderr
+    expected = {}
+    with open(packets, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        assert next(reader)[6:] == enrolled
+        for row in reader:
+            expected[int(row[0])] = [float(x) for x in row[6:]]
+    shown = fields(tshark(cap, *FIELD_ARGS, env=env, scores=sidecar))
+    assert shown.keys() == expected.keys() and len(expected) > 100
+    for frame, probs in expected.items():
+        match, target = shown[frame]
+        # --csv rounds to 6 decimals; the sidecar keeps every digit.
+        assert abs(float(match) - max(probs)) <= 5.1e-7, frame
+        tied = [name for name, p in zip(enrolled, probs) if p == max(probs)]
+        assert target in tied, (frame, target, probs)

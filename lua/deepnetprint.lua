@@ -178,17 +178,21 @@ local function parse_sidecar(content, path)
     end
     pos = after
     local n = #content
-    local line = 1
     local bad, first_bad = 0, nil
+    -- The physical line a row starts on, for the message (a quoted name may span lines).
+    local function line_of(at)
+        local _, breaks = string.gsub(string.sub(content, 1, at - 1), "\n", "")
+        return breaks + 1
+    end
     while pos <= n do
-        line = line + 1
+        local row_start = pos
         local record, next_pos = parse_record(content, pos)
         local reason = nil
         if not record then
             reason = next_pos
             -- An unclosed quote swallows the rest of the file: stop there.
             bad = bad + 1
-            first_bad = first_bad or ("line " .. line .. ": " .. reason)
+            first_bad = first_bad or ("line " .. line_of(row_start) .. ": " .. reason)
             break
         end
         pos = next_pos
@@ -215,7 +219,7 @@ local function parse_sidecar(content, path)
             end
             if reason then
                 bad = bad + 1
-                first_bad = first_bad or ("line " .. line .. ": " .. reason)
+                first_bad = first_bad or ("line " .. line_of(row_start) .. ": " .. reason)
             else
                 new_scores[frame] = score
                 new_targets[frame] = record[3]

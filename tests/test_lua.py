@@ -344,7 +344,6 @@ def merged_all(devices, tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
 def test_filter_on_the_whole_data_set(merged_all, env, tmp_path):
     count = int(
         subprocess.run(

@@ -61,10 +61,10 @@ class ModelScorer:
 
     name = "deepnetprint"
 
-    def __init__(self, directory: str | os.PathLike | None = None):
+    def __init__(self, directory: str | os.PathLike | None = None, threads: int = 1):
         from tool.model import Model
 
-        self.model: Model = Model.load(directory)
+        self.model: Model = Model.load(directory, threads=threads)
 
     def enroll(self, name: str, packets: Sequence[Packet]) -> Any:
         from tool.fingerprint import Fingerprint
@@ -77,8 +77,13 @@ class ModelScorer:
         return np.asarray(score_packets(self.model, packets, states), dtype=np.float64)
 
     def models(self) -> dict[str, str]:
+        from tool.model import MANIFEST
+
+        # Model.load has checked every listed file against these digests.
         folder = Path(self.model.directory)
-        return {p.name: sha256_file(p) for p in sorted(folder.glob("*.onnx"))}
+        files = {name: entry["sha256"] for name, entry in self.model.manifest["files"].items()}
+        files[MANIFEST] = sha256_file(folder / MANIFEST)
+        return dict(sorted(files.items()))
 
 
 @dataclass

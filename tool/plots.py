@@ -1,0 +1,123 @@
+"""Figures of a dnp-23 evaluation: confusion matrices, per-device accuracy, ROC curves (PNG files).
+
+matplotlib is the optional extra "eval"; it is imported inside `write_plots`, with the Agg backend,
+so plotting needs no display and `dnp-eval --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tool import metrics
+from tool.evaluate import Evaluation
+
+SEEN_COLOUR = "#1f77b4"
+UNSEEN_COLOUR = "#d62728"
+
+
+def _device_order(ev: Evaluation) -> list[str]:
+    """Seen devices first, then unseen, each alphabetical: the split reads off the axes."""
+    return sorted(ev.names, key=lambda n: (ev.splits[n] != "seen", n.lower()))
+
+
+def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike) -> list[Path]:
+    """Write the figures of one or more methods' evaluations into `directory`; return their paths.
+
+    - `confusion-<method>.png`: capture-level confusion matrix, rows = true device.
+    - `per_device.png`: capture_top1 per device, one bar per method.
+    - `roc.png`: each fingerprint's packet-level ROC curve, per method that scores packets.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if not evaluations:
+        return written
+    order = _device_order(evaluations[0])
+    tick_colours = [SEEN_COLOUR if evaluations[0].splits[n] == "seen" else UNSEEN_COLOUR for n in order]
+
+    for ev in evaluations:
+        matrix = metrics.confusion_matrix(ev.capture_devices, ev.capture_predicted, order)
+        rows = matrix.sum(axis=1, keepdims=True)
+        share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+        fig, ax = plt.subplots(figsize=(10, 9))
+        image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i, j in zip(*np.nonzero(matrix)):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+        ax.set_xticks(range(len(order)), order, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(order)), order, fontsize=8)
+        for ticks in (ax.get_xticklabels(), ax.get_yticklabels()):
+            for label, colour in zip(ticks, tick_colours):
+                label.set_color(colour)
+        ax.set_xlabel("predicted device")
+        ax.set_ylabel("true device (blue: seen, red: unseen)")
+        accuracy = metrics.accuracy(ev.capture_devices, ev.capture_predicted)
+        ax.set_title(f"{ev.method}: test captures, capture_top1 {accuracy:.3f}")
+        fig.colorbar(image, ax=ax, fraction=0.046, label="share of the device's captures")
+        fig.tight_layout()
+        path = out / f"confusion-{ev.method}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(evaluations)
+    x = np.arange(len(order))
+    for m, ev in enumerate(evaluations):
+        values = []
+        for name in order:
+            mine = [(t, p) for t, p in zip(ev.capture_devices, ev.capture_predicted) if t == name]
+            acc = metrics.accuracy([t for t, _ in mine], [p for _, p in mine])
+            values.append(0.0 if np.isnan(acc) else acc)
+        ax.bar(x + (m - (len(evaluations) - 1) / 2) * width, values, width, label=ev.method)
+    ax.set_xticks(x, order, rotation=90, fontsize=8)
+    for label, colour in zip(ax.get_xticklabels(), tick_colours):
+        label.set_color(colour)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("capture_top1")
+    ax.set_title("dnp-23: capture accuracy per device (blue: seen, red: unseen)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "per_device.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+    scored = [ev for ev in evaluations if ev.packet_scores is not None and ev.packet_labels is not None]
+    if scored:
+        fig, axes = plt.subplots(1, len(scored), figsize=(5 * len(scored), 5), squeeze=False)
+        for ax, ev in zip(axes[0], scored):
+            assert ev.packet_scores is not None and ev.packet_labels is not None
+            aucs = []
+            for k, name in enumerate(ev.names):
+                positives = ev.packet_labels == k
+                if not positives.any() or positives.all():
+                    continue
+                fpr, tpr = metrics.roc_curve(ev.packet_scores[:, k], positives)
+                aucs.append(metrics.roc_auc(ev.packet_scores[:, k], positives))
+                colour = SEEN_COLOUR if ev.splits[name] == "seen" else UNSEEN_COLOUR
+                ax.plot(fpr, tpr, color=colour, alpha=0.5, linewidth=1)
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+            ax.set_title(
+                f"{ev.method}: packet ROC per fingerprint\nmean AUC {np.mean(aucs):.3f}", fontsize=10
+            )
+            ax.plot([], [], color=SEEN_COLOUR, label="seen")
+            ax.plot([], [], color=UNSEEN_COLOUR, label="unseen")
+            ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        path = out / "roc.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -62,6 +62,8 @@ def command(
     started = time.perf_counter()
     status = _Status(json_path == "-")
     try:
+        # The data folder's layout first (instant), the model next, the captures last (seconds).
+        _check_data(data)
         status.say("loading the model")
         scorer = ModelScorer(models)
         status.say("reading the captures")
@@ -113,6 +115,17 @@ def command(
         write_atomic(Path(json_path), text)
     _print_tables(report)
     return 0
+
+
+def _check_data(data: str | None) -> None:
+    from tool.capture import CaptureError
+    from tool.dataset import load_devices
+    from tool.evaluate import EvaluationError
+
+    try:
+        load_devices(data)
+    except CaptureError as e:
+        raise EvaluationError(str(e)) from None
 
 
 def _default_data() -> Path:

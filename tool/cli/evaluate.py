@@ -24,7 +24,7 @@ Examples:
 """
 
 CONFUSIONS_SHOWN = 12
-METHOD_TITLES = {"deepnetprint": "DeepNetPrint", "ngram": "n-gram TF-IDF", "iot_sentinel": "IoT Sentinel *"}
+METHOD_TITLES = {"deepnetprint": "DeepNetPrint", "ngram": "n-gram", "iot_sentinel": "Sentinel*"}
 
 
 @click.command(epilog=EXAMPLE)
@@ -61,11 +61,17 @@ def command(
 
     started = time.perf_counter()
     status = _Status(json_path == "-")
+    # What can fail fast does: optional packages, the data folder's layout, the model; then the work.
+    if baselines:
+        _need("sklearn", "--baselines")
+    if plot_dir:
+        _need("matplotlib", "--plot")
     try:
-        # The data folder's layout first (instant), the model next, the captures last (seconds).
         _check_data(data)
         status.say("loading the model")
+        t0 = time.perf_counter()
         scorer = ModelScorer(models)
+        load_seconds = time.perf_counter() - t0
         status.say("reading the captures")
         t0 = time.perf_counter()
         protocol = load_protocol(data)
@@ -92,19 +98,16 @@ def command(
     }
     if protocol.empty_tests:
         report["empty_test_captures"] = protocol.empty_tests
+    if plot_dir:
+        from tool.plots import write_plots
+
+        report["figures"] = [str(p) for p in write_plots(evaluations, plot_dir)]
     report["timing"] = {
+        "model_load_seconds": round(load_seconds, 2),
         "read_seconds": round(read_seconds, 2),
         **{f"{ev.method}_seconds": round(ev.seconds, 2) for ev in evaluations},
         "total_seconds": round(time.perf_counter() - started, 2),
     }
-    figures = []
-    if plot_dir:
-        try:
-            from tool.plots import write_plots
-        except ImportError:
-            raise click.ClickException("--plot needs matplotlib: pip install 'deepnetprint[eval]'") from None
-        figures = write_plots(evaluations, plot_dir)
-        report["figures"] = [str(p) for p in figures]
     text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"
     if json_path == "-":
         sys.stdout.write(text)
@@ -134,18 +137,21 @@ def _default_data() -> Path:
     return default_data_dir().resolve()
 
 
+def _need(module: str, option: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise click.ClickException(f"{option} needs {module}: pip install 'deepnetprint[eval]'")
+
+
 def _run_baselines(protocol: Any, status: _Status) -> list[Any]:
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise click.ClickException(
-            "--baselines needs scikit-learn: pip install 'deepnetprint[eval]'"
-        ) from None
     from tool.baselines import NgramScorer, evaluate_sentinel, ngram_fit_texts
     from tool.evaluate import evaluate_scorer
 
     status.say("n-gram baseline")
+    start = time.perf_counter()
     ngram = evaluate_scorer(protocol, NgramScorer(ngram_fit_texts(protocol)))
+    ngram.seconds = time.perf_counter() - start  # the idf fit included
     status.say("IoT Sentinel baseline (one tshark run, then 23 random forests)")
     return [ngram, evaluate_sentinel(protocol)]
 
@@ -191,33 +197,38 @@ def _print_tables(report: dict[str, Any]) -> None:
         return Table(title=title, box=style, title_justify="left", pad_edge=False)
 
     t = table(f"dnp-23: {report['captures']['all']} test captures of {report['devices']['all']} devices")
-    for col in ("method", "capture all", "seen", "unseen", "brand all", "packet AUC", "seen", "unseen",
-                "bal. acc.", "1-packet"):  # fmt: skip
-        t.add_column(col, justify="left" if col == "method" else "right")
-    for method, r in reports.items():
-        t.add_row(
-            METHOD_TITLES.get(method, method),
-            *(_fmt(r["capture_top1"][k]) for k in ("all", "seen", "unseen")),
-            _fmt(r["brand_top1"]["all"]),
-            *(_fmt(r["packet_auc"][k]) for k in ("all", "seen", "unseen")),
-            _fmt(r["packet_balanced_accuracy"]["all"]),
-            _fmt(r["single_packet_top1"]["all"]),
-        )
+    # One row per number, one column per method: the methods side by side, narrow enough for 80 columns.
+    t.add_column("metric", no_wrap=True)
+    for method in reports:
+        t.add_column(METHOD_TITLES.get(method, method), justify="right", no_wrap=True)
+    rows = [
+        ("capture_top1", "all"),
+        ("capture_top1", "seen"),
+        ("capture_top1", "unseen"),
+        ("brand_top1", "all"),
+        ("packet_auc", "all"),
+        ("packet_auc", "seen"),
+        ("packet_auc", "unseen"),
+        ("packet_balanced_accuracy", "all"),
+        ("single_packet_top1", "all"),
+    ]
+    for key, split in rows:
+        t.add_row(f"{key} {split}", *(_fmt(r[key].get(split)) for r in reports.values()))
     console.print(t)
     if "iot_sentinel" in reports:
         console.print(
-            "* IoT Sentinel is supervised: it trains on captures 1-10 of all devices, the unseen ones "
-            "included,\n  so its seen/unseen columns only split the device list; it classifies captures, "
-            "so it has no packet scores."
+            "* Sentinel: IoT Sentinel (Miettinen et al., ICDCS 2017) is supervised and trains on captures "
+            "1-10 of all devices, the unseen ones included, so its seen/unseen columns only split the device "
+            "list; it classifies captures, so it has no packet scores."
         )
     console.print()
 
-    t = table("capture_top1 per device")
-    t.add_column("device")
+    t = table("capture_top1 per device (n: test captures)")
+    t.add_column("device", no_wrap=True)
     t.add_column("split")
-    t.add_column("captures", justify="right")
+    t.add_column("n", justify="right")
     for method in reports:
-        t.add_column(METHOD_TITLES.get(method, method), justify="right")
+        t.add_column(METHOD_TITLES.get(method, method), justify="right", no_wrap=True)
     t.add_column("packet AUC", justify="right")
     for name, d in report["per_device"].items():
         t.add_row(
@@ -231,7 +242,7 @@ def _print_tables(report: dict[str, Any]) -> None:
     console.print()
 
     t = table("brand_top1 (the predicted device is of the true device's brand)")
-    t.add_column("brand")
+    t.add_column("brand", no_wrap=True)
     t.add_column("devices")
     t.add_column("captures", justify="right")
     for method in reports:
@@ -250,8 +261,8 @@ def _print_tables(report: dict[str, Any]) -> None:
     console.print()
 
     t = table(f"top confusions of {METHOD_TITLES.get(report['method'], report['method'])} (test captures)")
-    t.add_column("true device")
-    t.add_column("predicted")
+    t.add_column("true device", no_wrap=True)
+    t.add_column("predicted", no_wrap=True)
     t.add_column("captures", justify="right")
     for c in report["confusions"][:CONFUSIONS_SHOWN]:
         t.add_row(c["true"], c["predicted"], str(c["count"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import re
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from tool.capture import Packet, read_packets
 from tool.fingerprint import Fingerprint
-from tool.text import packet_text
+from tool.text import _mask_ports, packet_text
 
 if TYPE_CHECKING:
     from tool.model import Model
@@ -31,43 +32,126 @@ MAX_HOST_IPS = 8
 TOP_PACKETS = 10
 HOST_SCORES = ("first20", "mean")
 FALLBACK_THRESHOLD = 0.5
+# Past this many memo entries the memo starts again: a capture of unique texts (random payloads,
+# session tokens in URLs) must not grow memory with its length. 2**16 entries are ~40 MB at most.
+MEMO_LIMIT = 1 << 16
+
+# Per-connection numbers that packet_text masks anyway: TCP counters, and the port pair that opens
+# a TCP or UDP Info. Blanking them before the memo lookup turns the merged data set's 105,000
+# distinct raw Infos into 7,900 memo keys, so packet_text runs once per key, not once per packet.
+# A counter is blanked only where it is a whole token (no '.', ':' or '-' after it), so no address
+# pattern that packet_text applies before its counter rule can have read those digits; leading
+# ports are masked by packet_text's own rule. tests/test_robustness.py checks on every packet of the
+# data set that packet_text of the blanked Info is packet_text of the raw one.
+_COUNTERS_RE = re.compile(r"\b(Seq|Ack|Win|TSval|TSecr|SLE|SRE)=\d+(?![\w.:-])")
+_LEADING_PORTS_RE = re.compile(r"(\d{1,5}) (→|->) (\d{1,5})\b")
+
+
+def memo_info(info: str) -> str:
+    """The Info with per-connection numbers blanked: packet_text(p, memo_info(i)) == packet_text(p, i).
+
+    >>> memo_info("49158 → 80 [ACK] Seq=17735 Ack=1670 Win=14048 Len=0")
+    'EPORT → 80 [ACK] Seq=0 Ack=0 Win=0 Len=0'
+    """
+    if info[:1].isdigit():
+        m = _LEADING_PORTS_RE.match(info)
+        if m is not None:
+            info = _mask_ports(m) + info[m.end() :]
+    if "=" in info:
+        info = _COUNTERS_RE.sub(r"\1=0", info)
+    return info
 
 
 class Matcher:
-    """Scores packets against fingerprints, remembering the probabilities of each distinct input."""
+    """Scores packets against fingerprints, remembering the probabilities of each distinct input.
 
-    def __init__(self, model: Model, fingerprints: Sequence[Fingerprint]):
+    Two memos, both indexes into one table of probabilities: raw (protocol, blanked Info[, length])
+    to row, which spares packet_text on repeats, and model input (`Model.key`) to row, which spares
+    the encoder on texts that differ only in what packet_text masks.
+    """
+
+    def __init__(self, model: Model, fingerprints: Sequence[Fingerprint], memo_limit: int = MEMO_LIMIT):
         self.model = model
         self.fingerprints = list(fingerprints)
         self.prototypes = np.asarray([f.prototype for f in fingerprints], dtype=np.float32)
-        self._memo: dict[Hashable, np.ndarray] = {}
+        self.memo_limit = memo_limit
+        self._encoded = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._by_raw: dict[tuple, int] = {}
+        self._by_input: dict[Hashable, int] = {}
+        self._texts: dict[tuple[str, str], str] = {}
+        self._table = np.zeros((1024, len(self.fingerprints)), dtype=np.float32)
 
     @property
     def distinct_inputs(self) -> int:
-        return len(self._memo)
+        """How many distinct model inputs were encoded."""
+        return self._encoded
 
-    def score(self, packets: Sequence[Packet]) -> np.ndarray:
-        """p(Target) of each packet for each fingerprint: [N, K]."""
-        texts = [packet_text(p.protocol, p.info) for p in packets]
-        keys = [self.model.key(t, p.length) for t, p in zip(texts, packets)]
+    def rows(self, packets: Sequence[Packet]) -> np.ndarray:
+        """Each packet's row in the probability table, encoding the inputs not seen before: [N]."""
+        if len(self._by_raw) + len(packets) > self.memo_limit:
+            self._reset()
+        by_raw, by_input, texts = self._by_raw, self._by_input, self._texts
+        uses_length = self.model.uses_length
+        key_of = self.model.key
         new: dict[Hashable, tuple[str, int]] = {}
-        for key, text, packet in zip(keys, texts, packets):
-            if key not in self._memo and key not in new:
-                new[key] = (text, packet.length)
+        rows = []
+        for p in packets:
+            info = memo_info(p.info)
+            raw = (p.protocol, info, p.length) if uses_length else (p.protocol, info)
+            row = by_raw.get(raw)
+            if row is None:
+                # Frames of several lengths share a text: packet_text once for all of them.
+                text = texts.get((p.protocol, info))
+                if text is None:
+                    text = texts[(p.protocol, info)] = packet_text(p.protocol, info)
+                key = key_of(text, p.length)
+                row = by_input.get(key)
+                if row is None:
+                    row = by_input[key] = len(by_input)
+                    new[key] = (text, p.length)
+                by_raw[raw] = row
+            rows.append(row)
         if new:
             embedded = self.model.embed([t for t, _ in new.values()], [n for _, n in new.values()])
             probs = self.model.match(embedded, self.prototypes)
-            for key, row in zip(new, probs):
-                self._memo[key] = row
+            first = len(by_input) - len(new)
+            if len(by_input) > len(self._table):
+                grown = np.zeros((max(len(by_input), 2 * len(self._table)), self._table.shape[1]), np.float32)
+                grown[:first] = self._table[:first]
+                self._table = grown
+            self._table[first : len(by_input)] = probs
+            self._encoded += len(new)
+        return np.asarray(rows, dtype=np.intp)
+
+    def score(self, packets: Sequence[Packet]) -> np.ndarray:
+        """p(Target) of each packet for each fingerprint: [N, K]."""
+        packets = list(packets)
         if not packets:
             return np.zeros((0, len(self.fingerprints)), dtype=np.float32)
-        return np.stack([self._memo[k] for k in keys])
+        out = np.empty((len(packets), len(self.fingerprints)), dtype=np.float32)
+        # A sequence longer than the memo may hold is scored a memo's worth at a time.
+        step = max(1, self.memo_limit // 2)
+        for start in range(0, len(packets), step):
+            part = packets[start : start + step]
+            rows = self.rows(part)  # first: it may grow the table
+            out[start : start + len(part)] = self._table[rows]
+        return out
+
+    def chunks(
+        self, packets: Iterable[Packet], chunk: int = CHUNK
+    ) -> Iterator[tuple[list[Packet], np.ndarray]]:
+        """Yield (up to `chunk` packets, their probabilities [n, K]) in capture order."""
+        it = iter(packets)
+        while batch := list(itertools.islice(it, chunk)):
+            yield batch, self.score(batch)
 
     def stream(self, packets: Iterable[Packet], chunk: int = CHUNK) -> Iterator[tuple[Packet, np.ndarray]]:
         """Yield (packet, its probabilities) in capture order, scoring a chunk at a time."""
-        it = iter(packets)
-        while batch := list(itertools.islice(it, chunk)):
-            yield from zip(batch, self.score(batch))
+        for batch, probs in self.chunks(packets, chunk):
+            yield from zip(batch, probs)
 
 
 def score_packets(model: Model, packets: Sequence[Packet], fingerprints: Sequence[Fingerprint]) -> np.ndarray:
@@ -88,6 +172,7 @@ class Host:
     first_sum: np.ndarray | None = None
     first_count: int = 0
     total_sum: np.ndarray | None = None
+    number: int = 0  # the host's row in a scan's per-host arrays
 
     def add(self, packet: Packet, probs: np.ndarray, host_packets: int) -> None:
         self.packets += 1
@@ -180,22 +265,53 @@ def scan(
     names = [f.name for f in fingerprints]
     matcher = Matcher(model, fingerprints)
     hosts: dict[str, Host] = {}
+    # Per-host sums live in arrays indexed by host number and grow by whole chunks: a numpy call per
+    # chunk, not per packet, is what keeps the scan as fast as tshark.
+    first_sum = np.zeros((64, len(names)), dtype=np.float64)
+    total_sum = np.zeros_like(first_sum)
     best: list[tuple[float, int, Packet, np.ndarray]] = []
     total = 0
-    for packet, probs in matcher.stream(read_packets(capture, display_filter)):
-        total += 1
-        host = hosts.get(packet.eth_src)
-        if host is None:
-            host = hosts[packet.eth_src] = Host(packet.eth_src)
-        host.add(packet, probs, host_packets)
-        top = float(probs.max())
-        entry = (top, -packet.frame, packet, probs)
-        if len(best) < TOP_PACKETS:
-            heapq.heappush(best, entry)
-        elif top > best[0][0]:
-            heapq.heapreplace(best, entry)
+    for batch, probs in matcher.chunks(read_packets(capture, display_filter)):
+        total += len(batch)
+        index: list[int] = []
+        first: list[bool] = []
+        for packet in batch:
+            host = hosts.get(packet.eth_src)
+            if host is None:
+                host = hosts[packet.eth_src] = Host(packet.eth_src)
+                host.number = len(hosts) - 1
+            host.packets += 1
+            ip = packet.ip_src
+            if ip and len(host.ips) < MAX_HOST_IPS and ip not in host.ips and ip not in ("0.0.0.0", "::"):
+                # 0.0.0.0 is what a DHCP client says before it has an address, not an address it uses.
+                host.ips.append(ip)
+            index.append(host.number)
+            first.append(host.first_count < host_packets)
+            if host.first_count < host_packets:
+                host.first_count += 1
+        if len(hosts) > len(total_sum):
+            first_sum, total_sum = (_grown(a, 2 * len(hosts)) for a in (first_sum, total_sum))
+        rows = np.asarray(index, dtype=np.intp)
+        probs64 = probs.astype(np.float64)
+        # np.add.at adds in packet order, so every sum equals the packet-by-packet one.
+        np.add.at(total_sum, rows, probs64)
+        mask = np.asarray(first, dtype=bool)
+        np.add.at(first_sum, rows[mask], probs64[mask])
+        tops = probs.max(axis=1)
+        floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
+        for i in np.flatnonzero(tops > floor).tolist():
+            top = float(tops[i])
+            entry = (top, -batch[i].frame, batch[i], probs[i])
+            if len(best) < TOP_PACKETS:
+                heapq.heappush(best, entry)
+            elif top > best[0][0]:
+                heapq.heapreplace(best, entry)
         if on_packet is not None:
-            on_packet(packet, probs)
+            for packet, row in zip(batch, probs):
+                on_packet(packet, row)
+    for host in hosts.values():
+        host.total_sum = total_sum[host.number].copy()
+        host.first_sum = first_sum[host.number].copy()
     return ScanResult(
         capture=str(capture),
         fingerprints=[
@@ -209,6 +325,12 @@ def scan(
         hosts=_rank_hosts(hosts.values(), names, host_score, threshold),
         top_packets=[_packet_row(p, probs, names) for _, _, p, probs in sorted(best, reverse=True)],
     )
+
+
+def _grown(array: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, array.shape[1]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out
 
 
 def _rank_hosts(hosts: Iterable[Host], names: list[str], how: str, threshold: float) -> list[dict[str, Any]]:

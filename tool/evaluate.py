@@ -67,9 +67,12 @@ class ModelScorer:
         self.model: Model = Model.load(directory, threads=threads)
 
     def enroll(self, name: str, packets: Sequence[Packet]) -> Any:
-        from tool.fingerprint import Fingerprint
+        from tool.fingerprint import Fingerprint, FingerprintError
 
-        return Fingerprint.from_packets(self.model, packets, name)
+        try:
+            return Fingerprint.from_packets(self.model, packets, name)
+        except FingerprintError as e:
+            raise EvaluationError(f"{name}: {e}") from None
 
     def score(self, packets: Sequence[Packet], states: Sequence[Any]) -> np.ndarray:
         from tool.scan import score_packets
@@ -126,14 +129,11 @@ def _enrollment_captures(per_capture: Sequence[Sequence[Packet]], count: int) ->
     return len(per_capture)
 
 
-def test_capture_indices(device: Device, enrollment_captures: int) -> list[int]:
+def tested_captures(device: Device, enrollment_captures: int) -> list[int]:
     """The captures a device is tested on: 11-20, or, in a smaller folder, those after enrollment."""
     n = len(device.captures)
     first = DEV_CAPTURES if n > DEV_CAPTURES else enrollment_captures
     return list(range(first, n))
-
-
-test_capture_indices.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 def load_protocol(root: str | os.PathLike | None = None) -> ProtocolData:
@@ -156,7 +156,7 @@ def load_protocol(root: str | os.PathLike | None = None) -> ProtocolData:
         if not enrollment[device.name]:
             raise EvaluationError(f"{device.name}: no packet from {device.mac} in its captures to enroll")
         used = _enrollment_captures(dp.per_capture, ENROLL_PACKETS)
-        indices = test_capture_indices(device, used)
+        indices = tested_captures(device, used)
         development[device.name] = dp.per_capture[: indices[0] if indices else len(dp.per_capture)]
         for i in indices:
             if dp.per_capture[i]:

@@ -186,46 +186,60 @@ local function parse_sidecar(content, path)
     end
     while pos <= n do
         local row_start = pos
-        local record, next_pos = parse_record(content, pos)
-        local reason = nil
-        if not record then
-            reason = next_pos
-            -- An unclosed quote swallows the rest of the file: stop there.
-            bad = bad + 1
-            first_bad = first_bad or ("line " .. line_of(row_start) .. ": " .. reason)
-            break
-        end
-        pos = next_pos
-        if not (#record == 1 and record[1] == "") then -- blank lines are not rows
-            local frame, score = nil, nil
-            if #record ~= 3 then
+        -- The common row (a number, a number, a name without commas or quotes) in one anchored match
+        -- and no table; anything else, or anything the fast path would refuse, goes the long way.
+        local f1, f2, f3, next_pos = string.match(content, '^(%d+),([-+%d.eE]+),([^,"\r\n]*)\r?\n()', pos)
+        local frame, score = f1 and tonumber(f1), f2 and tonumber(f2)
+        if frame and score and frame >= 1 and score >= 0 and score <= 1 and not new_scores[frame] then
+            pos = next_pos
+            new_scores[frame] = score
+            new_targets[frame] = f3
+            if frame > top then
+                top = frame
+            end
+        else
+            local reason = nil
+            local record
+            record, next_pos = parse_record(content, pos)
+            if not record then
+                -- An unclosed quote swallows the rest of the file: stop there.
+                bad = bad + 1
+                first_bad = first_bad or ("line " .. line_of(row_start) .. ": " .. next_pos)
+                break
+            end
+            pos = next_pos
+            f1, f2, f3 = record[1], record[2], record[3]
+            frame, score = nil, nil
+            if #record == 1 and f1 == "" then
+                reason = nil -- a blank line is not a row
+            elseif #record ~= 3 then
                 reason = #record .. " fields instead of 3"
             else
-                if string.match(record[1], "^%d+$") then
-                    frame = tonumber(record[1])
+                if string.match(f1, "^%d+$") then
+                    frame = tonumber(f1)
                 end
-                if string.match(record[2], "^%s*[-+]?[%d.]+[eE]?[-+]?%d*%s*$") then
-                    score = tonumber(record[2])
+                if string.match(f2, "^%s*[-+]?[%d.]+[eE]?[-+]?%d*%s*$") then
+                    score = tonumber(f2)
                 end
                 if not frame or frame < 1 then
-                    reason = "frame '" .. record[1] .. "' is not a frame number"
+                    reason = "frame '" .. f1 .. "' is not a frame number"
                 elseif not score or score ~= score then
-                    reason = "score '" .. record[2] .. "' is not a number"
+                    reason = "score '" .. f2 .. "' is not a number"
                 elseif score < 0 or score > 1 then
-                    reason = "score " .. record[2] .. " is outside [0, 1]"
+                    reason = "score " .. f2 .. " is outside [0, 1]"
                 elseif new_scores[frame] then
-                    reason = "frame " .. record[1] .. " is listed twice"
+                    reason = "frame " .. f1 .. " is listed twice"
+                else
+                    new_scores[frame] = score
+                    new_targets[frame] = f3
+                    if frame > top then
+                        top = frame
+                    end
                 end
             end
             if reason then
                 bad = bad + 1
                 first_bad = first_bad or ("line " .. line_of(row_start) .. ": " .. reason)
-            else
-                new_scores[frame] = score
-                new_targets[frame] = record[3]
-                if frame > top then
-                    top = frame
-                end
             end
         end
     end
@@ -270,6 +284,8 @@ local function load_sidecar()
     loaded_path, loaded_content = path, content
     if msg then
         tell(msg)
+    else
+        last_message = nil -- fixed: the same fault later is news again
     end
 end
 

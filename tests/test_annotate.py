@@ -43,10 +43,11 @@ def comments_of(capture, env=None) -> dict[int, str]:
 
 def test_sidecar_round_trip_keeps_every_digit_and_every_name(tmp_path):
     rows = seeded_rows(range(1, 2001), share=0.7) + [(5000, 0.0, ""), (5001, 1.0, "x"), (5002, 5e-324, "y")]
+    rows.append((np.int64(5003), np.float32(0.75), "from numpy"))  # what a scorer is likely to hand over
     path = tmp_path / "s.csv"
     write_sidecar(path, iter(rows))
     assert path.read_text(encoding="utf-8").splitlines()[0] == "frame,score,target"
-    assert read_sidecar(path) == {f: (s, t) for f, s, t in rows}
+    assert read_sidecar(path) == {int(f): (float(s), t) for f, s, t in rows}
 
 
 def test_sidecar_uses_proper_csv_quoting(tmp_path):
@@ -59,7 +60,7 @@ def test_sidecar_uses_proper_csv_quoting(tmp_path):
 
 @pytest.mark.parametrize(
     "row",
-    [(0, 0.5, "a"), (-3, 0.5, "a"), (1.5, 0.5, "a"), (1, float("nan"), "a"), (1, 1.01, "a"), (1, -1e-9, "a")],
+    [(0, 0.5, "a"), (-3, 0.5, "a"), (1.0, 0.5, "a"), (1, float("nan"), "a"), (1, 1.01, "a"), (1, -1e-9, "a")],
 )
 def test_bad_row_leaves_the_old_sidecar_and_no_temp_file(tmp_path, row):
     path = tmp_path / "s.csv"

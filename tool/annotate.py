@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import operator
 import os
 import re
 import shutil
@@ -54,9 +55,18 @@ class AnnotateError(Exception):
 
 
 def _check_row(frame: object, score: object, target: object) -> tuple[int, float, str]:
-    if isinstance(frame, bool) or not isinstance(frame, int) or frame < 1:
+    try:
+        # operator.index takes numpy integers too, and refuses 2.0 and "2".
+        number = operator.index(frame)  # type: ignore[arg-type]
+    except TypeError:
+        number = 0
+    if isinstance(frame, bool) or number < 1:
         raise ValueError(f"frame {frame!r} is not a frame number (an integer from 1)")
-    score = float(score)  # type: ignore[arg-type]
+    frame = number
+    try:
+        score = float(score)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"frame {frame}: score {score!r} is not a number") from None
     if not math.isfinite(score) or not 0.0 <= score <= 1.0:
         raise ValueError(f"frame {frame}: score {score!r} is not a probability in [0, 1]")
     if not isinstance(target, str):

@@ -42,11 +42,12 @@ def plugin_file() -> Path:
     try:
         from importlib.resources import files
 
-        resource = files("tool.lua") / PLUGIN
-        # Only a real file can be handed to tshark; a zipped install falls through to the repo's copy.
-        if isinstance(resource, Path) and resource.is_file():
+        # str() of the resource is a real path for a package on disk (regular or namespace package);
+        # only such a file can be handed to tshark, so a zipped install falls through.
+        resource = Path(str(files("tool.lua") / PLUGIN))
+        if resource.is_file():
             return resource
-    except (ModuleNotFoundError, TypeError):
+    except (ModuleNotFoundError, TypeError, ValueError):
         pass
     here = Path(__file__).resolve().parent.parent.parent / "lua" / PLUGIN
     if here.is_file():

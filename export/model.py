@@ -1,0 +1,240 @@
+"""The DeepNetPrint network, top to bottom: character embedding, ConvLSTM autoencoder, prototype head.
+
+After J. Pan's DeepNetPrint paper. A packet's text (tool.text.packet_text, optionally prefixed by
+its frame length) is read as bytes. The bytes are cut into T chunks of W characters; each chunk is
+one time step of a ConvLSTM whose channels are the character-embedding dimensions and whose
+convolutions run along the W characters of the chunk (a 1-D ConvLSTM). This layout ran about ten
+times faster in onnxruntime than a ConvLSTM over 2-D character maps, and trained faster too.
+
+Phase 1 trains encoder + decoder to reconstruct the bytes; the encoder's last hidden state is the
+packet encoding. Phase 2 trains f_phi (the embedding network) on top, with the encoder fine-tuned,
+as a one-class prototypical network: a device's Target prototype is built from the embeddings of 20
+sequenced support packets; the Null prototype is f_phi of the all-null input, which is the origin
+because f_phi has no biases; p(Target | q) = softmax over the negative squared distances to the two.
+
+Shapes: N packets, L = T * W bytes, E character-embedding dims, H ConvLSTM channels, D embedding dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VOCAB = 257  # byte value + 1; 0 is padding
+
+
+@dataclass
+class Config:
+    max_len: int = 128  # bytes read per packet text; ~89% of the first-20 packets fit entirely
+    chunk: int = 16  # W: characters per ConvLSTM time step
+    char_dim: int = 16  # E: character embedding = ConvLSTM input channels
+    hidden: int = 16  # H: ConvLSTM channels; the encoding has H * W values
+    kernel: int = 3  # convolution width along the characters
+    embed_hidden: int = 256  # f_phi hidden layer
+    embed_dim: int = 64  # D: f_phi output, the space where prototypes live
+    uses_length: bool = True  # the frame length, as decimal digits, is prepended to the text
+    proto_net: bool = False  # time-series prototype network over the support sequence, else the mean
+    readout: str = "last"  # f_phi reads the encoder's last hidden state, or "all": every step's
+
+    @property
+    def encoding_dim(self) -> int:
+        return self.hidden * self.chunk * (self.steps if self.readout == "all" else 1)
+
+    @property
+    def steps(self) -> int:  # T
+        return self.max_len // self.chunk
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConvLSTMCell(nn.Module):
+    """Shi et al.'s ConvLSTM cell, the paper's equations 3-7, peepholes included.
+
+    i = sigmoid(W_xi * x + W_hi * h + W_ci o c + b_i)
+    f = sigmoid(W_xf * x + W_hf * h + W_cf o c + b_f)
+    c' = f o c + i o tanh(W_xc * x + W_hc * h + b_c)
+    o = sigmoid(W_xo * x + W_ho * h + W_co o c' + b_o)
+    h' = o o tanh(c')
+    (* is a 1-D convolution along the characters, o the Hadamard product.)
+    """
+
+    def __init__(self, in_ch: int, hidden: int, width: int, kernel: int):
+        super().__init__()
+        # The input-to-state convolution carries the biases b_i, b_f, b_c, b_o; it is applied to all
+        # time steps at once by the callers (see `input_gates`), so the loop only runs W_h * h.
+        self.conv_x = nn.Conv1d(in_ch, 4 * hidden, kernel, padding=kernel // 2)
+        self.conv_h = nn.Conv1d(hidden, 4 * hidden, kernel, padding=kernel // 2, bias=False)
+        self.w_ci = nn.Parameter(torch.zeros(hidden, width))
+        self.w_cf = nn.Parameter(torch.zeros(hidden, width))
+        self.w_co = nn.Parameter(torch.zeros(hidden, width))
+        with torch.no_grad():  # forget gate opens at the start: long memories train more easily
+            self.conv_x.bias[hidden : 2 * hidden].fill_(1.0)
+
+    def input_gates(self, x: torch.Tensor) -> torch.Tensor:
+        # x [N, T, C, W] -> [N, T, 4H, W]
+        n, t, c, w = x.shape
+        return self.conv_x(x.reshape(n * t, c, w)).reshape(n, t, -1, w)
+
+    def forward(
+        self, gx: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # gx [N, 4H, W] (W_x * x + b), h, c [N, H, W] -> h', c' [N, H, W]
+        gi, gf, gc, go = (gx + self.conv_h(h)).chunk(4, dim=1)
+        i = torch.sigmoid(gi + self.w_ci * c)
+        f = torch.sigmoid(gf + self.w_cf * c)
+        c = f * c + i * torch.tanh(gc)
+        o = torch.sigmoid(go + self.w_co * c)
+        h = o * torch.tanh(c)
+        return h, c
+
+
+class Encoder(nn.Module):
+    """Bytes -> packet encoding: the ConvLSTM's last hidden state, or all its hidden states."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(VOCAB, cfg.char_dim, padding_idx=0)
+        self.cell = ConvLSTMCell(cfg.char_dim, cfg.hidden, cfg.chunk, cfg.kernel)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        n = ids.shape[0]
+        x = self.embed(ids)  # [N, L] -> [N, L, E]
+        x = x.reshape(n, cfg.steps, cfg.chunk, cfg.char_dim).transpose(2, 3)  # -> [N, T, E, W]
+        gx = self.cell.input_gates(x)  # -> [N, T, 4H, W]
+        h = torch.zeros(n, cfg.hidden, cfg.chunk, dtype=x.dtype)  # [N, H, W]
+        c = torch.zeros_like(h)
+        states = []
+        for t in range(cfg.steps):
+            h, c = self.cell(gx[:, t], h, c)
+            states.append(h)
+        if self.cfg.readout == "all":  # every step's state: local detail (a model number) stays visible
+            return torch.stack(states, 1).reshape(n, -1)  # -> [N, T*H*W]
+        return h.reshape(n, -1)  # -> [N, H*W]
+
+    @staticmethod
+    def last_state(z: torch.Tensor, cfg: Config) -> torch.Tensor:
+        return z[:, -cfg.hidden * cfg.chunk :]  # the decoder reads the last state: [N, H*W]
+
+
+class Decoder(nn.Module):
+    """Packet encoding -> byte logits; the encoding is the input of every step (a repeat vector)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.cell = ConvLSTMCell(cfg.hidden, cfg.hidden, cfg.chunk, cfg.kernel)
+        self.out = nn.Conv1d(cfg.hidden, VOCAB, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        n = z.shape[0]
+        z = Encoder.last_state(z, cfg).reshape(n, cfg.hidden, cfg.chunk)  # [N, H*W] -> [N, H, W]
+        gx = self.cell.conv_x(z)  # the same input at every step -> [N, 4H, W]
+        h = torch.zeros_like(z)
+        c = torch.zeros_like(z)
+        logits = []
+        for _ in range(cfg.steps):
+            h, c = self.cell(gx, h, c)
+            logits.append(self.out(h))  # [N, V, W]
+        return torch.stack(logits, 2).reshape(n, VOCAB, cfg.max_len)  # -> [N, V, T, W] -> [N, V, L]
+
+
+class EmbeddingNet(nn.Module):
+    """f_phi: packet encoding -> prototype space. No biases, so f_phi(0) = 0: the Null prototype."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.encoding_dim, cfg.embed_hidden, bias=False)
+        self.fc2 = nn.Linear(cfg.embed_hidden, cfg.embed_dim, bias=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(z)))  # [N, encoding_dim] -> [N, D]
+
+
+class PrototypeNet(nn.Module):
+    """The Target prototype from S sequenced support embeddings.
+
+    With proto_net, the support packets are read as a time series (after Huang et al.'s deep
+    prototypical networks for time series): a residual temporal convolution, then the mean. The
+    convolution starts at zero, so training begins from the plain mean.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.enabled = cfg.proto_net
+        if self.enabled:
+            self.conv = nn.Conv1d(cfg.embed_dim, cfg.embed_dim, 3, padding=1, bias=False)
+            nn.init.zeros_(self.conv.weight)
+
+    def forward(self, support: torch.Tensor) -> torch.Tensor:
+        # support [B, S, D] -> [B, D]
+        if self.enabled:
+            x = support.transpose(1, 2)  # [B, D, S]
+            support = (x + self.conv(x)).transpose(1, 2)
+        return support.mean(dim=1)
+
+
+def match(queries: torch.Tensor, prototypes: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """p(Target | query) for every query and Target prototype; the Null prototype is the origin.
+
+    softmax(-s * [d(q, target), d(q, null)])[0] = sigmoid(s * (|q|^2 - |q - target|^2))
+    """
+    # queries [N, D], prototypes [K, D] -> [N, K]
+    d_target = torch.cdist(queries, prototypes).pow(2)
+    d_null = queries.pow(2).sum(1, keepdim=True)
+    return torch.sigmoid(log_scale.exp() * (d_null - d_target))
+
+
+class DeepNetPrint(nn.Module):
+    """The whole network; phase 1 uses encoder + decoder, phase 2 encoder + embed + proto + scale."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.embed = EmbeddingNet(cfg)
+        self.proto = PrototypeNet(cfg)
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def reconstruct(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(ids))  # [N, L] -> [N, V, L]
+
+    def embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.encoder(ids))  # [N, L] -> [N, D]
+
+    def match(self, queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        return match(queries, prototypes, self.log_scale)
+
+
+class ExportEncoder(nn.Module):
+    """What encoder.onnx computes: bytes [N, L] int64 -> embeddings [N, D]."""
+
+    def __init__(self, net: DeepNetPrint):
+        super().__init__()
+        self.net = net
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.net.embedding(ids)
+
+
+class ExportHead(nn.Module):
+    """What head.onnx computes: support [S, D] -> (prototype [D], match scale []).
+
+    The scale travels with the prototype network so that one file (head_sha256) pins both; the
+    runtime computes match() from it in numpy.
+    """
+
+    def __init__(self, net: DeepNetPrint):
+        super().__init__()
+        self.net = net
+
+    def forward(self, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prototype = self.net.proto(support.unsqueeze(0))[0]
+        return prototype, self.net.log_scale.exp()

@@ -1,0 +1,474 @@
+"""Train DeepNetPrint (both phases) on the development half of the seen devices, export to ONNX.
+
+    dnp-train                      # the shipped model: all 12 seen devices, captures 1-10 -> models/
+    dnp-train --cv                 # leave-devices-out validation on the development half, no export
+    dnp-train --ae-steps 20 --proto-steps 20 --devices Aria,Lightify,HueBridge --out /tmp/m  # smoke run
+
+Phase 1 trains the ConvLSTM autoencoder to reconstruct the distinct packet strings (sampled by the
+square root of their frequency: the ~1000 distinct texts, not 50k duplicate TCP ACKs). Phase 2 trains
+the one-class prototypical network on episodes that mimic the dnp-23 protocol: every training device
+gets a Target prototype from 20 sequenced support packets of one capture, and the first 20 packets
+(plus some random packets) of another capture are queries against every prototype. Two losses: the
+one-class loss on each (query, prototype) pair, and a multi-way loss on the capture score (the mean
+p(Target) over the capture's first 20 packets) across all prototypes, because dnp-23's capture_top1
+is an argmax over fingerprints. Only tool.dataset's SEEN devices and their captures 1-10 are read.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+
+# ---- settings (the shipped model uses these defaults) ------------------------------------------
+SEED = 1337
+SUPPORT = 20  # packets in a prototype's support sequence (the dnp-23 enrollment)
+QUERY_FIRST = 20  # a query capture's first packets: its dnp-23 capture score
+QUERY_RANDOM = 12  # plus random packets of the capture, for the packet-level one-class loss
+# Leave-devices-out folds over the 12 seen devices, each holding out devices whose vendor
+# relatives stay in training, as the real unseen devices have relatives among the seen ones.
+CV_FOLDS = (
+    ("D-LinkSiren", "EdimaxPlug1101W", "Aria", "Lightify"),
+    ("D-LinkWaterSensor", "TP-LinkPlugHS100", "HueBridge", "EdnetGateway"),
+    ("D-LinkDoorSensor", "SmarterCoffee", "WeMoLink", "D-LinkCam"),
+)
+
+
+@dataclass
+class TrainConfig:
+    ae_steps: int = 1500
+    ae_batch: int = 128
+    ae_lr: float = 3e-3
+    proto_steps: int = 1500
+    proto_lr: float = 1e-3
+    encoder_lr: float = 3e-4  # the encoder is fine-tuned in phase 2, more gently
+    first_support: float = 0.5  # share of supports taken from the start of a capture (as dnp-23)
+    capture_weight: float = 1.0  # multi-way capture-score loss
+    capture_tau: float = 10.0  # temperature of that softmax over capture scores in [0, 1]
+    ae_weight: float = 0.1  # reconstruction kept alive in phase 2
+    threads: int = 2
+
+
+# ---- data ----------------------------------------------------------------------------------------
+@dataclass
+class Data:
+    """Distinct model-input strings and, per device, its captures as arrays of string indices."""
+
+    strings: list[str]
+    counts: np.ndarray  # [U] occurrences in the data
+    captures: dict[str, list[np.ndarray]]  # device -> dev captures -> [n packets] indices
+
+
+def load_data(root: Path | None, names: list[str], uses_length: bool) -> Data:
+    from tool.dataset import SEEN, device_packets, load_devices
+    from tool.model import model_input
+    from tool.text import packet_text
+
+    unknown = [n for n in names if n not in SEEN]
+    if unknown:  # training may read the seen devices only (EVALUATION.md)
+        raise click.UsageError(f"not seen devices: {', '.join(unknown)}")
+    devices = [d for d in load_devices(root) if d.name in names]
+    if len(devices) != len(names):
+        missing = set(names) - {d.name for d in devices}
+        raise click.UsageError(f"devices not in the data folder: {', '.join(sorted(missing))}")
+    # Only the development half is read: device_packets reads every capture it is given.
+    for d in devices:
+        d.captures = d.dev_captures
+    packets = device_packets(devices)
+    index: dict[str, int] = {}
+    counts: list[int] = []
+    captures: dict[str, list[np.ndarray]] = {}
+    for d in devices:
+        captures[d.name] = []
+        for capture in packets[d.name].per_capture:
+            idx = []
+            for p in capture:
+                s = model_input(packet_text(p.protocol, p.info), p.length, uses_length)
+                if s not in index:
+                    index[s] = len(index)
+                    counts.append(0)
+                counts[index[s]] += 1
+                idx.append(index[s])
+            captures[d.name].append(np.array(idx, dtype=np.int64))
+    return Data(list(index), np.array(counts, dtype=np.float64), captures)
+
+
+def support_sequence(captures: list[np.ndarray], start_capture: int, count: int) -> np.ndarray:
+    """The first `count` packets from a capture on, continuing into the next ones (dnp-23 enrollment)."""
+    out: list[np.ndarray] = []
+    n = 0
+    for c in captures[start_capture:] + captures[:start_capture]:
+        out.append(c[: count - n])
+        n += len(out[-1])
+        if n >= count:
+            break
+    return np.concatenate(out)
+
+
+# ---- phase 1: autoencoder ------------------------------------------------------------------------
+def train_autoencoder(net, ids, data: Data, tc: TrainConfig, rng: np.random.Generator, log) -> list[float]:
+    import torch
+    import torch.nn.functional as F
+
+    params = list(net.encoder.parameters()) + list(net.decoder.parameters())
+    opt = torch.optim.Adam(params, lr=tc.ae_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, tc.ae_lr, total_steps=max(1, tc.ae_steps))
+    weights = np.sqrt(data.counts)
+    weights /= weights.sum()
+    losses = []
+    for step in range(tc.ae_steps):
+        batch = torch.from_numpy(rng.choice(len(ids), size=tc.ae_batch, p=weights))
+        x = ids[batch]  # [B, L]
+        loss = F.cross_entropy(net.reconstruct(x), x)  # [B, V, L] vs [B, L]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 250 == 0 or step == tc.ae_steps - 1:
+            log(f"  ae step {step:5d}  reconstruction {np.mean(losses[-50:]):.4f}")
+    return losses
+
+
+# ---- phase 2: one-class prototypical network -----------------------------------------------------
+def episode(data: Data, names: list[str], tc: TrainConfig, rng: np.random.Generator):
+    """Supports [K, S] and queries (indices, device of each, capture of each first-20 query)."""
+    supports, q_idx, q_dev, q_cap = [], [], [], []
+    for k, name in enumerate(names):
+        caps = data.captures[name]
+        cs, cq = rng.choice(len(caps), size=2, replace=False)
+        if rng.random() < tc.first_support:
+            sup = support_sequence(caps, cs, SUPPORT)
+        else:  # a window anywhere in the capture: more variety in the prototypes
+            seq = np.concatenate(caps[cs:] + caps[:cs])
+            start = rng.integers(0, max(1, len(seq) - SUPPORT + 1))
+            sup = seq[start : start + SUPPORT]
+        supports.append(np.resize(sup, SUPPORT))  # short devices repeat their sequence
+        first = caps[cq][:QUERY_FIRST]
+        rand = rng.choice(caps[cq], size=min(QUERY_RANDOM, len(caps[cq])), replace=False)
+        q_idx += [first, rand]
+        q_dev += [np.full(len(first) + len(rand), k)]
+        q_cap += [np.full(len(first), k), np.full(len(rand), -1)]
+    return np.stack(supports), np.concatenate(q_idx), np.concatenate(q_dev), np.concatenate(q_cap)
+
+
+def train_prototypes(net, ids, data: Data, tc: TrainConfig, rng: np.random.Generator, log) -> list[float]:
+    import torch
+    import torch.nn.functional as F
+
+    names = sorted(data.captures)
+    enc_params = list(net.encoder.parameters())
+    head_params = list(net.embed.parameters()) + list(net.proto.parameters()) + [net.log_scale]
+    opt = torch.optim.Adam(
+        [
+            {"params": enc_params, "lr": tc.encoder_lr},
+            {"params": head_params, "lr": tc.proto_lr},
+            {"params": net.decoder.parameters(), "lr": tc.encoder_lr},
+        ]
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, [tc.encoder_lr, tc.proto_lr, tc.encoder_lr], total_steps=max(1, tc.proto_steps)
+    )
+    losses = []
+    for step in range(tc.proto_steps):
+        sup, q_idx, q_dev, q_cap = episode(data, names, tc, rng)
+        uniq, inv = np.unique(np.concatenate([sup.ravel(), q_idx]), return_inverse=True)
+        z = net.encoder(ids[torch.from_numpy(uniq)])  # [U, H*W] the episode's distinct strings
+        emb = net.embed(z)[torch.from_numpy(inv)]  # [K*S + Q, D]
+        k = len(names)
+        protos = net.proto(emb[: k * SUPPORT].reshape(k, SUPPORT, -1))  # [K, D]
+        p = net.match(emb[k * SUPPORT :], protos).clamp(1e-6, 1 - 1e-6)  # [Q, K]
+        target = torch.from_numpy(q_dev[:, None] == np.arange(k)[None]).float()  # [Q, K]
+        # One-class loss, positives and negatives weighted equally.
+        bce = F.binary_cross_entropy(p, target, reduction="none")
+        pos = (bce * target).sum() / target.sum()
+        neg = (bce * (1 - target)).sum() / (1 - target).sum()
+        loss = 0.5 * (pos + neg)
+        # Multi-way loss on the capture scores: the mean p over a capture's first 20 packets.
+        cap = torch.from_numpy(q_cap)
+        onehot = F.one_hot(cap.clamp(min=0), k).float() * (cap >= 0).float()[:, None]  # [Q, K caps]
+        score = (onehot.T @ p) / onehot.sum(0)[:, None]  # [K captures, K prototypes]
+        loss = loss + tc.capture_weight * F.cross_entropy(tc.capture_tau * score, torch.arange(k))
+        if tc.ae_weight:
+            x = ids[torch.from_numpy(uniq)]
+            loss = loss + tc.ae_weight * F.cross_entropy(net.decoder(z), x)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 250 == 0 or step == tc.proto_steps - 1:
+            log(
+                f"  proto step {step:5d}  loss {np.mean(losses[-50:]):.4f}"
+                f"  scale {net.log_scale.exp().item():.3f}"
+            )
+    return losses
+
+
+# ---- validation on the development half ---------------------------------------------------------
+def validate(net, ids, data: Data, held_out: list[str]) -> dict:
+    """dnp-23 on captures 1-10: enroll on capture 1, score captures 2-10 against every device.
+
+    Returns capture_top1 over the held-out devices (never trained on: the "unseen" proxy) and over
+    the training devices (their captures 2-10 were training data: optimistic), and packet AUC.
+    """
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    net.eval()
+    with torch.no_grad():
+        emb = net.embedding(ids)  # [U, D] every distinct string once
+        names = sorted(data.captures)
+        protos = torch.stack(
+            [net.proto(emb[support_sequence(data.captures[n], 0, SUPPORT)][None])[0] for n in names]
+        )
+        hits: dict[str, list[bool]] = {n: [] for n in names}
+        for t, name in enumerate(names):
+            for cap in data.captures[name][1:]:
+                score = net.match(emb[cap[:QUERY_FIRST]], protos).mean(0)  # [K]
+                hits[name].append(int(score.argmax()) == t)
+        # Packet AUC: every packet of captures 2-10 of every device against each fingerprint.
+        all_idx = np.concatenate([c for n in names for c in data.captures[n][1:]])
+        all_dev = np.concatenate(
+            [np.full(len(c), t) for t, n in enumerate(names) for c in data.captures[n][1:]]
+        )
+        p = net.match(emb[all_idx], protos).numpy()  # [P, K]
+        auc = {n: float(roc_auc_score(all_dev == t, p[:, t])) for t, n in enumerate(names)}
+    net.train()
+
+    def mean(values: list) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    trained = [n for n in names if n not in held_out]
+    return {
+        "capture_top1_heldout": mean([h for n in held_out for h in hits[n]]),
+        "capture_top1_trained": mean([h for n in trained for h in hits[n]]),
+        "packet_auc_heldout": mean([auc[n] for n in held_out]),
+        "packet_auc_trained": mean([auc[n] for n in trained]),
+        "per_device": {n: {"capture_top1": mean(hits[n]), "packet_auc": auc[n]} for n in names},
+    }
+
+
+# ---- one run ---------------------------------------------------------------------------------------
+def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log):
+    """Train on `train_names`; validate on `eval_names` (a superset) if given. (net, ids, data, result)"""
+    import torch
+
+    from export.model import DeepNetPrint
+    from tool.model import encode_bytes
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    data = load_data(root, train_names, cfg.uses_length)
+    ids = torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
+    log(f"{len(train_names)} devices, {len(data.strings)} distinct strings, {int(data.counts.sum())} packets")
+    net = DeepNetPrint(cfg)
+    t0 = time.time()
+    ae = train_autoencoder(net, ids, data, tc, rng, log)
+    t1 = time.time()
+    proto = train_prototypes(net, ids, data, tc, rng, log)
+    t2 = time.time()
+    log(f"  phase 1 {t1 - t0:.0f} s, phase 2 {t2 - t1:.0f} s")
+    result = {
+        "ae_seconds": round(t1 - t0, 1),
+        "proto_seconds": round(t2 - t1, 1),
+        "ae_loss": ae,
+        "proto_loss": proto,
+    }
+    if eval_names:
+        vdata = load_data(root, eval_names, cfg.uses_length)
+        vids = torch.from_numpy(encode_bytes(vdata.strings, cfg.max_len))
+        result["validation"] = validate(net, vids, vdata, [n for n in eval_names if n not in train_names])
+    return net, ids, data, result
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="IoT Sentinel data folder [default: tool.dataset.default_data_dir()].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the ONNX files and manifest.json go [default: the repo's models/].",
+)
+@click.option(
+    "--devices", default=None, help="Comma-separated seen devices to train on [default: all 12 seen]."
+)
+@click.option(
+    "--cv", is_flag=True, help="Leave-devices-out validation over 3 folds of the seen devices; no export."
+)
+@click.option("--seed", type=int, default=SEED, show_default=True)
+@click.option("--ae-steps", type=int, default=TrainConfig.ae_steps, show_default=True)
+@click.option("--proto-steps", type=int, default=TrainConfig.proto_steps, show_default=True)
+@click.option("--threads", type=int, default=TrainConfig.threads, show_default=True)
+@click.option("--hidden", type=int, default=16, show_default=True, help="ConvLSTM channels H.")
+@click.option(
+    "--max-len", type=int, default=128, show_default=True, help="Bytes read per packet (multiple of 16)."
+)
+@click.option(
+    "--length/--no-length",
+    "uses_length",
+    default=True,
+    show_default=True,
+    help="Prepend the frame length to the text the model reads.",
+)
+@click.option(
+    "--readout",
+    type=click.Choice(["last", "all"]),
+    default="last",
+    show_default=True,
+    help="f_phi reads the ConvLSTM's last hidden state, or the hidden states of all its steps.",
+)
+@click.option(
+    "--proto-net/--mean-proto",
+    default=False,
+    show_default=True,
+    help="Time-series prototype network over the support sequence, or the plain mean.",
+)
+@click.option("--capture-weight", type=float, default=TrainConfig.capture_weight, show_default=True)
+@click.option("--ae-weight", type=float, default=TrainConfig.ae_weight, show_default=True)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the validation numbers (JSON) here.",
+)
+def main(
+    data_dir,
+    out,
+    devices,
+    cv,
+    seed,
+    ae_steps,
+    proto_steps,
+    threads,
+    hidden,
+    max_len,
+    uses_length,
+    readout,
+    proto_net,
+    capture_weight,
+    ae_weight,
+    report,
+) -> None:
+    """Train the ConvLSTM autoencoder and the prototype head; write models/ (ONNX + manifest)."""
+    import torch
+
+    from export.model import Config
+    from tool.dataset import SEEN
+
+    torch.set_num_threads(threads)
+    if max_len % 16:
+        raise click.UsageError("--max-len must be a multiple of 16")
+    cfg = Config(
+        max_len=max_len, hidden=hidden, uses_length=uses_length, proto_net=proto_net, readout=readout
+    )
+    tc = TrainConfig(
+        ae_steps=ae_steps,
+        proto_steps=proto_steps,
+        threads=threads,
+        capture_weight=capture_weight,
+        ae_weight=ae_weight,
+    )
+    names = [n.strip() for n in devices.split(",")] if devices else list(SEEN)
+    log = click.echo
+    settings = {"config": cfg.to_dict(), "train": asdict(tc), "seed": seed}
+    log(json.dumps(settings))
+
+    if cv:
+        folds = []
+        for fold in CV_FOLDS:
+            train_names = [n for n in names if n not in fold]
+            log(f"fold: holding out {', '.join(fold)}")
+            _, _, _, result = run(data_dir, train_names, names, cfg, tc, seed, log)
+            v = result["validation"]
+            log(
+                f"  held-out capture_top1 {v['capture_top1_heldout']:.3f}"
+                f"  packet_auc {v['packet_auc_heldout']:.3f}"
+                f"  | trained {v['capture_top1_trained']:.3f} / {v['packet_auc_trained']:.3f}"
+            )
+            folds.append(
+                {"held_out": list(fold), **{k: result[k] for k in ("ae_seconds", "proto_seconds")}, **v}
+            )
+        per = {n: f["per_device"][n] for f in folds for n in f["held_out"]}
+        summary = {
+            "capture_top1_heldout": float(np.mean([f["capture_top1_heldout"] for f in folds])),
+            "packet_auc_heldout": float(np.mean([per[n]["packet_auc"] for n in per])),
+            "capture_top1_trained": float(np.mean([f["capture_top1_trained"] for f in folds])),
+            "per_device_heldout": per,
+        }
+        log(
+            f"CV held-out capture_top1 {summary['capture_top1_heldout']:.3f}  packet_auc "
+            f"{summary['packet_auc_heldout']:.3f}  trained capture_top1 {summary['capture_top1_trained']:.3f}"
+        )
+        if report:
+            report.write_text(json.dumps({**settings, "cv": summary, "folds": folds}, indent=1))
+        return
+
+    from export.onnx_export import check_against_torch, export_onnx
+    from tool.model import encode_bytes
+
+    out = out or Path(__file__).resolve().parent.parent / "models"
+    start = time.time()
+    net, ids, data, result = run(data_dir, names, names, cfg, tc, seed, log)
+    seconds = time.time() - start
+    hashes = export_onnx(net, out)
+    err = check_against_torch(net, out, encode_bytes(data.strings[:256], cfg.max_len))
+    if err > 1e-4:
+        raise click.ClickException(f"onnxruntime differs from torch by {err:.2e}")
+    import onnx
+    import onnxruntime
+
+    manifest = {
+        "format": 1,
+        "name": "deepnetprint-convlstm",
+        "files": {name: {"sha256": h} for name, h in hashes.items()},
+        "config": cfg.to_dict(),
+        "train": asdict(tc),
+        "seed": seed,
+        "training_data": {
+            "dataset": "IoT Sentinel setup captures (Miettinen et al., ICDCS 2017)",
+            "devices": names,
+            "captures": "development half: captures 1-10 of each device (dnp-23 order)",
+            "packets": int(data.counts.sum()),
+            "distinct_strings": len(data.strings),
+        },
+        "training_seconds": round(seconds, 1),
+        "final_loss": {
+            "ae": float(np.mean(result["ae_loss"][-50:] or [0])),
+            "proto": float(np.mean(result["proto_loss"][-50:] or [0])),
+        },
+        "validation_trained_devices": {k: v for k, v in result["validation"].items() if "trained" in k},
+        "onnx_max_abs_diff": err,
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if report:
+        report.write_text(
+            json.dumps({**settings, **{k: v for k, v in result.items() if "loss" not in k}}, indent=1)
+        )
+    log(f"wrote {out} in {seconds:.0f} s: " + ", ".join(f"{n} {h[:12]}" for n, h in hashes.items()))
+
+
+if __name__ == "__main__":
+    main()

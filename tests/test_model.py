@@ -1,0 +1,135 @@
+"""The shipped model set (models/) through tool/model.py: loads, checks its hashes, tells devices apart,
+and computes what torch computes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tool.dataset import device_packets
+from tool.model import Model, ModelError, encode_bytes, model_input, models_dir
+from tool.text import packet_text
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return Model.load()
+
+
+@pytest.fixture(scope="module")
+def packets(devices):
+    # Captures 1 and 2 of four seen devices: enough to enroll and to test, and a short cold read.
+    chosen = [devices[n] for n in ("HueBridge", "Aria", "D-LinkCam", "WeMoLink")]
+    return device_packets([replace(d, captures=d.captures[:2]) for d in chosen])
+
+
+def _embed(model: Model, packets) -> np.ndarray:
+    return model.embed([packet_text(p.protocol, p.info) for p in packets], [p.length for p in packets])
+
+
+def test_shipped_model_loads_and_gives_probabilities(model, packets):
+    assert model.directory == models_dir()
+    assert len(model.encoder_sha256) == 64 and len(model.head_sha256) == 64
+    hue = packets["HueBridge"]
+    support = _embed(model, hue.enrollment(20))
+    assert support.shape == (20, model.embedding_dim) and support.dtype == np.float32
+    proto = model.prototype(support)
+    assert proto.shape == (model.embedding_dim,)
+    queries = _embed(model, hue.per_capture[1][:50] + packets["Aria"].per_capture[1][:50])
+    p = model.match(queries, np.stack([proto, model.prototype(_embed(model, packets["Aria"].enrollment()))]))
+    assert p.shape == (len(queries), 2) and p.dtype == np.float32
+    assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+    # The key is what embed() reads: the same key gives the same embedding.
+    t, n = hue.per_capture[1][0].protocol, hue.per_capture[1][0].length
+    text = packet_text(t, hue.per_capture[1][0].info)
+    assert model.key(text, n) == model.key(text, n)
+    assert (model.key(text, n) == model.key(text, n + 1)) == (not model.uses_length)
+
+
+def test_same_device_capture_scores_higher_than_other_devices(model, packets):
+    # The dnp-23 capture score (mean p over a capture's first 20 packets) on a later capture.
+    names = list(packets)
+    protos = np.stack([model.prototype(_embed(model, packets[n].enrollment(20))) for n in names])
+    for i, name in enumerate(names):
+        score = model.match(_embed(model, packets[name].per_capture[1][:20]), protos).mean(0)
+        assert score.argmax() == i, (name, dict(zip(names, score.round(3))))
+        assert score[i] > 0.5
+
+
+def test_embedding_is_batch_independent(model, packets):
+    ps = packets["WeMoLink"].per_capture[0][:300]
+    whole = _embed(model, ps)
+    one_by_one = np.concatenate([_embed(model, [p]) for p in ps[:5]])
+    np.testing.assert_allclose(whole[:5], one_by_one, atol=1e-5)
+
+
+def test_damaged_or_missing_files_give_one_line_model_error(tmp_path):
+    good = tmp_path / "good"
+    shutil.copytree(models_dir(), good, ignore=shutil.ignore_patterns("__pycache__"))
+    Model.load(good)
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(good, damaged)
+    blob = bytearray((damaged / "encoder.onnx").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (damaged / "encoder.onnx").write_bytes(bytes(blob))
+
+    missing = tmp_path / "missing"
+    shutil.copytree(good, missing)
+    (missing / "head.onnx").unlink()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    garbled = tmp_path / "garbled"
+    shutil.copytree(good, garbled)
+    (garbled / "manifest.json").write_text("{not json")
+
+    for folder, words in [
+        (damaged, "sha256"),
+        (missing, "missing"),
+        (empty, "manifest"),
+        (garbled, "manifest"),
+    ]:
+        with pytest.raises(ModelError) as err:
+            Model.load(folder)
+        message = str(err.value)
+        assert "\n" not in message and words in message and str(folder) in message
+
+
+def test_torch_and_onnxruntime_agree_on_real_packets(tmp_path, packets):
+    torch = pytest.importorskip("torch")
+    from export.model import Config, DeepNetPrint
+    from export.onnx_export import export_onnx
+
+    # A network with every part switched on and non-trivial weights, exported as dnp-train does.
+    torch.manual_seed(0)
+    cfg = Config(proto_net=True, uses_length=True)
+    net = DeepNetPrint(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hashes = export_onnx(net, tmp_path)
+    manifest = {"format": 1, "files": {k: {"sha256": v} for k, v in hashes.items()}, "config": cfg.to_dict()}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    model = Model.load(tmp_path)
+
+    ps = packets["D-LinkCam"].per_capture[0][:200] + packets["HueBridge"].per_capture[0][:100]
+    texts = [packet_text(p.protocol, p.info) for p in ps]
+    lengths = [p.length for p in ps]
+    got = model.embed(texts, lengths)
+    ids = torch.from_numpy(
+        encode_bytes([model_input(t, n, True) for t, n in zip(texts, lengths)], cfg.max_len)
+    )
+    with torch.no_grad():
+        want = net.embedding(ids)
+        want_protos = torch.stack([net.proto(want[i : i + 20][None])[0] for i in (0, 200)])
+        want_p = net.match(want, want_protos).numpy()
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    protos = np.stack([model.prototype(got[i : i + 20]) for i in (0, 200)])
+    np.testing.assert_allclose(protos, want_protos.numpy(), atol=1e-4)
+    np.testing.assert_allclose(model.match(got, protos), want_p, atol=1e-4)

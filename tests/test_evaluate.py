@@ -10,14 +10,14 @@ import pytest
 from tests.conftest import run_command
 from tool.baselines import (
     SENTINEL_FEATURES,
-    NgramScorer,
+    evaluate_ngram,
     evaluate_sentinel,
     ngram_fit_texts,
     sentinel_features,
     sentinel_fingerprint,
     sentinel_packets,
 )
-from tool.evaluate import evaluate_scorer, load_protocol, summarise
+from tool.evaluate import load_protocol, summarise
 from tool.model import MANIFEST, models_dir
 
 # Seen and unseen devices, two same-vendor pairs among them, and one that enrolls across captures.
@@ -110,9 +110,7 @@ def test_small_folder_is_tested_on_the_captures_after_enrollment(devices, tmp_pa
 
 
 def test_ngram_baseline_end_to_end(protocol):
-    scorer = NgramScorer(ngram_fit_texts(protocol))
-    ev = evaluate_scorer(protocol, scorer)
-    report = summarise(ev)
+    report = summarise(evaluate_ngram(protocol))
     check_schema(report, SPLITS, 50)
     assert report["models"] == {}
     assert report["test_packets"] == sum(len(t.packets) for t in protocol.tests)
@@ -121,9 +119,9 @@ def test_ngram_baseline_end_to_end(protocol):
     assert report["per_device"]["Aria"]["capture_top1"] == 1.0
     assert report["per_device"]["Aria"]["packet_auc"] > 0.6
     # The idf is fitted on the seen devices' development half only.
-    fitted = ngram_fit_texts(protocol)
     seen_dev = sum(len(c) for n, s in SPLITS.items() if s == "seen" for c in protocol.development[n])
-    assert len(fitted) == seen_dev
+    assert len(ngram_fit_texts(protocol)) == seen_dev
+    assert report["notes"]["idf_fitted_on"].startswith(f"{seen_dev} packets")
 
 
 def test_sentinel_features_and_fingerprint(protocol, devices):

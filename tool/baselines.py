@@ -80,6 +80,22 @@ def ngram_fit_texts(data: ProtocolData) -> list[str]:
     ]
 
 
+def evaluate_ngram(data: ProtocolData) -> Evaluation:
+    """The n-gram matcher on the protocol, its idf fitted on the seen devices' development half."""
+    from tool.evaluate import evaluate_scorer
+
+    start = time.perf_counter()
+    texts = ngram_fit_texts(data)
+    scorer = NgramScorer(texts)
+    ev = evaluate_scorer(data, scorer)
+    ev.seconds = time.perf_counter() - start
+    ev.notes = {
+        "idf_fitted_on": f"{len(texts)} packets of the development half of the seen devices",
+        "ngrams": len(scorer.vectorizer.vocabulary_),
+    }
+    return ev
+
+
 # --- IoT Sentinel ---------------------------------------------------------------------------------
 
 # What IoT Sentinel reads of a packet, in tshark's field names; one run over the merged captures.

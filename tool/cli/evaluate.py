@@ -145,13 +145,10 @@ def _need(module: str, option: str) -> None:
 
 
 def _run_baselines(protocol: Any, status: _Status) -> list[Any]:
-    from tool.baselines import NgramScorer, evaluate_sentinel, ngram_fit_texts
-    from tool.evaluate import evaluate_scorer
+    from tool.baselines import evaluate_ngram, evaluate_sentinel
 
     status.say("n-gram baseline")
-    start = time.perf_counter()
-    ngram = evaluate_scorer(protocol, NgramScorer(ngram_fit_texts(protocol)))
-    ngram.seconds = time.perf_counter() - start  # the idf fit included
+    ngram = evaluate_ngram(protocol)
     status.say("IoT Sentinel baseline (one tshark run, then 23 random forests)")
     return [ngram, evaluate_sentinel(protocol)]
 

@@ -2,11 +2,13 @@
 
 All 460 captures of the 23 devices are concatenated (174,822 frames) and every frame gets a score, as
 dnp-scan's --annotate gives every packet one: the plugin's worst case. tshark then prints the capture
-three ways, interleaved round by round so that a busy machine slows each alike:
-  plain   tshark -n -r all.pcapng                                   (no plugin)
-  plugin  the same, with the plugin and the sidecar loaded
-  column  the same, with the Match column shown (-o gui.column.format)
-It prints the median wall and CPU (user+sys) seconds of each and their ratio to plain.
+four ways, interleaved round by round so that a busy machine slows each alike:
+  plain          tshark -n -r all.pcapng                                      (no plugin)
+  plugin         the same, with the plugin and the sidecar loaded
+  plain+column   no plugin, a custom column (%Cus:frame.len) after Info
+  plugin+column  the plugin, and the Match column (%Cus:deepnetprint.match) after Info
+(a custom column makes tshark build each packet's tree, so each column run has its own baseline).
+It prints the median wall and CPU (user+sys) seconds of each and the ratio to its baseline.
 
     python benchmarks/lua_overhead.py [--rounds 5]
 """
@@ -32,6 +34,7 @@ from tool.dataset import load_devices  # noqa: E402
 
 PLUGIN = ROOT / "lua" / "deepnetprint.lua"
 COLUMNS = 'gui.column.format:"No.","%m","Info","%i","Match","%Cus:deepnetprint.match"'
+PLAIN_COLUMNS = 'gui.column.format:"No.","%m","Info","%i","Length","%Cus:frame.len"'
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -75,7 +78,18 @@ def main() -> None:
         env.pop("DNP_SCORES", None)
         base = ["tshark", "-n", "-r", str(capture)]
         lua = ["-X", f"lua_script:{PLUGIN}", "-X", f"lua_script1:scores={sidecar}"]
-        variants = {"plain": base, "plugin": base + lua, "column": base + lua + ["-o", COLUMNS]}
+        variants = {
+            "plain": base,
+            "plugin": base + lua,
+            "plain+column": base + ["-o", PLAIN_COLUMNS],
+            "plugin+column": base + lua + ["-o", COLUMNS],
+        }
+        baseline = {
+            "plain": "plain",
+            "plugin": "plain",
+            "plain+column": "plain+column",
+            "plugin+column": "plain+column",
+        }
         print(f"{len(paths)} captures, {count} frames, all scored; tshark {tshark_version()}", flush=True)
         times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
         for r in range(args.rounds):
@@ -83,13 +97,14 @@ def main() -> None:
                 times[name].append(timed(cmd, env))
             line = "  ".join(f"{k} {v[-1][0]:.2f}s" for k, v in times.items())
             print(f"round {r + 1}: {line}", flush=True)
-    plain_wall = statistics.median(w for w, _ in times["plain"])
-    plain_cpu = statistics.median(c for _, c in times["plain"])
+    medians = {
+        name: (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs))
+        for name, runs in times.items()
+    }
     print(f"\nmedian of {args.rounds} interleaved rounds   wall s   cpu s   wall ratio   cpu ratio")
-    for name, runs in times.items():
-        wall = statistics.median(w for w, _ in runs)
-        cpu = statistics.median(c for _, c in runs)
-        print(f"{name:<36} {wall:6.2f}  {cpu:6.2f}   {wall / plain_wall:9.2f}   {cpu / plain_cpu:9.2f}")
+    for name, (wall, cpu) in medians.items():
+        base_wall, base_cpu = medians[baseline[name]]
+        print(f"{name:<36} {wall:6.2f}  {cpu:6.2f}   {wall / base_wall:9.2f}   {cpu / base_cpu:9.2f}")
 
 
 def tshark_version() -> str:

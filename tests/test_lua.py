@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_command
-from tool.annotate import write_sidecar
+from tool.annotate import comment_text, read_sidecar, write_sidecar
 from tool.capture import read_packets
 
 PLUGIN = ROOT / "lua" / "deepnetprint.lua"
@@ -407,10 +407,9 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
         check=True,
         capture_output=True,
     )
-    sidecar, packets = tmp_path / "two.scores.csv", tmp_path / "two.csv"
-    done = run_command(
-        "dnp-scan", str(cap), *fps, "--csv", str(packets), "--annotate", str(sidecar), "--quiet", env=env
-    )
+    sidecar, packets, copy = tmp_path / "two.scores.csv", tmp_path / "two.csv", tmp_path / "two.scored.pcapng"
+    outputs = ["--csv", str(packets), "--annotate", str(sidecar), "--pcapng", str(copy)]
+    done = run_command("dnp-scan", str(cap), *fps, *outputs, "--quiet", env=env)
     assert done.returncode in (0, 1), done.stderr
     expected = {}
     with open(packets, newline="", encoding="utf-8") as f:
@@ -426,3 +425,10 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
         assert abs(float(match) - max(probs)) <= 5.1e-7, frame
         tied = [name for name, p in zip(enrolled, probs) if p == max(probs)]
         assert target in tied, (frame, target, probs)
+    # The commented copy, for analysts without the plugin, says the same.
+    comments = fields(tshark(copy, *FIELD_ARGS[:4], "-e", "frame.comment", "-e", "frame.len", env=env))
+    for frame, (score, target) in read_sidecar(sidecar).items():
+        assert comments[frame][0] == comment_text(score, target)
+        assert float(comments[frame][0].split()[0].split("=")[1]) == pytest.approx(
+            max(expected[frame]), abs=6e-5
+        )

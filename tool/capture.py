@@ -11,12 +11,15 @@ its capture is read alone or merged with others.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 # The order of the fields tshark prints; Info goes last so a stray tab inside it stays in it.
 FIELDS = (
@@ -70,7 +73,7 @@ def tshark_path() -> str:
 
 
 def _parse_line(line: str) -> Packet:
-    parts = line.rstrip("\n").split("\t", len(FIELDS) - 1)
+    parts = line.split("\t", len(FIELDS) - 1)
     if len(parts) < len(FIELDS):
         parts += [""] * (len(FIELDS) - len(parts))
     iface, frame, when, esrc, edst, ip4s, ip4d, ip6s, ip6d, length, proto, info = parts
@@ -86,6 +89,61 @@ def _parse_line(line: str) -> Packet:
         info=info,
         source=int(iface or 0),
     )
+
+
+class _ReadAhead:
+    """tshark's output, read by a thread into a bounded queue while the caller works on earlier lines.
+
+    A pipe holds 64 KiB: without a reader that keeps draining it, tshark stops whenever the caller
+    is busy scoring a chunk, and the two take turns instead of running side by side.
+    """
+
+    BLOCK = 1 << 16
+    AHEAD = 256  # blocks queued at most: 16 MiB, memory stays bounded whatever the capture
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.queue: queue.Queue[bytes | None] = queue.Queue(self.AHEAD)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._pump, name="tshark-reader", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        try:
+            while not self.stop.is_set():
+                block = self.stream.read1(self.BLOCK)  # type: ignore[attr-defined]
+                if not block:
+                    break
+                self._put(block)
+        except (OSError, ValueError):  # the pipe was closed under us: the reader is being stopped
+            pass
+        finally:
+            self._put(None)
+
+    def _put(self, item: bytes | None) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def lines(self) -> Iterator[str]:
+        """The output's lines, without their newline; bytes that are not UTF-8 become U+FFFD."""
+        rest = b""
+        while (block := self.queue.get()) is not None:
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield from data[: cut - 1].decode("utf-8", "replace").split("\n")
+        if rest:
+            yield rest.decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.stream.close()
 
 
 def _check_readable(path: Path) -> None:
@@ -137,23 +195,16 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
         cmd += ["-Y", display_filter]
     with tempfile.TemporaryFile() as err:
         # stderr goes to a file, not a pipe: a chatty tshark must never block on a full pipe.
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1 << 16,
-        )
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        reader = _ReadAhead(proc.stdout)
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
+            for line in reader.lines():
                 yield _parse_line(line)
         finally:
             if proc.poll() is None:
                 proc.kill()
+            reader.close()
             proc.wait()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -213,6 +214,17 @@ def children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(stat.parent.name))
     return out
+
+
+def test_reading_stopped_early_leaves_no_tshark_and_no_thread(all_devices_merged):
+    threads = threading.active_count()
+    packets = read_packets(all_devices_merged)
+    first = [next(packets) for _ in range(10)]
+    assert [p.frame for p in first] == list(range(1, 11))
+    assert children(os.getpid()), "tshark is not running"
+    packets.close()
+    assert threading.active_count() == threads
+    assert not children(os.getpid())
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])

@@ -37,7 +37,8 @@ class Config:
     embed_dim: int = 64  # D: f_phi output, the space where prototypes live
     uses_length: bool = True  # the frame length, as decimal digits, is prepended to the text
     proto_net: bool = False  # time-series prototype network over the support sequence, else the mean
-    readout: str = "last"  # f_phi reads the encoder's last hidden state, or "all": every step's
+    readout: str = "all"  # f_phi reads every step's hidden state, or "last": the last one only
+    normalize: bool = True  # f_phi's output on the unit sphere (and f_phi(0) = 0 still)
 
     @property
     def encoding_dim(self) -> int:
@@ -150,11 +151,17 @@ class EmbeddingNet(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
+        self.normalize = cfg.normalize
         self.fc1 = nn.Linear(cfg.encoding_dim, cfg.embed_hidden, bias=False)
         self.fc2 = nn.Linear(cfg.embed_hidden, cfg.embed_dim, bias=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(z)))  # [N, encoding_dim] -> [N, D]
+        x = self.fc2(F.relu(self.fc1(z)))  # [N, encoding_dim] -> [N, D]
+        if self.normalize:
+            # Every packet at the same distance from the Null prototype: a text the training never
+            # saw cannot fall near the origin, where any prototype would score it 0.5. 0 stays 0.
+            x = x / (x.norm(dim=1, keepdim=True) + 1e-6)
+        return x
 
 
 class PrototypeNet(nn.Module):

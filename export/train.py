@@ -52,7 +52,9 @@ class TrainConfig:
     capture_weight: float = 1.0  # multi-way capture-score loss
     capture_tau: float = 10.0  # temperature of that softmax over capture scores in [0, 1]
     ae_weight: float = 0.1  # reconstruction kept alive in phase 2
-    threads: int = 2
+    # One thread: on this shared 2-core machine two torch threads ran 5x slower than one (spinning
+    # against the other jobs), and one thread makes the shipped files reproducible bit for bit.
+    threads: int = 1
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -231,10 +233,14 @@ def validate(net, ids, data: Data, held_out: list[str]) -> dict:
             [net.proto(emb[support_sequence(data.captures[n], 0, SUPPORT)][None])[0] for n in names]
         )
         hits: dict[str, list[bool]] = {n: [] for n in names}
+        confusions: dict[str, int] = {}
         for t, name in enumerate(names):
             for cap in data.captures[name][1:]:
                 score = net.match(emb[cap[:QUERY_FIRST]], protos).mean(0)  # [K]
                 hits[name].append(int(score.argmax()) == t)
+                if not hits[name][-1]:
+                    key = f"{name} -> {names[int(score.argmax())]}"
+                    confusions[key] = confusions.get(key, 0) + 1
         # Packet AUC: every packet of captures 2-10 of every device against each fingerprint.
         all_idx = np.concatenate([c for n in names for c in data.captures[n][1:]])
         all_dev = np.concatenate(
@@ -254,6 +260,7 @@ def validate(net, ids, data: Data, held_out: list[str]) -> dict:
         "packet_auc_heldout": mean([auc[n] for n in held_out]),
         "packet_auc_trained": mean([auc[n] for n in trained]),
         "per_device": {n: {"capture_top1": mean(hits[n]), "packet_auc": auc[n]} for n in names},
+        "confusions": confusions,
     }
 
 
@@ -330,9 +337,15 @@ def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log):
 @click.option(
     "--readout",
     type=click.Choice(["last", "all"]),
-    default="last",
+    default="all",
     show_default=True,
     help="f_phi reads the ConvLSTM's last hidden state, or the hidden states of all its steps.",
+)
+@click.option(
+    "--normalize/--no-normalize",
+    default=True,
+    show_default=True,
+    help="Put f_phi's output on the unit sphere (the learned scale sets the sharpness).",
 )
 @click.option(
     "--proto-net/--mean-proto",
@@ -361,6 +374,7 @@ def main(
     max_len,
     uses_length,
     readout,
+    normalize,
     proto_net,
     capture_weight,
     ae_weight,
@@ -376,7 +390,12 @@ def main(
     if max_len % 16:
         raise click.UsageError("--max-len must be a multiple of 16")
     cfg = Config(
-        max_len=max_len, hidden=hidden, uses_length=uses_length, proto_net=proto_net, readout=readout
+        max_len=max_len,
+        hidden=hidden,
+        uses_length=uses_length,
+        proto_net=proto_net,
+        readout=readout,
+        normalize=normalize,
     )
     tc = TrainConfig(
         ae_steps=ae_steps,

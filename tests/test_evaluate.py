@@ -68,6 +68,8 @@ def check_schema(report: dict, devices: dict[str, str], captures: int, packet_sc
         assert _in_unit(entry["capture_top1"])
         if packet_scores:
             assert _in_unit(entry["packet_auc"])
+    close = report["close_calls"]
+    assert 0 <= close["margin_under_0.001"] <= close["margin_under_0.01"] <= captures
     wrong = sum(c["count"] for c in report["confusions"])
     assert wrong == round(captures * (1 - report["capture_top1"]["all"]))
     for c in report["confusions"]:

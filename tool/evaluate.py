@@ -311,6 +311,11 @@ def summarise(ev: Evaluation) -> dict[str, Any]:
         }
     report["per_brand"] = brands
     report["confusions"] = metrics.confusions(truth, pred)
+    if ev.capture_scores is not None and ev.capture_scores.shape[1] > 1 and len(ev.capture_scores):
+        # Captures whose best two fingerprints are this close are decided by noise, not behaviour.
+        top2 = np.sort(ev.capture_scores, axis=1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]
+        report["close_calls"] = {f"margin_under_{m:g}": int((margin < m).sum()) for m in (0.001, 0.01)}
     report["seconds"] = round(ev.seconds, 2)
     if ev.notes:
         report["notes"] = ev.notes

@@ -3,8 +3,9 @@
 - `NgramScorer`: the training-free matcher of EVALUATION.md. Character 2-5-gram TF-IDF of the
   masked packet text (`tool.text.packet_text`), a device = the mean TF-IDF vector of its 20
   enrollment packets, a packet's score = its cosine to that mean (in [0, 1]: TF-IDF is non-negative).
-- `SentinelClassifier`: IoT Sentinel (Miettinen et al., ICDCS 2017), supervised: 23 binary
-  features and counters per packet, a capture's fingerprint = its first 12 distinct packet vectors
+- `SentinelClassifier`: IoT Sentinel (Miettinen et al., ICDCS 2017), supervised: 23 features per
+  packet (protocol flags, size, a destination-IP counter, port classes; the paper's Table I, read by
+  one tshark run of our own), a capture's fingerprint = its first 12 distinct packet vectors
   (276 numbers), one Random Forest per device type. It can only name device types it was trained
   on, so it trains on the development half of all 23 devices, and classifies captures, not packets.
 

@@ -264,6 +264,36 @@ def validate(net, ids, data: Data, held_out: list[str]) -> dict:
     }
 
 
+def validate_tfidf(root, names: list[str]) -> dict:
+    """The training-free reference on the same protocol: char 2-5-gram TF-IDF, cosine to the mean."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics import roc_auc_score
+
+    data = load_data(root, names, uses_length=False)
+    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 5), lowercase=False)
+    vectors = vectorizer.fit_transform(data.strings)  # idf over the distinct dev texts of these devices
+    names = sorted(data.captures)
+    protos = np.stack(
+        [np.asarray(vectors[support_sequence(data.captures[n], 0, SUPPORT)].mean(0)).ravel() for n in names]
+    )
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    hits = {
+        n: [
+            int((vectors[cap[:QUERY_FIRST]] @ protos.T).mean(0).argmax()) == t for cap in data.captures[n][1:]
+        ]
+        for t, n in enumerate(names)
+    }
+    all_idx = np.concatenate([c for n in names for c in data.captures[n][1:]])
+    all_dev = np.concatenate([np.full(len(c), t) for t, n in enumerate(names) for c in data.captures[n][1:]])
+    p = vectors[all_idx] @ protos.T
+    auc = [roc_auc_score(all_dev == t, p[:, t]) for t in range(len(names))]
+    return {
+        "capture_top1": float(np.mean([h for n in names for h in hits[n]])),
+        "packet_auc": float(np.mean(auc)),
+        "per_device": {n: float(np.mean(hits[n])) for n in names},
+    }
+
+
 # ---- one run ---------------------------------------------------------------------------------------
 def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log):
     """Train on `train_names`; validate on `eval_names` (a superset) if given. (net, ids, data, result)"""
@@ -319,6 +349,9 @@ def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log):
 @click.option(
     "--cv", is_flag=True, help="Leave-devices-out validation over 3 folds of the seen devices; no export."
 )
+@click.option(
+    "--tfidf", is_flag=True, help="With --cv: the training-free TF-IDF reference on the same protocol."
+)
 @click.option("--seed", type=int, default=SEED, show_default=True)
 @click.option("--ae-steps", type=int, default=TrainConfig.ae_steps, show_default=True)
 @click.option("--proto-steps", type=int, default=TrainConfig.proto_steps, show_default=True)
@@ -366,6 +399,7 @@ def main(
     out,
     devices,
     cv,
+    tfidf,
     seed,
     ae_steps,
     proto_steps,
@@ -409,6 +443,12 @@ def main(
     settings = {"config": cfg.to_dict(), "train": asdict(tc), "seed": seed}
     log(json.dumps(settings))
 
+    if cv and tfidf:
+        result = validate_tfidf(data_dir, names)
+        log(f"TF-IDF capture_top1 {result['capture_top1']:.3f}  packet_auc {result['packet_auc']:.3f}")
+        if report:
+            report.write_text(json.dumps(result, indent=1))
+        return
     if cv:
         folds = []
         for fold in CV_FOLDS:

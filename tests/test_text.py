@@ -127,3 +127,29 @@ def ip_lengths(path) -> list[str]:
         check=True,
     ).stdout
     return out.splitlines()
+
+
+def test_linear_unit_masking_does_what_the_regex_says():
+    # _UNIT_RE is the specification; _mask_units is its linear-time implementation.
+    import random
+
+    from tool.text import _UNIT_RE, _mask_unit, _mask_units
+
+    rng = random.Random(5)
+    alphabet = "0123456789abcdefABCDEFxyz-_.,) '\"\t"
+    for _ in range(20000):
+        s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        assert _mask_units(s) == _UNIT_RE.sub(_mask_unit, s), s
+
+
+def test_repeat_precheck_never_skips_a_repeat():
+    import random
+
+    from tool.text import _REPEAT_RE, _collapse_repeats, _may_repeat
+
+    rng = random.Random(6)
+    words = ["Data", "Application Data", "A", "B", " ", "x,y"]
+    for _ in range(5000):
+        s = ", ".join(rng.choice(words) for _ in range(rng.randint(1, 8)))
+        if not _may_repeat(s):
+            assert _REPEAT_RE.sub(_collapse_repeats, s) == s, s

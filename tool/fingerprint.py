@@ -176,9 +176,11 @@ def parse(text: str, origin: str = "fingerprint") -> Fingerprint:
     )
     digest = data.pop("digest", None)
     _require(isinstance(digest, str), f"{origin}: damaged fingerprint (no digest)")
-    _require(
-        digest == _digest(data), f"{origin}: damaged fingerprint (its digest does not match its content)"
-    )
+    try:
+        expected = _digest(data)
+    except UnicodeEncodeError:  # a JSON escape of a lone surrogate: no text a fingerprint holds
+        raise FingerprintError(f"{origin}: damaged fingerprint (text that is not valid Unicode)") from None
+    _require(digest == expected, f"{origin}: damaged fingerprint (its digest does not match its content)")
 
     name, model, support, prototype = (data.get(k) for k in ("name", "model", "support", "prototype"))
     _require(isinstance(name, str) and 0 < len(name) <= 200, f"{origin}: damaged fingerprint (bad name)")

@@ -23,7 +23,7 @@ import numpy as np
 
 from tool.capture import Packet, read_packets
 from tool.fingerprint import Fingerprint
-from tool.text import _mask_ports, packet_text
+from tool.text import mask_ports, packet_text
 
 if TYPE_CHECKING:
     from tool.model import Model
@@ -58,7 +58,7 @@ _LEADING_PORTS_RE = re.compile(r"(\d{1,5}) (→|->) (\d{1,5})\b")
 def _masked_ports(head: str) -> str:
     match = _LEADING_PORTS_RE.match(head)
     assert match is not None
-    return _mask_ports(match)
+    return mask_ports(match)
 
 
 def memo_info(info: str) -> str:

@@ -36,6 +36,9 @@ _PORTS_RE = re.compile(r"\b(\d{1,5}) (→|->) (\d{1,5})\b")
 # A trailing run of hex digits on a host-name label, as in dcs-935l5b0e or Lightify-017b5f6b:
 # units derive these from their MAC or serial, so they tell one unit from another, not a type.
 _UNIT_RE = re.compile(r"(?<=[A-Za-z0-9-])([0-9A-Fa-f]{4,})(?=$|[.\s,\"'_)])")
+_HEX_RUN_RE = re.compile(r"[0-9A-Fa-f]{4,}")
+_UNIT_END = frozenset(".,\"'_)")  # and whitespace, as \s: what may follow a unit id
+_UNIT_BEFORE = re.compile(r"[A-Za-z0-9-]").fullmatch
 _REPEAT_RE = re.compile(r"(?P<item>[^,]+)(?:, (?P=item)){2,}")
 
 EPHEMERAL_MIN = 32768  # Linux's lowest ephemeral port; IANA's range starts at 49152
@@ -67,7 +70,7 @@ def _mask_ip6(match: re.Match[str]) -> str:
     return text if addr.is_multicast else IP6
 
 
-def _mask_ports(match: re.Match[str]) -> str:
+def mask_ports(match: re.Match[str]) -> str:
     src, arrow, dst = int(match.group(1)), match.group(2), int(match.group(3))
 
     # The client side of a flow is the higher port; any port in the ephemeral range is a client's.
@@ -82,6 +85,37 @@ def _mask_ports(match: re.Match[str]) -> str:
 def _mask_unit(match: re.Match[str]) -> str:
     run = match.group(1)
     return UNIT if _is_unit_id(run) else run
+
+
+def _may_repeat(text: str) -> bool:
+    # _REPEAT_RE tries every start position and backtracks (quadratic on a long Info); a run needs a
+    # comma-separated item that recurs right after itself, which one split finds in linear time.
+    parts = text.split(",")
+    return any(
+        len(b) > 1 and b[0] == " " and c.startswith(b) and a.endswith(b[1:])
+        for a, b, c in zip(parts, parts[1:], parts[2:])
+    )
+
+
+def _mask_units(text: str) -> str:
+    # What _UNIT_RE.sub(_mask_unit, text) does, in linear time: the lookahead's characters are not
+    # hex digits, so a match always ends where its run of hex digits ends; it starts at the run's
+    # first digit when the lookbehind allows, else at the second.
+    out, last = [], 0
+    for m in _HEX_RUN_RE.finditer(text):
+        start, end = m.span()
+        if end < len(text) and text[end] not in _UNIT_END and not text[end].isspace():
+            continue
+        if start == 0 or not _UNIT_BEFORE(text[start - 1]):
+            start += 1
+            if end - start < 4:
+                continue
+        out.append(text[last:start])
+        run = text[start:end]
+        out.append(UNIT if _is_unit_id(run) else run)
+        last = end
+    out.append(text[last:])
+    return "".join(out)
 
 
 def _collapse_repeats(match: re.Match[str]) -> str:
@@ -105,9 +139,10 @@ def mask_info(info: str) -> str:
     text = _IP4_RE.sub(_mask_ip4, text)
     text = _HEX_RE.sub(HEXID, text)
     text = _COUNTER_RE.sub(lambda m: f"{m.group(1)}={NUM}", text)
-    text = _PORTS_RE.sub(_mask_ports, text)
-    text = _UNIT_RE.sub(_mask_unit, text)
-    text = _REPEAT_RE.sub(_collapse_repeats, text)
+    text = _PORTS_RE.sub(mask_ports, text)
+    text = _mask_units(text)
+    if _may_repeat(text):
+        text = _REPEAT_RE.sub(_collapse_repeats, text)
     return " ".join(text.split())
 
 

@@ -270,7 +270,7 @@ def test_interrupted_scan_leaves_nothing_behind(
             proc.wait()
     assert proc.returncode != 0
     if not to_group:
-        assert proc.returncode == 130, stderr
+        assert proc.returncode == 128 + signum, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     assert sorted(p.name for p in out.iterdir()) == []

@@ -20,9 +20,13 @@ EXIT_INTERRUPTED = 130
 class Interrupted(Exception):
     """SIGINT or SIGTERM arrived; outputs in progress are discarded."""
 
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
 
 def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+    raise Interrupted(signum)
 
 
 def fail(prog: str, message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -54,7 +58,8 @@ def run(command: click.Command, prog: str) -> Callable[[], None]:
         except click.exceptions.Abort:
             fail(prog, "aborted", EXIT_INTERRUPTED)
         except Interrupted as e:
-            fail(prog, f"interrupted by {e}; no output written", EXIT_INTERRUPTED)
+            # 128 + the signal, as a shell reports a process the signal ended.
+            fail(prog, f"interrupted by {e}; no output written", 128 + e.signum)
         except errors as e:
             fail(prog, str(e))
         except BrokenPipeError:

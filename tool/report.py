@@ -69,6 +69,13 @@ def _fmt(score: float) -> str:
     return f"{score:.3f}"
 
 
+def _clock(epoch: float) -> str:
+    """Time of day in UTC, to the millisecond: what an analyst matches against Wireshark's view."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+
+
 def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> None:
     """The two tables of a scan: hosts best match first, then the best-matching packets."""
     from rich import box
@@ -99,7 +106,12 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
     console.print(hosts)
 
     packets = Table(title="Best-matching packets", box=style, title_justify="left")
-    for col, justify in (("frame", "right"), ("time", "right"), ("source", "left"), ("protocol", "left")):
+    for col, justify in (
+        ("frame", "right"),
+        ("time (UTC)", "right"),
+        ("source", "left"),
+        ("protocol", "left"),
+    ):
         packets.add_column(col, justify=justify)
     packets.add_column("Info", overflow="fold", max_width=70)
     packets.add_column("fingerprint")
@@ -107,7 +119,7 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
     for row in result.top_packets:
         packets.add_row(
             str(row["frame"]),
-            f"{row['time']:.3f}",
+            _clock(row["time"]),
             row["eth_src"],
             row["protocol"],
             row["info"],

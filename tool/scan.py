@@ -283,7 +283,8 @@ def scan(
     # chunk, not per packet, is what keeps the scan as fast as tshark.
     first_sum = np.zeros((64, len(names)), dtype=np.float64)
     total_sum = np.zeros_like(first_sum)
-    best: list[tuple[float, int, Packet, np.ndarray]] = []
+    best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
+    best_keys: set[tuple] = set()
     total = 0
     for batch, probs in matcher.chunks(read_packets(capture, display_filter)):
         total += len(batch)
@@ -314,12 +315,21 @@ def scan(
         tops = probs.max(axis=1)
         floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
         for i in np.flatnonzero(tops > floor).tolist():
+            packet = batch[i]
+            # One row per distinct model input: ten copies of the same ARP request tell the analyst
+            # less than ten different packets; the earliest frame of each stands for the rest.
+            key = (packet_text(packet.protocol, memo_info(packet.info)), packet.length)
+            if key in best_keys:
+                continue
             top = float(tops[i])
-            entry = (top, -batch[i].frame, batch[i], probs[i])
+            entry = (top, -packet.frame, packet, probs[i], key)
             if len(best) < TOP_PACKETS:
                 heapq.heappush(best, entry)
             elif top > best[0][0]:
-                heapq.heapreplace(best, entry)
+                best_keys.discard(heapq.heapreplace(best, entry)[4])
+            else:
+                continue
+            best_keys.add(key)
         if on_packet is not None:
             for packet, row in zip(batch, probs):
                 on_packet(packet, row)
@@ -337,7 +347,7 @@ def scan(
         packets=total,
         distinct_inputs=matcher.distinct_inputs,
         hosts=_rank_hosts(hosts.values(), names, host_score, threshold),
-        top_packets=[_packet_row(p, probs, names) for _, _, p, probs in sorted(best, reverse=True)],
+        top_packets=[_packet_row(p, probs, names) for _, _, p, probs, _ in sorted(best, reverse=True)],
     )
 
 
@@ -374,6 +384,7 @@ def _packet_row(packet: Packet, probs: np.ndarray, names: list[str]) -> dict[str
         "time": packet.time,
         "eth_src": packet.eth_src,
         "protocol": packet.protocol,
+        "length": packet.length,
         "info": packet.info,
         "target": names[best],
         "probability": round(float(probs[best]), 6),
@@ -386,6 +397,11 @@ def default_threshold(model: Model | None = None) -> float:
 
     path = (model.directory if model is not None else models_dir()) / "calibration.json"
     try:
-        return float(json.loads(path.read_text())["threshold"])
+        calibration = json.loads(path.read_text())
+        threshold = float(calibration["threshold"])
     except (OSError, ValueError, KeyError, TypeError):
         return FALLBACK_THRESHOLD
+    # A threshold calibrated for another encoder says nothing about this one's scores.
+    if model is not None and calibration.get("encoder_sha256") != model.encoder_sha256:
+        return FALLBACK_THRESHOLD
+    return threshold

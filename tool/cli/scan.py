@@ -162,7 +162,8 @@ def command(
     if json_path == "-":
         sys.stdout.write(result.to_json())
     elif not quiet:
-        print_scan(Console(), result)
+        # A pipe gets no terminal width: a wide fixed one keeps Info texts on one line for grep.
+        print_scan(Console(width=None if sys.stdout.isatty() else 200), result)
     return 0 if result.matched else 1
 
 

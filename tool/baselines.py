@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from tool.capture import CaptureError, Packet, tshark_path
+from tool.capture import CaptureError, Packet, concatenate, tshark_path
 from tool.dataset import sha256_file
 from tool.evaluate import Evaluation, ProtocolData
 from tool.text import packet_text
@@ -194,22 +194,10 @@ def _sentinel_cache() -> Path:
 
 def _run_tshark_fields(paths: Sequence[Path]) -> list[list[list[str]]]:
     """Every packet's SENTINEL_FIELDS of each capture, in one tshark run over their concatenation."""
-    import shutil
-
-    mergecap = shutil.which("mergecap")
-    if not mergecap:
-        raise CaptureError("mergecap not found: install tshark's tools (apt-get install -y tshark)")
     out: list[list[list[str]]] = [[] for _ in paths]
     with tempfile.TemporaryDirectory(prefix="dnp-") as tmp:
         merged = Path(tmp) / "merged.pcapng"
-        done = subprocess.run(
-            [mergecap, "-a", "-I", "none", "-F", "pcapng", "-w", str(merged), *map(str, paths)],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        if done.returncode != 0:
-            raise CaptureError(f"mergecap: {(done.stderr.strip().splitlines() or ['failed'])[0]}")
+        concatenate(paths, merged)
         cmd = [tshark_path(), "-n", "-r", str(merged), "-T", "fields", "-E", "separator=/t"]
         cmd += ["-E", "occurrence=f", "-E", "quote=n"]
         for name in SENTINEL_FIELDS:

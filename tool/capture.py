@@ -218,6 +218,25 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
         raise CaptureError(f"{path}: {msg}")
 
 
+def concatenate(paths: Sequence[str | os.PathLike], out: Path) -> None:
+    """Write the captures one after the other into one pcapng, one interface per input file.
+
+    `mergecap -a` keeps each file's packets in order; `-I none` keeps their interfaces apart, so a
+    packet's frame.interface_id is the index of the file it came from.
+    """
+    mergecap = shutil.which("mergecap")
+    if not mergecap:
+        raise CaptureError("mergecap not found: install tshark's tools (apt-get install -y tshark)")
+    done = subprocess.run(
+        [mergecap, "-a", "-I", "none", "-F", "pcapng", "-w", str(out), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise CaptureError(f"mergecap: {_first_error_line(done.stderr)}")
+
+
 def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = None) -> Iterator[Packet]:
     """Stream the packets of several captures through one tshark run.
 
@@ -231,19 +250,9 @@ def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = N
     if len(paths) == 1:
         yield from read_packets(paths[0], display_filter)
         return
-    mergecap = shutil.which("mergecap")
-    if not mergecap:
-        raise CaptureError("mergecap not found: install tshark's tools (apt-get install -y tshark)")
     with tempfile.TemporaryDirectory(prefix="dnp-") as tmp:
         merged = Path(tmp) / "merged.pcapng"
-        done = subprocess.run(
-            [mergecap, "-a", "-I", "none", "-F", "pcapng", "-w", str(merged), *map(str, paths)],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-        )
-        if done.returncode != 0:
-            raise CaptureError(f"mergecap: {_first_error_line(done.stderr)}")
+        concatenate(paths, merged)
         offsets: dict[int, int] = {}
         last_frame = 0
         for packet in read_packets(merged, display_filter):

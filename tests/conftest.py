@@ -63,3 +63,54 @@ def run_command(name: str, *args: str, env: dict[str, str] | None = None, timeou
         stdin=subprocess.DEVNULL,
         **kw,
     )
+
+
+def enroll_device(device, out: Path, env: dict[str, str], name: str | None = None) -> Path:
+    """Enroll a data-set device from its first capture with the real dnp-enroll."""
+    done = run_command(
+        "dnp-enroll",
+        str(device.captures[0]),
+        "--mac",
+        device.mac,
+        "--name",
+        name or device.name,
+        "-o",
+        str(out),
+        "--quiet",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+# The devices move to another network: every unicast address changes, consistently. (tcprewrite's
+# --seed would also turn 0.0.0.0 into a host address, which changes what an ARP probe means.)
+PNAT = "--pnat=10.0.0.0/8:11.0.0.0/8,192.168.0.0/16:172.20.0.0/16"
+
+
+def rewrite_addresses(source: Path, out: Path) -> set[int]:
+    """Rewrite every IP and MAC address (and TCP sequence numbers) of a capture with tcprewrite.
+
+    Returns the 0-based indexes of the frames whose IP length tcprewrite changed as well: tcprewrite
+    4.4.3 grows the IP length of frames with Ethernet padding to cover the padding, so their TCP
+    "Len=" changes. That is its own artefact, not an address change; callers leave those out.
+    """
+    if shutil.which("tcprewrite") is None:
+        pytest.fail("tcprewrite is not installed: the README's test command installs tcpreplay")
+    subprocess.run(
+        ["tcprewrite", PNAT, "--enet-mac-seed=7", "--tcp-sequence=99", "-i", str(source), "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    pairs = zip(_ip_lengths(source), _ip_lengths(out))
+    return {i for i, (a, b) in enumerate(pairs) if a != b}
+
+
+def _ip_lengths(path: Path) -> list[str]:
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields", "-e", "ip.len"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.splitlines()

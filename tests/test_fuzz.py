@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_command
+from conftest import enroll_device, run_command
 from tool.fingerprint import Fingerprint, FingerprintError, load, parse
 
 SEED = 20171
@@ -149,19 +149,7 @@ def corpus(devices, tmp_path_factory) -> list[tuple[str, Path]]:
 def fingerprint(devices, tmp_path_factory, clean_env) -> Path:
     dev = devices["D-LinkCam"]
     out = tmp_path_factory.mktemp("fp") / "cam.fp"
-    done = run_command(
-        "dnp-enroll",
-        str(dev.captures[0]),
-        "--mac",
-        dev.mac,
-        "--name",
-        "cam",
-        "-o",
-        str(out),
-        "--quiet",
-        env=clean_env,
-    )
-    assert done.returncode == 0, done.stderr
+    enroll_device(dev, out, clean_env, name="cam")
     return out
 
 

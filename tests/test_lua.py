@@ -17,7 +17,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_command
+from conftest import ROOT, enroll_device, run_command
 from tool.annotate import comment_text, read_sidecar, write_sidecar
 from tool.capture import read_packets
 
@@ -381,19 +381,7 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
     for name in enrolled:
         dev = devices[name]
         fp = tmp_path / f"{name}.fp"
-        done = run_command(
-            "dnp-enroll",
-            str(dev.captures[0]),
-            "--mac",
-            dev.mac,
-            "--name",
-            name,
-            "-o",
-            str(fp),
-            "--quiet",
-            env=env,
-        )
-        assert done.returncode == 0, done.stderr
+        enroll_device(dev, fp, env, name=name)
         fps += ["-f", str(fp)]
     cap = tmp_path / "two.pcapng"
     subprocess.run(

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import run_command
+from conftest import enroll_device, run_command
 from tool.capture import read_packets
 from tool.fingerprint import parse
 
@@ -33,19 +33,7 @@ def fingerprints(devices, tmp_path_factory, clean_env):
     for name in ENROLLED:
         dev = devices[name]
         paths[name] = folder / f"{name}.fp"
-        done = run_command(
-            "dnp-enroll",
-            str(dev.captures[0]),
-            "--mac",
-            dev.mac,
-            "--name",
-            name,
-            "-o",
-            str(paths[name]),
-            "--quiet",
-            env=clean_env,
-        )
-        assert done.returncode == 0, done.stderr
+        enroll_device(dev, paths[name], clean_env, name=name)
     return paths
 
 

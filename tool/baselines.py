@@ -15,7 +15,6 @@ scikit-learn is imported inside the functions that need it (the optional extra "
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import subprocess
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tool.capture import CaptureError, Packet, concatenate, tshark_path
-from tool.dataset import sha256_file
+from tool.dataset import cache_dir, sha256_file
 from tool.evaluate import Evaluation, ProtocolData
 from tool.text import packet_text
 
@@ -181,17 +180,6 @@ def _parse_sentinel(parts: list[str]) -> SentinelPacket:
     )
 
 
-def _sentinel_cache() -> Path:
-    base = os.environ.get("DNP_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deepnetprint"
-    )
-    version = subprocess.run(
-        [tshark_path(), "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL
-    ).stdout.splitlines()
-    key = hashlib.sha256("|".join([*(version[:1] or ["?"]), *SENTINEL_FIELDS]).encode()).hexdigest()[:16]
-    return Path(base) / "sentinel" / key
-
-
 def _run_tshark_fields(paths: Sequence[Path]) -> list[list[list[str]]]:
     """Every packet's SENTINEL_FIELDS of each capture, in one tshark run over their concatenation."""
     out: list[list[list[str]]] = [[] for _ in paths]
@@ -222,7 +210,7 @@ def _run_tshark_fields(paths: Sequence[Path]) -> list[list[list[str]]]:
 def sentinel_packets(paths: Sequence[Path], use_cache: bool = True) -> dict[Path, list[SentinelPacket]]:
     """IoT Sentinel's fields of every packet of each capture, cached by the capture's sha256."""
     paths = list(dict.fromkeys(Path(p) for p in paths))
-    cache = _sentinel_cache()
+    cache = cache_dir("sentinel", SENTINEL_FIELDS)
     rows: dict[Path, list[list[str]]] = {}
     missing: list[tuple[Path, Path]] = []
     for path in paths:

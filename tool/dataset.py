@@ -139,20 +139,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _cache_dir() -> Path:
+def cache_dir(kind: str, extracted: Sequence[str]) -> Path:
+    """Where extractions of one kind are cached: keyed by the tshark version and what is extracted.
+
+    The key changes when tshark or the extracted fields change, so a cache never outlives them.
+    """
     base = os.environ.get("DNP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "deepnetprint"
     )
-    return Path(base) / "extract"
-
-
-def _extraction_version() -> str:
-    # The cache must not outlive a change of tshark or of what is extracted.
     out = subprocess.run(
         [tshark_path(), "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL
     ).stdout.splitlines()
     version = out[0] if out else "unknown"
-    return hashlib.sha256("|".join([version, *FIELDS, *TSHARK_PREFS]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("|".join([version, *extracted]).encode()).hexdigest()[:16]
+    return Path(base) / kind / key
 
 
 def _write_cache(path: Path, packets: Iterable[Packet]) -> None:
@@ -189,7 +189,7 @@ def read_captures(paths: Sequence[Path], use_cache: bool = True) -> dict[Path, l
     paths = list(dict.fromkeys(Path(p) for p in paths))
     result: dict[Path, list[Packet]] = {}
     missing: list[tuple[Path, Path]] = []
-    cache = _cache_dir() / _extraction_version()
+    cache = cache_dir("extract", [*FIELDS, *TSHARK_PREFS])
     if use_cache:
         cache.mkdir(parents=True, exist_ok=True)
     for path in paths:

@@ -15,7 +15,6 @@ p(Target | q) = sigmoid(scale * (|q|^2 - |q - target|^2)).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -23,6 +22,8 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from tool.dataset import sha256_file
 
 MANIFEST = "manifest.json"
 ENCODER = "encoder.onnx"
@@ -61,10 +62,6 @@ def encode_bytes(strings: Sequence[str], max_len: int) -> np.ndarray:
         b = np.frombuffer(s.encode("utf-8")[:max_len], dtype=np.uint8)
         out[i, : len(b)] = b.astype(np.int64) + 1
     return out
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Model:
@@ -114,7 +111,7 @@ class Model:
                 raise ModelError(f"{manifest_path}: lists no {name}")
             if not path.is_file():
                 raise ModelError(f"{path}: model file missing")
-            if _sha256(path) != files[name]["sha256"]:
+            if sha256_file(path) != files[name]["sha256"]:
                 raise ModelError(f"{path}: sha256 differs from the manifest (damaged or mismatched)")
 
         import onnxruntime as ort

@@ -17,6 +17,7 @@ Shapes: N packets, L = T * W bytes, E character-embedding dims, H ConvLSTM chann
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,6 +40,7 @@ class Config:
     proto_net: bool = False  # time-series prototype network over the support sequence, else the mean
     readout: str = "all"  # f_phi reads every step's hidden state, or "last": the last one only
     normalize: bool = True  # f_phi's output on the unit sphere (and f_phi(0) = 0 still)
+    conv: str = "1d"  # ConvLSTM convolutions along a chunk's characters, or "2d": over a square map of them
 
     @property
     def encoding_dim(self) -> int:
@@ -52,6 +54,33 @@ class Config:
         return asdict(self)
 
 
+class CharConv(nn.Module):
+    """A convolution over the W characters of a chunk [N, C, W] -> [N, C', W].
+
+    "1d" runs along the line of characters; "2d" lays the chunk out as a square map (W = 16: 4 x 4)
+    and convolves it with square kernels, as the paper's ConvLSTM over 2-D character maps does.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, width: int, kernel: int, conv: str, bias: bool = True):
+        super().__init__()
+        if conv == "1d":
+            self.side = 0
+            self.conv: nn.Module = nn.Conv1d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
+        elif conv == "2d":
+            self.side = math.isqrt(width)
+            if self.side * self.side != width:
+                raise ValueError(f"a 2-D ConvLSTM needs a square chunk, got {width} characters")
+            self.conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
+        else:
+            raise ValueError(f"conv is 1d or 2d, got {conv!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.side:
+            return self.conv(x)
+        n, c, w = x.shape
+        return self.conv(x.reshape(n, c, self.side, self.side)).reshape(n, -1, w)
+
+
 class ConvLSTMCell(nn.Module):
     """Shi et al.'s ConvLSTM cell, the paper's equations 3-7, peepholes included.
 
@@ -60,20 +89,20 @@ class ConvLSTMCell(nn.Module):
     c' = f o c + i o tanh(W_xc * x + W_hc * h + b_c)
     o = sigmoid(W_xo * x + W_ho * h + W_co o c' + b_o)
     h' = o o tanh(c')
-    (* is a 1-D convolution along the characters, o the Hadamard product.)
+    (* is a convolution over the characters of a chunk (CharConv), o the Hadamard product.)
     """
 
-    def __init__(self, in_ch: int, hidden: int, width: int, kernel: int):
+    def __init__(self, in_ch: int, hidden: int, width: int, kernel: int, conv: str = "1d"):
         super().__init__()
         # The input-to-state convolution carries the biases b_i, b_f, b_c, b_o; it is applied to all
         # time steps at once by the callers (see `input_gates`), so the loop only runs W_h * h.
-        self.conv_x = nn.Conv1d(in_ch, 4 * hidden, kernel, padding=kernel // 2)
-        self.conv_h = nn.Conv1d(hidden, 4 * hidden, kernel, padding=kernel // 2, bias=False)
+        self.conv_x = CharConv(in_ch, 4 * hidden, width, kernel, conv)
+        self.conv_h = CharConv(hidden, 4 * hidden, width, kernel, conv, bias=False)
         self.w_ci = nn.Parameter(torch.zeros(hidden, width))
         self.w_cf = nn.Parameter(torch.zeros(hidden, width))
         self.w_co = nn.Parameter(torch.zeros(hidden, width))
         with torch.no_grad():  # forget gate opens at the start: long memories train more easily
-            self.conv_x.bias[hidden : 2 * hidden].fill_(1.0)
+            self.conv_x.conv.bias[hidden : 2 * hidden].fill_(1.0)
 
     def input_gates(self, x: torch.Tensor) -> torch.Tensor:
         # x [N, T, C, W] -> [N, T, 4H, W]
@@ -100,7 +129,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(VOCAB, cfg.char_dim, padding_idx=0)
-        self.cell = ConvLSTMCell(cfg.char_dim, cfg.hidden, cfg.chunk, cfg.kernel)
+        self.cell = ConvLSTMCell(cfg.char_dim, cfg.hidden, cfg.chunk, cfg.kernel, cfg.conv)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -129,7 +158,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.cell = ConvLSTMCell(cfg.hidden, cfg.hidden, cfg.chunk, cfg.kernel)
+        self.cell = ConvLSTMCell(cfg.hidden, cfg.hidden, cfg.chunk, cfg.kernel, cfg.conv)
         self.out = nn.Conv1d(cfg.hidden, VOCAB, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,7 @@ class Data:
     captures: dict[str, list[np.ndarray]]  # device -> dev captures -> [n packets] indices
 
 
-def load_data(root: Path | None, names: list[str], uses_length: bool) -> Data:
+def load_data(root: Path | None, names: list[str], uses_length: bool, masked: bool = True) -> Data:
     from tool.dataset import SEEN, device_packets, load_devices
     from tool.model import model_input
     from tool.text import packet_text
@@ -91,7 +91,9 @@ def load_data(root: Path | None, names: list[str], uses_length: bool) -> Data:
         for capture in packets[d.name].per_capture:
             idx = []
             for p in capture:
-                s = model_input(packet_text(p.protocol, p.info), p.length, uses_length)
+                # Unmasked text is for the masking ablation only: the runtime always masks.
+                text = packet_text(p.protocol, p.info) if masked else f"{p.protocol}\t{p.info}"
+                s = model_input(text, p.length, uses_length)
                 if s not in index:
                     index[s] = len(index)
                     counts.append(0)
@@ -295,7 +297,7 @@ def validate_tfidf(root, names: list[str]) -> dict:
 
 
 # ---- one run ---------------------------------------------------------------------------------------
-def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log):
+def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log, masked: bool = True):
     """Train on `train_names`; validate on `eval_names` (a superset) if given. (net, ids, data, result)"""
     import torch
 
@@ -306,7 +308,7 @@ def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log):
     np.random.seed(seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    data = load_data(root, train_names, cfg.uses_length)
+    data = load_data(root, train_names, cfg.uses_length, masked)
     ids = torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
     log(f"{len(train_names)} devices, {len(data.strings)} distinct strings, {int(data.counts.sum())} packets")
     net = DeepNetPrint(cfg)
@@ -323,10 +325,59 @@ def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log):
         "proto_loss": proto,
     }
     if eval_names:
-        vdata = load_data(root, eval_names, cfg.uses_length)
+        vdata = load_data(root, eval_names, cfg.uses_length, masked)
         vids = torch.from_numpy(encode_bytes(vdata.strings, cfg.max_len))
         result["validation"] = validate(net, vids, vdata, [n for n in eval_names if n not in train_names])
     return net, ids, data, result
+
+
+def save_model(
+    net, out: Path, data: Data, result: dict, names: list[str], tc: TrainConfig, seed: int,
+    seconds: float, extra: dict | None = None,
+) -> dict[str, str]:
+    """Export the ONNX files, check them against torch, and write manifest.json; their sha256."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from export.onnx_export import check_against_torch, export_onnx
+    from tool.model import encode_bytes
+
+    hashes = export_onnx(net, out)
+    err = check_against_torch(net, out, encode_bytes(data.strings[:256], net.cfg.max_len))
+    if err > 1e-4:
+        raise click.ClickException(f"onnxruntime differs from torch by {err:.2e}")
+    manifest = {
+        "format": 1,
+        "name": "deepnetprint-convlstm",
+        "files": {name: {"sha256": h} for name, h in hashes.items()},
+        "config": net.cfg.to_dict(),
+        "train": asdict(tc),
+        "seed": seed,
+        "training_data": {
+            "dataset": "IoT Sentinel setup captures (Miettinen et al., ICDCS 2017)",
+            "devices": names,
+            "captures": "development half: captures 1-10 of each device (dnp-23 order)",
+            "packets": int(data.counts.sum()),
+            "distinct_strings": len(data.strings),
+        },
+        **(extra or {}),
+        "training_seconds": round(seconds, 1),
+        "final_loss": {
+            "ae": float(np.mean(result["ae_loss"][-50:] or [0])),
+            "proto": float(np.mean(result["proto_loss"][-50:] or [0])),
+        },
+        "validation_trained_devices": {k: v for k, v in result["validation"].items() if "trained" in k},
+        "onnx_max_abs_diff": err,
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return hashes
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -386,6 +437,26 @@ def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log):
     show_default=True,
     help="Time-series prototype network over the support sequence, or the plain mean.",
 )
+@click.option(
+    "--conv",
+    type=click.Choice(["1d", "2d"]),
+    default="1d",
+    show_default=True,
+    help="ConvLSTM convolutions along each 16-character chunk, or over it as a 4 x 4 map (the paper's 2-D).",
+)
+@click.option(
+    "--mask/--no-mask",
+    "masked",
+    default=True,
+    show_default=True,
+    help="With --cv: --no-mask trains on the raw Info text, addresses and all (the masking ablation).",
+)
+@click.option(
+    "--fold-models",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --cv: also export each fold's model to DIR/fold1..3 (for python -m export.calibrate --cv).",
+)
 @click.option("--capture-weight", type=float, default=TrainConfig.capture_weight, show_default=True)
 @click.option("--ae-weight", type=float, default=TrainConfig.ae_weight, show_default=True)
 @click.option(
@@ -410,6 +481,9 @@ def main(
     readout,
     normalize,
     proto_net,
+    conv,
+    masked,
+    fold_models,
     capture_weight,
     ae_weight,
     report,
@@ -423,6 +497,9 @@ def main(
     torch.set_num_threads(threads)
     if max_len % 16:
         raise click.UsageError("--max-len must be a multiple of 16")
+    if not cv and (not masked or fold_models):
+        # The runtime always masks, so an unmasked model must never be exported as a shippable one.
+        raise click.UsageError("--no-mask and --fold-models go with --cv")
     cfg = Config(
         max_len=max_len,
         hidden=hidden,
@@ -430,6 +507,7 @@ def main(
         proto_net=proto_net,
         readout=readout,
         normalize=normalize,
+        conv=conv,
     )
     tc = TrainConfig(
         ae_steps=ae_steps,
@@ -440,7 +518,7 @@ def main(
     )
     names = [n.strip() for n in devices.split(",")] if devices else list(SEEN)
     log = click.echo
-    settings = {"config": cfg.to_dict(), "train": asdict(tc), "seed": seed}
+    settings = {"config": cfg.to_dict(), "train": asdict(tc), "seed": seed, "masked": masked}
     log(json.dumps(settings))
 
     if cv and tfidf:
@@ -451,10 +529,16 @@ def main(
         return
     if cv:
         folds = []
-        for fold in CV_FOLDS:
+        for number, fold in enumerate(CV_FOLDS, 1):
             train_names = [n for n in names if n not in fold]
             log(f"fold: holding out {', '.join(fold)}")
-            _, _, _, result = run(data_dir, train_names, names, cfg, tc, seed, log)
+            start = time.time()
+            net, _, data, result = run(data_dir, train_names, names, cfg, tc, seed, log, masked)
+            if fold_models:
+                save_model(
+                    net, fold_models / f"fold{number}", data, result, train_names, tc, seed,
+                    time.time() - start, {"held_out": list(fold)},
+                )
             v = result["validation"]
             log(
                 f"  held-out capture_top1 {v['capture_top1_heldout']:.3f}"
@@ -479,54 +563,16 @@ def main(
             report.write_text(json.dumps({**settings, "cv": summary, "folds": folds}, indent=1))
         return
 
-    from export.onnx_export import check_against_torch, export_onnx
-    from tool.model import encode_bytes
-
     out = out or Path(__file__).resolve().parent.parent / "models"
     start = time.time()
-    net, ids, data, result = run(data_dir, names, names, cfg, tc, seed, log)
-    seconds = time.time() - start
-    hashes = export_onnx(net, out)
-    err = check_against_torch(net, out, encode_bytes(data.strings[:256], cfg.max_len))
-    if err > 1e-4:
-        raise click.ClickException(f"onnxruntime differs from torch by {err:.2e}")
-    import onnx
-    import onnxruntime
-
-    manifest = {
-        "format": 1,
-        "name": "deepnetprint-convlstm",
-        "files": {name: {"sha256": h} for name, h in hashes.items()},
-        "config": cfg.to_dict(),
-        "train": asdict(tc),
-        "seed": seed,
-        "training_data": {
-            "dataset": "IoT Sentinel setup captures (Miettinen et al., ICDCS 2017)",
-            "devices": names,
-            "captures": "development half: captures 1-10 of each device (dnp-23 order)",
-            "packets": int(data.counts.sum()),
-            "distinct_strings": len(data.strings),
-        },
-        "training_seconds": round(seconds, 1),
-        "final_loss": {
-            "ae": float(np.mean(result["ae_loss"][-50:] or [0])),
-            "proto": float(np.mean(result["proto_loss"][-50:] or [0])),
-        },
-        "validation_trained_devices": {k: v for k, v in result["validation"].items() if "trained" in k},
-        "onnx_max_abs_diff": err,
-        "versions": {
-            "torch": torch.__version__,
-            "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    net, _, data, result = run(data_dir, names, names, cfg, tc, seed, log)
+    hashes = save_model(net, out, data, result, names, tc, seed, time.time() - start)
     if report:
         report.write_text(
             json.dumps({**settings, **{k: v for k, v in result.items() if "loss" not in k}}, indent=1)
         )
-    log(f"wrote {out} in {seconds:.0f} s: " + ", ".join(f"{n} {h[:12]}" for n, h in hashes.items()))
+    files = ", ".join(f"{n} {h[:12]}" for n, h in hashes.items())
+    log(f"wrote {out} in {time.time() - start:.0f} s: {files}")
 
 
 if __name__ == "__main__":

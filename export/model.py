@@ -3,8 +3,9 @@
 After J. Pan's DeepNetPrint paper. A packet's text (tool.text.packet_text, optionally prefixed by
 its frame length) is read as bytes. The bytes are cut into T chunks of W characters; each chunk is
 one time step of a ConvLSTM whose channels are the character-embedding dimensions and whose
-convolutions run along the W characters of the chunk (a 1-D ConvLSTM). This layout ran about ten
-times faster in onnxruntime than a ConvLSTM over 2-D character maps, and trained faster too.
+convolutions run along the W characters of the chunk (a 1-D ConvLSTM). `conv="2d"` lays each chunk
+out as a square map instead, with square kernels (the paper's 2-D ConvLSTM, at the same state
+size); it encoded at 0.82x the speed and was no better on the development half (model card).
 
 Phase 1 trains encoder + decoder to reconstruct the bytes; the encoder's last hidden state is the
 packet encoding. Phase 2 trains f_phi (the embedding network) on top, with the encoder fine-tuned,

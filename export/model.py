@@ -55,31 +55,31 @@ class Config:
         return asdict(self)
 
 
-class CharConv(nn.Module):
-    """A convolution over the W characters of a chunk [N, C, W] -> [N, C', W].
+class SquareConv(nn.Conv2d):
+    """A 2-D convolution over the W characters of a chunk laid out as a square map (16: 4 x 4).
 
-    "1d" runs along the line of characters; "2d" lays the chunk out as a square map (W = 16: 4 x 4)
-    and convolves it with square kernels, as the paper's ConvLSTM over 2-D character maps does.
+    Takes and gives [N, C, W] like the 1-D convolution it replaces, so the cell is the same.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, width: int, kernel: int, conv: str, bias: bool = True):
-        super().__init__()
-        if conv == "1d":
-            self.side = 0
-            self.conv: nn.Module = nn.Conv1d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
-        elif conv == "2d":
-            self.side = math.isqrt(width)
-            if self.side * self.side != width:
-                raise ValueError(f"a 2-D ConvLSTM needs a square chunk, got {width} characters")
-            self.conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
-        else:
-            raise ValueError(f"conv is 1d or 2d, got {conv!r}")
+    def __init__(self, in_ch: int, out_ch: int, width: int, kernel: int, bias: bool = True):
+        super().__init__(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
+        self.side = math.isqrt(width)
+        if self.side * self.side != width:
+            raise ValueError(f"a 2-D ConvLSTM needs a square chunk, got {width} characters")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.side:
-            return self.conv(x)
         n, c, w = x.shape
-        return self.conv(x.reshape(n, c, self.side, self.side)).reshape(n, -1, w)
+        return super().forward(x.reshape(n, c, self.side, self.side)).reshape(n, -1, w)
+
+
+def char_conv(in_ch: int, out_ch: int, width: int, kernel: int, conv: str, bias: bool = True) -> nn.Module:
+    """The convolution over a chunk's characters: along the line ("1d"), or over a square map ("2d")."""
+    if conv == "1d":
+        # A plain Conv1d, so that the 1-D model's parameter names, and its ONNX files, stay as they were.
+        return nn.Conv1d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
+    if conv == "2d":
+        return SquareConv(in_ch, out_ch, width, kernel, bias)
+    raise ValueError(f"conv is 1d or 2d, got {conv!r}")
 
 
 class ConvLSTMCell(nn.Module):
@@ -90,20 +90,20 @@ class ConvLSTMCell(nn.Module):
     c' = f o c + i o tanh(W_xc * x + W_hc * h + b_c)
     o = sigmoid(W_xo * x + W_ho * h + W_co o c' + b_o)
     h' = o o tanh(c')
-    (* is a convolution over the characters of a chunk (CharConv), o the Hadamard product.)
+    (* is a convolution over the characters of a chunk (char_conv), o the Hadamard product.)
     """
 
     def __init__(self, in_ch: int, hidden: int, width: int, kernel: int, conv: str = "1d"):
         super().__init__()
         # The input-to-state convolution carries the biases b_i, b_f, b_c, b_o; it is applied to all
         # time steps at once by the callers (see `input_gates`), so the loop only runs W_h * h.
-        self.conv_x = CharConv(in_ch, 4 * hidden, width, kernel, conv)
-        self.conv_h = CharConv(hidden, 4 * hidden, width, kernel, conv, bias=False)
+        self.conv_x = char_conv(in_ch, 4 * hidden, width, kernel, conv)
+        self.conv_h = char_conv(hidden, 4 * hidden, width, kernel, conv, bias=False)
         self.w_ci = nn.Parameter(torch.zeros(hidden, width))
         self.w_cf = nn.Parameter(torch.zeros(hidden, width))
         self.w_co = nn.Parameter(torch.zeros(hidden, width))
         with torch.no_grad():  # forget gate opens at the start: long memories train more easily
-            self.conv_x.conv.bias[hidden : 2 * hidden].fill_(1.0)
+            self.conv_x.bias[hidden : 2 * hidden].fill_(1.0)
 
     def input_gates(self, x: torch.Tensor) -> torch.Tensor:
         # x [N, T, C, W] -> [N, T, 4H, W]

@@ -2,14 +2,18 @@
 -- probability that the packet came from the fingerprinted device.
 --
 -- It reads the scores sidecar that `dnp-scan CAPTURE --fingerprint A.fp --annotate PATH` writes: a CSV
--- with the header `frame,score,target` and one row per scored frame (frame numbers as Wireshark numbers
--- the frames of that capture file). Frames that are not in the sidecar get nothing.
+-- with the header `frame,score,target,host_match` and one row per scored frame (frame numbers as
+-- Wireshark numbers the frames of that capture file). Frames that are not in the sidecar get nothing.
+-- A sidecar of an older dnp-scan, with the header `frame,score,target`, still reads.
 --
 -- Fields (a contract with the analyst: filters, columns and `tshark -e` use them; never rename them):
 --   deepnetprint         the protocol: present on every scored frame
 --   deepnetprint.match   double: the best fingerprint's match probability, in [0, 1]
 --   deepnetprint.target  string: that fingerprint's name
--- e.g. display filter `deepnetprint.match > 0.9`, custom column `%Cus:deepnetprint.match`.
+--   deepnetprint.host_match  double: the score of the packet's sending host for its best fingerprint
+--                        (dnp-scan's host score, in [-1, 1]): the same on every packet of a host
+-- e.g. display filter `deepnetprint.match > 0.9`, `deepnetprint.host_match > 0.95` (every packet of a
+-- matching host), custom column `%Cus:deepnetprint.match`.
 --
 -- Where the sidecar path comes from (the first that is set):
 --   the preference deepnetprint.scores_file (Preferences > Protocols > DeepNetPrint, or
@@ -31,7 +35,7 @@ local PLUGIN_VERSION = "0.1.0"
 if set_plugin_info then
     set_plugin_info({
         version = PLUGIN_VERSION,
-        description = "DeepNetPrint match probability as the fields deepnetprint.match and deepnetprint.target",
+        description = "DeepNetPrint match probability and host score as deepnetprint.match, .target and .host_match",
         repository = "https://github.com/deepnetprint/deepnetprint",
     })
 end
@@ -75,7 +79,9 @@ local f_match = ProtoField.double("deepnetprint.match", "Match probability", "Pr
     .. "came from the fingerprinted device (best fingerprint), from the dnp-scan scores file")
 local f_target = ProtoField.string("deepnetprint.target", "Fingerprint", "Name of the fingerprint "
     .. "with the best match probability")
-deepnetprint.fields = { f_match, f_target }
+local f_host = ProtoField.double("deepnetprint.host_match", "Host match", "dnp-scan's score of the "
+    .. "packet's sending host for its best fingerprint: the same on every packet of the host")
+deepnetprint.fields = { f_match, f_target, f_host }
 
 local env_path = os.getenv("DNP_SCORES")
 if env_path == "" then
@@ -83,13 +89,14 @@ if env_path == "" then
 end
 local default_path = shared.arg_path or env_path or ""
 deepnetprint.prefs.scores_file = Pref.string("Scores file", default_path,
-    "CSV written by dnp-scan --annotate (header frame,score,target). Default: the script argument "
+    "CSV written by dnp-scan --annotate (header frame,score,target,host_match). Default: the script argument "
     .. "scores=PATH, else the environment variable DNP_SCORES.")
 
 -- The parsed sidecar. Wireshark calls init at the start and the end of every pass over a file, so the
 -- parse is kept and redone only when the path or the file's bytes change.
 local scores = {}     -- frame number -> score
 local targets = {}    -- frame number -> fingerprint name
+local hosts = {}      -- frame number -> its host's score (sidecars of older dnp-scan have none)
 local max_frame = 0   -- highest frame number in the sidecar
 local loaded_path = nil
 local loaded_content = nil
@@ -164,17 +171,24 @@ end
 
 -- Parse the sidecar's text into fresh tables; the message (or nil) says what was wrong with it.
 local function parse_sidecar(content, path)
-    local new_scores, new_targets, top = {}, {}, 0
+    local new_scores, new_targets, new_hosts, top = {}, {}, {}, 0
     if content == "" then
-        return new_scores, new_targets, top, path .. " is empty (no header frame,score,target)"
+        return new_scores, new_targets, new_hosts, top, path .. " is empty (no header frame,score,target,host_match)"
     end
     local pos = 1
     if string.sub(content, 1, 3) == "\239\187\191" then
         pos = 4 -- a UTF-8 byte order mark, as spreadsheets write it
     end
     local header, after = parse_record(content, pos)
-    if not header or #header ~= 3 or header[1] ~= "frame" or header[2] ~= "score" or header[3] ~= "target" then
-        return new_scores, new_targets, top, path .. " does not start with the header frame,score,target"
+    if not header or (#header ~= 3 and #header ~= 4) or header[1] ~= "frame" or header[2] ~= "score"
+        or header[3] ~= "target" or (#header == 4 and header[4] ~= "host_match") then
+        return new_scores, new_targets, new_hosts, top,
+            path .. " does not start with the header frame,score,target,host_match"
+    end
+    local width = #header
+    local fast = '^(%d+),([-+%d.eE]+),([^,"\r\n]*)\r?\n()'
+    if width == 4 then
+        fast = '^(%d+),([-+%d.eE]+),([^,"\r\n]*),([-+%d.eE]*)\r?\n()'
     end
     pos = after
     local n = #content
@@ -188,12 +202,18 @@ local function parse_sidecar(content, path)
         local row_start = pos
         -- The common row (a number, a number, a name without commas or quotes) in one anchored match
         -- and no table; anything else, or anything the fast path would refuse, goes the long way.
-        local f1, f2, f3, next_pos = string.match(content, '^(%d+),([-+%d.eE]+),([^,"\r\n]*)\r?\n()', pos)
+        local f1, f2, f3, f4, next_pos = string.match(content, fast, pos)
+        if width == 3 then
+            f4, next_pos = nil, f4
+        end
         local frame, score = f1 and tonumber(f1), f2 and tonumber(f2)
-        if frame and score and frame >= 1 and score >= 0 and score <= 1 and not new_scores[frame] then
+        local host = f4 and f4 ~= "" and tonumber(f4)
+        if frame and score and frame >= 1 and score >= 0 and score <= 1 and not new_scores[frame]
+            and (not f4 or f4 == "" or (host and host >= -1 and host <= 1)) then
             pos = next_pos
             new_scores[frame] = score
             new_targets[frame] = f3
+            new_hosts[frame] = host or nil
             if frame > top then
                 top = frame
             end
@@ -208,13 +228,16 @@ local function parse_sidecar(content, path)
                 break
             end
             pos = next_pos
-            f1, f2, f3 = record[1], record[2], record[3]
-            frame, score = nil, nil
+            f1, f2, f3, f4 = record[1], record[2], record[3], record[4] or ""
+            frame, score, host = nil, nil, nil
             if #record == 1 and f1 == "" then
                 reason = nil -- a blank line is not a row
-            elseif #record ~= 3 then
-                reason = #record .. " fields instead of 3"
+            elseif #record ~= width then
+                reason = #record .. " fields instead of " .. width
             else
+                if f4 ~= "" and string.match(f4, "^%s*[-+]?[%d.]+[eE]?[-+]?%d*%s*$") then
+                    host = tonumber(f4)
+                end
                 if string.match(f1, "^%d+$") then
                     frame = tonumber(f1)
                 end
@@ -227,11 +250,14 @@ local function parse_sidecar(content, path)
                     reason = "score '" .. f2 .. "' is not a number"
                 elseif score < 0 or score > 1 then
                     reason = "score " .. f2 .. " is outside [0, 1]"
+                elseif f4 ~= "" and (not host or host ~= host or host < -1 or host > 1) then
+                    reason = "host_match '" .. f4 .. "' is not a score in [-1, 1]"
                 elseif new_scores[frame] then
                     reason = "frame " .. f1 .. " is listed twice"
                 else
                     new_scores[frame] = score
                     new_targets[frame] = f3
+                    new_hosts[frame] = host
                     if frame > top then
                         top = frame
                     end
@@ -247,7 +273,7 @@ local function parse_sidecar(content, path)
     if bad > 0 then
         msg = path .. ": " .. bad .. " bad row(s) skipped, first at " .. first_bad
     end
-    return new_scores, new_targets, top, msg
+    return new_scores, new_targets, new_hosts, top, msg
 end
 
 local function scores_path()
@@ -263,13 +289,13 @@ end
 local function load_sidecar()
     local path = scores_path()
     if path == nil or path == "" then
-        scores, targets, max_frame = {}, {}, 0
+        scores, targets, hosts, max_frame = {}, {}, {}, 0
         loaded_path, loaded_content = path, nil
         return
     end
     local file, err = io.open(path, "rb")
     if not file then
-        scores, targets, max_frame = {}, {}, 0
+        scores, targets, hosts, max_frame = {}, {}, {}, 0
         loaded_path, loaded_content = path, nil
         tell("cannot read the scores file: " .. tostring(err))
         return
@@ -280,7 +306,7 @@ local function load_sidecar()
         return
     end
     local msg
-    scores, targets, max_frame, msg = parse_sidecar(content, path)
+    scores, targets, hosts, max_frame, msg = parse_sidecar(content, path)
     loaded_path, loaded_content = path, content
     if msg then
         tell(msg)
@@ -313,7 +339,7 @@ function deepnetprint.init()
     -- A Lua error here would stop every later dissection: any surprise becomes one message.
     local ok, err = pcall(load_sidecar)
     if not ok then
-        scores, targets, max_frame = {}, {}, 0
+        scores, targets, hosts, max_frame = {}, {}, {}, 0
         tell("could not load the scores file: " .. tostring(err))
     end
 end
@@ -334,6 +360,10 @@ function deepnetprint.dissector(tvb, pinfo, tree)
     local item = tree:add(deepnetprint)
     item:add(f_match, score)
     item:add(f_target, targets[frame])
+    local host = hosts[frame]
+    if host ~= nil then
+        item:add(f_host, host)
+    end
 end
 
 register_postdissector(deepnetprint)

@@ -46,15 +46,27 @@ def test_sidecar_round_trip_keeps_every_digit_and_every_name(tmp_path):
     rows.append((np.int64(5003), np.float32(0.75), "from numpy"))  # what a scorer is likely to hand over
     path = tmp_path / "s.csv"
     write_sidecar(path, iter(rows))
-    assert path.read_text(encoding="utf-8").splitlines()[0] == "frame,score,target"
-    assert read_sidecar(path) == {int(f): (float(s), t) for f, s, t in rows}
+    assert path.read_text(encoding="utf-8").splitlines()[0] == "frame,score,target,host_match"
+    assert read_sidecar(path) == {int(f): (float(s), t, None) for f, s, t in rows}
+
+
+def test_sidecar_carries_the_host_score_and_reads_the_old_three_columns(tmp_path):
+    path = tmp_path / "s.csv"
+    write_sidecar(path, [(1, 0.25, "cam", 0.987654321), (2, 0.5, "cam", -0.125)])
+    assert read_sidecar(path) == {1: (0.25, "cam", 0.987654321), 2: (0.5, "cam", -0.125)}
+    with pytest.raises(ValueError, match="host_match"):
+        write_sidecar(tmp_path / "bad.csv", [(1, 0.25, "cam", 1.5)])
+    old = tmp_path / "old.csv"
+    old.write_text("frame,score,target\n7,0.5,cam\n", encoding="utf-8")
+    assert read_sidecar(old) == {7: (0.5, "cam", None)}
 
 
 def test_sidecar_uses_proper_csv_quoting(tmp_path):
     path = tmp_path / "s.csv"
     write_sidecar(path, [(3, 0.9312345, 'Hue, bridge "living room"')])
     assert (
-        path.read_text(encoding="utf-8") == 'frame,score,target\n3,0.9312345,"Hue, bridge ""living room"""\n'
+        path.read_text(encoding="utf-8")
+        == 'frame,score,target,host_match\n3,0.9312345,"Hue, bridge ""living room""",\n'
     )
 
 

@@ -399,13 +399,25 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
     outputs = ["--csv", str(packets), "--annotate", str(sidecar), "--pcapng", str(copy)]
     done = run_command("dnp-scan", str(cap), *fps, *outputs, "--quiet", env=env)
     assert done.returncode in (0, 1), done.stderr
-    expected = {}
+    expected, host_match = {}, {}
     with open(packets, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
-        assert next(reader)[6:] == enrolled
+        assert next(reader)[6:] == [*enrolled, "host_match"]
         for row in reader:
-            expected[int(row[0])] = [float(x) for x in row[6:]]
+            expected[int(row[0])] = [float(x) for x in row[6:-1]]
+            host_match[int(row[0])] = float(row[-1])
     shown = fields(tshark(cap, *FIELD_ARGS, env=env, scores=sidecar))
+    # deepnetprint.host_match: every packet carries its sending host's score, as the CSV's last column.
+    hosts = tshark(
+        cap, "-T", "fields", "-e", "frame.number", "-e", "deepnetprint.host_match", env=env, scores=sidecar
+    )
+    shown_hosts = {int(f): float(v) for f, v in (line.split("\t") for line in hosts.stdout.splitlines())}
+    assert shown_hosts.keys() == host_match.keys()
+    assert all(abs(shown_hosts[f] - host_match[f]) <= 5.1e-7 for f in host_match)
+    matching = tshark(
+        cap, "-Y", "deepnetprint.host_match > 0.9", "-T", "fields", "-e", "eth.src", env=env, scores=sidecar
+    )
+    assert set(matching.stdout.split()) <= {devices[n].mac for n in enrolled}
     assert shown.keys() == expected.keys() and len(expected) > 100
     for frame, probs in expected.items():
         match, target = shown[frame]
@@ -415,8 +427,8 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
         assert target in tied, (frame, target, probs)
     # The commented copy, for analysts without the plugin, says the same.
     comments = fields(tshark(copy, *FIELD_ARGS[:4], "-e", "frame.comment", "-e", "frame.len", env=env))
-    for frame, (score, target) in read_sidecar(sidecar).items():
-        assert comments[frame][0] == comment_text(score, target)
+    for frame, (score, target, host) in read_sidecar(sidecar).items():
+        assert comments[frame][0] == comment_text(score, target, host)
         assert float(comments[frame][0].split()[0].split("=")[1]) == pytest.approx(
             max(expected[frame]), abs=6e-5
         )

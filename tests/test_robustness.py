@@ -82,11 +82,15 @@ def test_rewritten_addresses_give_the_same_probabilities(devices, fingerprints, 
     assert len(local) > len(before) // 4 and all(a != b for a, b in local)
     assert len(altered) <= len(before) // 20  # tcprewrite's own padded-length artefact
     compared = 0
+    # A host whose packets tcprewrite padded has another set of packets: its host score may move.
+    padded_hosts = {before[i + 1][2] for i in altered}
     for i, (a, b) in enumerate(zip(before[1:], after[1:])):
         assert a[0] == b[0]  # same frame
+        if a[2] not in padded_hosts:  # the host score (last column) is as address-blind as p(Target)
+            assert abs(float(a[-1]) - float(b[-1])) <= 1e-6, (a, b)
         if i in altered:
             continue
-        probs_a, probs_b = [float(x) for x in a[6:]], [float(x) for x in b[6:]]
+        probs_a, probs_b = [float(x) for x in a[6:-1]], [float(x) for x in b[6:-1]]
         assert all(abs(x - y) <= 1e-6 for x, y in zip(probs_a, probs_b)), (a, b)
         compared += 1
     assert compared >= len(before) * 0.95
@@ -205,16 +209,17 @@ def test_interrupted_scan_leaves_nothing_behind(
         start_new_session=True,
     )
     try:
-        # Wait until tshark runs and rows are being written, then let the scan get well under way.
+        # Wait until tshark runs, then let the scan get well under way (its rows wait in a spool that
+        # has no name, so the time it has run is what says so).
         deadline = time.monotonic() + 120
         tshark: list[int] = []
         while time.monotonic() < deadline and proc.poll() is None:
             tshark = children(proc.pid)
-            if tshark and any(p.stat().st_size > 0 for p in out.glob(".p.csv.*")):
+            if tshark:
                 break
             time.sleep(0.1)
         assert tshark and proc.poll() is None, "the scan did not start"
-        time.sleep(1.0)
+        time.sleep(3.0)
         assert proc.poll() is None, "the scan ended before it could be interrupted"
         if to_group:
             os.killpg(proc.pid, signum)

@@ -1,12 +1,15 @@
 """Scores handed to Wireshark: the sidecar CSV the Lua plugin reads, and a pcapng copy with comments.
 
 The sidecar (`dnp-scan --annotate PATH`) is the contract between dnp-scan and lua/deepnetprint.lua:
-a CSV with the header `frame,score,target` and one row per scored frame, where `frame` is the 1-based
-number Wireshark gives the frame in that capture file, `score` the best fingerprint's probability in
-[0, 1] and `target` that fingerprint's name.
+a CSV with the header `frame,score,target,host_match` and one row per scored frame, where `frame` is
+the 1-based number Wireshark gives the frame in that capture file, `score` the best fingerprint's
+probability in [0, 1], `target` that fingerprint's name, and `host_match` the host score (in [-1, 1])
+of the frame's sending host for that host's best fingerprint, so that a filter on it shows every
+packet of a matching host. A sidecar of an older dnp-scan has no `host_match` column; it still reads.
 
 The commented copy (`dnp-scan --pcapng OUT`) is for analysts who cannot install a plugin: each scored
-packet carries the packet comment `deepnetprint.match=0.9312 target=cam`, readable as `frame.comment`.
+packet carries the packet comment `deepnetprint.match=0.9312 target=cam host_match=0.9871`, readable
+as `frame.comment`.
 It is written here in Python, block by block, because `editcap -a` takes one argument per comment and
 fails with "argument list too long" near 60,000 comments.
 """
@@ -27,7 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-SIDECAR_HEADER = ("frame", "score", "target")
+SIDECAR_HEADER = ("frame", "score", "target", "host_match")
+OLD_SIDECAR_HEADER = SIDECAR_HEADER[:3]
 COMMENT_PREFIX = "deepnetprint.match="
 
 _FRAME_RE = re.compile(r"[0-9]+")
@@ -54,7 +58,9 @@ class AnnotateError(Exception):
     """The commented copy could not be written: the message is one line for the user."""
 
 
-def _check_row(frame: object, score: object, target: object) -> tuple[int, float, str]:
+def _check_row(
+    frame: object, score: object, target: object, host_match: object = None
+) -> tuple[int, float, str, float | None]:
     try:
         # operator.index takes numpy integers too, and refuses 2.0 and "2".
         number = operator.index(frame)  # type: ignore[arg-type]
@@ -71,7 +77,14 @@ def _check_row(frame: object, score: object, target: object) -> tuple[int, float
         raise ValueError(f"frame {frame}: score {score!r} is not a probability in [0, 1]")
     if not isinstance(target, str):
         raise ValueError(f"frame {frame}: target {target!r} is not a string")
-    return frame, score, target
+    if host_match is not None:
+        try:
+            host_match = float(host_match)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"frame {frame}: host_match {host_match!r} is not a number") from None
+        if not math.isfinite(host_match) or not -1.0 <= host_match <= 1.0:
+            raise ValueError(f"frame {frame}: host_match {host_match!r} is not a score in [-1, 1]")
+    return frame, score, target, host_match
 
 
 @contextmanager
@@ -95,12 +108,12 @@ def _atomic_output(path: Path, mode: str = "wb", **kwargs) -> Iterator:
         raise
 
 
-def write_sidecar(path: str | os.PathLike, rows: Iterable[tuple[int, float, str]]) -> None:
+def write_sidecar(path: str | os.PathLike, rows: Iterable[tuple]) -> None:
     """Write the scores sidecar atomically (a temp file in the same folder, then os.replace).
 
-    Rows are (frame, score, target); a bad row raises ValueError and leaves no file behind.
+    Rows are (frame, score, target[, host_match]); a bad row raises ValueError and leaves no file.
 
-    >>> write_sidecar("cap.scores.csv", [(1, 0.9312345, "cam"), (7, 0.12, "cam")])
+    >>> write_sidecar("cap.scores.csv", [(1, 0.9312345, "cam", 0.98), (7, 0.12, "cam", 0.98)])
     """
     path = Path(path)
     seen: set[int] = set()
@@ -108,36 +121,38 @@ def write_sidecar(path: str | os.PathLike, rows: Iterable[tuple[int, float, str]
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(SIDECAR_HEADER)
         for row in rows:
-            frame, score, target = _check_row(*row)
+            frame, score, target, host_match = _check_row(*row)
             if frame in seen:
                 raise ValueError(f"frame {frame} is listed twice")
             seen.add(frame)
             # repr keeps every digit of the float, so the plugin shows exactly what dnp-scan computed.
-            writer.writerow((frame, repr(score), target))
+            writer.writerow((frame, repr(score), target, "" if host_match is None else repr(host_match)))
 
 
-def read_sidecar(path: str | os.PathLike) -> dict[int, tuple[float, str]]:
-    """Read a scores sidecar: {frame: (score, target)}.
+def read_sidecar(path: str | os.PathLike) -> dict[int, tuple[float, str, float | None]]:
+    """Read a scores sidecar: {frame: (score, target, host_match or None)}.
 
     Raises ValueError (one line, naming the file and line) on bad content; OSError if it cannot be read.
     """
     path = Path(path)
-    result: dict[int, tuple[float, str]] = {}
+    result: dict[int, tuple[float, str, float | None]] = {}
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, strict=True)
         try:
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{path}: empty file, expected the header {','.join(SIDECAR_HEADER)}")
-            if tuple(header) != SIDECAR_HEADER:
+            if tuple(header) not in (SIDECAR_HEADER, OLD_SIDECAR_HEADER):
                 raise ValueError(f"{path}: the header is not {','.join(SIDECAR_HEADER)}")
+            width = len(header)
             for row in reader:
                 where = f"{path}: line {reader.line_num}"
                 if not row:
                     continue
-                if len(row) != 3:
-                    raise ValueError(f"{where}: {len(row)} fields instead of 3")
-                frame_text, score_text, target = row
+                if len(row) != width:
+                    raise ValueError(f"{where}: {len(row)} fields instead of {width}")
+                frame_text, score_text, target = row[:3]
+                host_text = row[3] if width == 4 else ""
                 if not _FRAME_RE.fullmatch(frame_text) or int(frame_text) < 1:
                     raise ValueError(f"{where}: frame {frame_text!r} is not a frame number")
                 frame = int(frame_text)
@@ -147,9 +162,17 @@ def read_sidecar(path: str | os.PathLike) -> dict[int, tuple[float, str]]:
                     raise ValueError(f"{where}: score {score_text!r} is not a number") from None
                 if not math.isfinite(score) or not 0.0 <= score <= 1.0:
                     raise ValueError(f"{where}: score {score_text!r} is not a probability in [0, 1]")
+                host_match = None
+                if host_text:
+                    try:
+                        host_match = float(host_text)
+                    except ValueError:
+                        raise ValueError(f"{where}: host_match {host_text!r} is not a number") from None
+                    if not math.isfinite(host_match) or not -1.0 <= host_match <= 1.0:
+                        raise ValueError(f"{where}: host_match {host_text!r} is not a score in [-1, 1]")
                 if frame in result:
                     raise ValueError(f"{where}: frame {frame} is listed twice")
-                result[frame] = (score, target)
+                result[frame] = (score, target, host_match)
         except csv.Error as e:
             raise ValueError(f"{path}: line {reader.line_num}: not CSV: {e}") from None
         except UnicodeDecodeError:
@@ -157,11 +180,12 @@ def read_sidecar(path: str | os.PathLike) -> dict[int, tuple[float, str]]:
     return result
 
 
-def comment_text(score: float, target: str) -> str:
-    """The packet comment of a scored packet: `deepnetprint.match=0.9312 target=cam`."""
+def comment_text(score: float, target: str, host_match: float | None = None) -> str:
+    """The packet comment of a scored packet: `deepnetprint.match=0.9312 target=cam host_match=0.9871`."""
     # One line: Wireshark shows a comment's line breaks, and a filter on it should not need to know.
     target = " ".join(target.splitlines())
-    return f"{COMMENT_PREFIX}{score:.4f} target={target}"
+    host = "" if host_match is None else f" host_match={host_match:.4f}"
+    return f"{COMMENT_PREFIX}{score:.4f} target={target}{host}"
 
 
 def _pad4(n: int) -> int:
@@ -304,9 +328,7 @@ def _sniff(path: Path) -> bytes:
         return f.read(4)
 
 
-def write_commented_pcapng(
-    capture: str | os.PathLike, out: str | os.PathLike, rows: Iterable[tuple[int, float, str]]
-) -> None:
+def write_commented_pcapng(capture: str | os.PathLike, out: str | os.PathLike, rows: Iterable[tuple]) -> None:
     """Write a pcapng copy of `capture` in which every scored packet carries a packet comment.
 
     The comment reads `deepnetprint.match=0.9312 target=cam` (filter: `frame.comment contains
@@ -320,10 +342,10 @@ def write_commented_pcapng(
     comments: dict[int, str] = {}
     try:
         for row in rows:
-            frame, score, target = _check_row(*row)
+            frame, score, target, host_match = _check_row(*row)
             if frame in comments:
                 raise ValueError(f"frame {frame} is listed twice")
-            comments[frame] = comment_text(score, target)
+            comments[frame] = comment_text(score, target, host_match)
     except (ValueError, TypeError) as e:
         raise AnnotateError(f"bad score row: {e}") from None
     try:

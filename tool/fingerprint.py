@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tool import __version__
 from tool.capture import Packet
+from tool.constants import MIN_PACKETS, PACKETS
 from tool.text import packet_text
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 FORMAT = "deepnetprint-fingerprint"
 VERSION = 1
-MIN_SUPPORT = 5
+MIN_SUPPORT = MIN_PACKETS
 MAX_FILE_BYTES = 4 << 20  # a fingerprint is a few KB; refuse to parse anything huge
 PROTOTYPE_TOLERANCE = 1e-4
 
@@ -61,6 +62,18 @@ class Fingerprint:
     source: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     tool_version: str = __version__
+    # The support packets' embeddings under the model the fingerprint was checked against: the set
+    # vector is made from them, and no scan should have to encode the support packets twice.
+    embeddings: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def vector(self) -> np.ndarray:
+        """The fingerprint's set vector [E] (tool.model.set_vector of its support packets)."""
+        from tool.model import set_vector
+
+        if self.embeddings is None:
+            raise FingerprintError(f"fingerprint {self.name!r} has not been checked against a model")
+        return set_vector(self.embeddings)
 
     @classmethod
     def from_packets(
@@ -74,7 +87,8 @@ class Fingerprint:
         if len(packets) < MIN_SUPPORT:
             raise FingerprintError(f"a fingerprint needs at least {MIN_SUPPORT} packets, got {len(packets)}")
         support = [SupportPacket(p.frame, packet_text(p.protocol, p.info), p.length) for p in packets]
-        prototype = _prototype(model, support)
+        embeddings = _embed(model, support)
+        prototype = model.prototype(embeddings)
         return cls(
             name=name,
             prototype=[float(x) for x in prototype],
@@ -83,6 +97,7 @@ class Fingerprint:
             head_sha256=model.head_sha256,
             source=dict(source or {}),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            embeddings=embeddings,
         )
 
     def payload(self) -> dict[str, Any]:
@@ -123,17 +138,18 @@ class Fingerprint:
             )
         import numpy as np
 
-        expected = _prototype(model, self.support)
+        embeddings = _embed(model, self.support)
+        expected = model.prototype(embeddings)
         if not np.allclose(expected, np.asarray(self.prototype), atol=PROTOTYPE_TOLERANCE, rtol=0):
             raise FingerprintError(
                 f"fingerprint {self.name!r}: its prototype is not what its support packets give; "
                 "the file was altered"
             )
+        self.embeddings = embeddings
 
 
-def _prototype(model: Model, support: Sequence[SupportPacket]) -> np.ndarray:
-    embedded = model.embed([s.text for s in support], [s.length for s in support])
-    return model.prototype(embedded)
+def _embed(model: Model, support: Sequence[SupportPacket]) -> np.ndarray:
+    return model.embed([s.text for s in support], [s.length for s in support])
 
 
 def _digest(payload: dict[str, Any]) -> str:
@@ -248,25 +264,30 @@ def load(path: str | os.PathLike, model: Model | None = None) -> Fingerprint:
 
 
 def enroll(
-    capture: str | os.PathLike,
+    capture: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     mac: str | None = None,
     display_filter: str | None = None,
-    count: int = 20,
+    count: int = PACKETS,
     name: str | None = None,
     model: Model | None = None,
 ) -> Fingerprint:
-    """Learn a device's fingerprint from its first `count` packets in a capture.
+    """Learn a device's fingerprint from its first `count` packets in one capture, or in several read
+    one after the other (an investigator often holds more than one capture of the device).
 
     The device is picked by its MAC (the packets it sent) or by any Wireshark display filter.
 
     >>> fp = enroll("cam.pcap", mac="b0:c5:54:25:5b:0e", name="cam")   # doctest: +SKIP
+    >>> fp = enroll(["cam-mon.pcap", "cam-tue.pcap"], mac="b0:c5:54:25:5b:0e", count=100)  # doctest: +SKIP
     >>> fp.save("cam.fp")                                              # doctest: +SKIP
     """
     from tool.capture import read_packets
     from tool.dataset import sha256_file
     from tool.model import Model
 
+    captures = [capture] if isinstance(capture, (str, os.PathLike)) else list(capture)
+    if not captures:
+        raise FingerprintError("enroll needs at least one capture")
     if (mac is None) == (display_filter is None):
         raise FingerprintError("select the device with exactly one of a MAC or a display filter")
     if count < MIN_SUPPORT:
@@ -276,23 +297,42 @@ def enroll(
         display_filter = f"eth.src == {mac}"
     model = model or Model.load()
     packets: list[Packet] = []
-    for packet in read_packets(capture, display_filter):
-        packets.append(packet)
+    used: list[dict[str, Any]] = []
+    for path in captures:
         if len(packets) == count:
             break
+        taken: list[Packet] = []
+        for packet in read_packets(path, display_filter):
+            taken.append(packet)
+            if len(packets) + len(taken) == count:
+                break
+        if taken:
+            used.append(
+                {
+                    "capture": Path(path).name,
+                    "sha256": sha256_file(path),
+                    "frames": [taken[0].frame, taken[-1].frame],
+                    "packets": len(taken),
+                }
+            )
+        packets.extend(taken)
     if len(packets) < count:
         who = f"MAC {mac}" if mac else f"filter {display_filter!r}"
+        where = captures[0] if len(captures) == 1 else f"{len(captures)} captures"
         raise FingerprintError(
-            f"{capture}: only {len(packets)} packets match {who}, {count} needed"
+            f"{where}: only {len(packets)} packets match {who}, {count} needed"
             + (f" (lower --count, at least {MIN_SUPPORT})" if len(packets) >= MIN_SUPPORT else "")
         )
     source = {
-        "capture": Path(capture).name,
-        "sha256": sha256_file(capture),
+        # The first capture's name, digest and frames, as one-capture fingerprints always had them;
+        # `captures` lists every capture the support packets came from.
+        "capture": used[0]["capture"],
+        "sha256": used[0]["sha256"],
         "selector": {"mac": mac} if mac else {"filter": display_filter},
-        "frames": [packets[0].frame, packets[-1].frame],
+        "frames": used[0]["frames"],
+        "captures": used,
     }
-    return Fingerprint.from_packets(model, packets, name or Path(capture).stem, source)
+    return Fingerprint.from_packets(model, packets, name or Path(captures[0]).stem, source)
 
 
 def normalise_mac(mac: str) -> str:

@@ -163,3 +163,30 @@ class Model:
         # |q|^2 - |q - p|^2 = 2 q.p - |p|^2: the Null prototype's distance minus the Target's
         logit = self.scale * (2.0 * q @ p.T - (p * p).sum(1)[None, :])
         return (0.5 * (1.0 + np.tanh(0.5 * logit))).astype(np.float32)
+
+
+def set_vector(embeddings: np.ndarray) -> np.ndarray:
+    """A set of packets as one unit vector: the normalised mean of their embeddings, [N, E] -> [E].
+
+    The host score compares such vectors by their cosine (`set_score`). A device's join traffic is
+    diverse (ARP, DHCP, DNS, TLS), so its mean embedding is short and each of its own packets lies far
+    from it: comparing whole sets, rather than averaging per-packet p(Target), is what keeps a host
+    whose packets all look "average" from outranking the device itself.
+    """
+    total = np.asarray(embeddings, dtype=np.float64).sum(axis=0)
+    return unit(total)
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows (or one vector) scaled to length 1; a zero row stays zero."""
+    v = np.asarray(vectors, dtype=np.float64)
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(norm > 0, norm, 1.0)
+
+
+def set_score(hosts: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:
+    """Cosine of every host's set vector [H, E] with every fingerprint's [K, E]: [H, K] in [-1, 1].
+
+    Either side may be unnormalised sums of embeddings: only their directions count.
+    """
+    return unit(np.atleast_2d(hosts)) @ unit(np.atleast_2d(fingerprints)).T

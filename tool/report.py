@@ -10,14 +10,13 @@ import csv
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import numpy as np
     from rich.console import Console
 
-    from tool.capture import Packet
     from tool.fingerprint import Fingerprint
     from tool.scan import ScanResult
 
@@ -44,29 +43,59 @@ class PendingFile:
         self.tmp.unlink(missing_ok=True)
 
 
+@dataclass
+class PacketRow:
+    """One scored packet as the per-packet outputs (CSV, sidecar, pcapng comment) write it."""
+
+    frame: int
+    time: float
+    eth_src: str
+    eth_dst: str
+    protocol: str
+    info: str
+    probabilities: list[float]  # p(Target) for each fingerprint, in the scan's order
+    names: list[str]  # the fingerprints' names, in the same order
+    host_match: float | None  # the sending host's score for its best fingerprint
+
+    def sidecar(self) -> tuple[int, float, str, float | None]:
+        """(frame, best p(Target), that fingerprint's name, host_match): the Wireshark sidecar's row."""
+        best = max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
+        host = None if self.host_match is None else min(1.0, max(-1.0, self.host_match))
+        return self.frame, self.probabilities[best], self.names[best], host
+
+
 class PacketCsv:
-    """One row per packet: frame, time, addresses, protocol, Info, then one column per fingerprint."""
+    """One row per packet: frame, time, addresses, protocol, Info, one p(Target) column per
+    fingerprint (named by it), then host_match: the sending host's score for its best fingerprint."""
 
     def __init__(self, handle: IO[str], names: Sequence[str]):
         self.writer = csv.writer(handle, lineterminator="\n")
-        self.writer.writerow([*CSV_HEADER, *names])
+        self.writer.writerow([*CSV_HEADER, *names, "host_match"])
 
-    def write(self, packet: Packet, probs: np.ndarray) -> None:
+    def write(self, row: PacketRow) -> None:
         self.writer.writerow(
             [
-                packet.frame,
-                f"{packet.time:.6f}",
-                packet.eth_src,
-                packet.eth_dst,
-                packet.protocol,
-                packet.info,
-                *(f"{float(p):.6f}" for p in probs),
+                row.frame,
+                f"{row.time:.6f}",
+                row.eth_src,
+                row.eth_dst,
+                row.protocol,
+                row.info,
+                *(f"{p:.6f}" for p in row.probabilities),
+                "" if row.host_match is None else f"{row.host_match:.6f}",
             ]
         )
 
 
 def _fmt(score: float) -> str:
     return f"{score:.3f}"
+
+
+def _rate(rate: float, cohort: int) -> str:
+    """A false-match rate as a person reads it: 0 means no cohort host reached it, not 'impossible'."""
+    if rate == 0:
+        return f"< {1 / max(cohort, 1):.0e}"
+    return f"{rate:.4f}" if rate < 0.01 else f"{rate:.3f}"
 
 
 def _clock(epoch: float) -> str:
@@ -84,9 +113,10 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
     plain = not console.is_terminal
     style = box.ASCII if plain else box.SIMPLE_HEAVY
     names = [f["name"] for f in result.fingerprints]
+    calibrated = any("false_match" in row for row in result.hosts)
     hosts = Table(
         title=f"Hosts in {Path(result.capture).name}: {result.packets} packets, "
-        f"host score = {result.host_score}, threshold {result.threshold:.2f}",
+        f"host score = {result.host_score}, verdict at {result.rule}",
         box=style,
         title_justify="left",
     )
@@ -95,9 +125,13 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
     hosts.add_column("packets", justify="right")
     for name in names:
         hosts.add_column(name, justify="right")
+    if calibrated:
+        hosts.add_column("false-match rate", justify="right")
     hosts.add_column("verdict")
     for row in result.hosts[:max_hosts]:
         cells = [_fmt(row["match"][n]) for n in names]
+        if calibrated:
+            cells.append(_rate(row["false_match"][row["best"]], result.cohort_hosts))
         verdict = f"[bold green]{row['verdict']}[/]" if row["verdict"] else "-"
         ips = ", ".join(row["ips"][:3]) + (" ..." if len(row["ips"]) > 3 else "")
         hosts.add_row(row["mac"], ips, str(row["packets"]), *cells, verdict)

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tool.capture import Packet, read_packets
+from tool.cohort import Cohort
+from tool.constants import FALLBACK_THRESHOLD, HOST_SCORES, MAX_FALSE_MATCH, PACKETS, SET_SCORES
 from tool.fingerprint import Fingerprint
 from tool.text import mask_ports, packet_text
 
@@ -29,11 +31,9 @@ if TYPE_CHECKING:
     from tool.model import Model
 
 CHUNK = 4096
-HOST_PACKETS = 20  # dnp-23 scores a capture by the mean over its first 20 device packets
+HOST_PACKETS = PACKETS
 MAX_HOST_IPS = 8
 TOP_PACKETS = 10
-HOST_SCORES = ("first20", "mean")
-FALLBACK_THRESHOLD = 0.5
 # Past this many memo entries the memo starts again: a capture of unique texts (random payloads,
 # session tokens in URLs) must not grow memory with its length. 2**16 entries are ~40 MB at most.
 MEMO_LIMIT = 1 << 16
@@ -97,6 +97,7 @@ class Matcher:
         self._by_input: dict[Hashable, int] = {}
         self._texts: dict[tuple[str, str], str] = {}
         self._table = np.zeros((1024, len(self.fingerprints)), dtype=np.float32)
+        self._embeddings = np.zeros((1024, self.model.embedding_dim), dtype=np.float32)
 
     @property
     def distinct_inputs(self) -> int:
@@ -133,38 +134,43 @@ class Matcher:
             probs = self.model.match(embedded, self.prototypes)
             first = len(by_input) - len(new)
             if len(by_input) > len(self._table):
-                grown = np.zeros((max(len(by_input), 2 * len(self._table)), self._table.shape[1]), np.float32)
-                grown[:first] = self._table[:first]
-                self._table = grown
+                rows_needed = max(len(by_input), 2 * len(self._table))
+                self._table = _grown(self._table, rows_needed)
+                self._embeddings = _grown(self._embeddings, rows_needed)
             self._table[first : len(by_input)] = probs
+            self._embeddings[first : len(by_input)] = embedded
             self._encoded += len(new)
         return np.asarray(rows, dtype=np.intp)
 
-    def score(self, packets: Sequence[Packet]) -> np.ndarray:
-        """p(Target) of each packet for each fingerprint: [N, K]."""
+    def score_and_embed(self, packets: Sequence[Packet]) -> tuple[np.ndarray, np.ndarray]:
+        """p(Target) of each packet for each fingerprint [N, K], and each packet's embedding [N, E]."""
         packets = list(packets)
-        if not packets:
-            return np.zeros((0, len(self.fingerprints)), dtype=np.float32)
-        out = np.empty((len(packets), len(self.fingerprints)), dtype=np.float32)
+        probs = np.empty((len(packets), len(self.fingerprints)), dtype=np.float32)
+        embedded = np.empty((len(packets), self.model.embedding_dim), dtype=np.float32)
         # A sequence longer than the memo may hold is scored a memo's worth at a time.
         step = max(1, self.memo_limit // 2)
         for start in range(0, len(packets), step):
             part = packets[start : start + step]
-            rows = self.rows(part)  # first: it may grow the table
-            out[start : start + len(part)] = self._table[rows]
-        return out
+            rows = self.rows(part)  # first: it may grow the tables
+            probs[start : start + len(part)] = self._table[rows]
+            embedded[start : start + len(part)] = self._embeddings[rows]
+        return probs, embedded
+
+    def score(self, packets: Sequence[Packet]) -> np.ndarray:
+        """p(Target) of each packet for each fingerprint: [N, K]."""
+        return self.score_and_embed(packets)[0]
 
     def chunks(
         self, packets: Iterable[Packet], chunk: int = CHUNK
-    ) -> Iterator[tuple[list[Packet], np.ndarray]]:
-        """Yield (up to `chunk` packets, their probabilities [n, K]) in capture order."""
+    ) -> Iterator[tuple[list[Packet], np.ndarray, np.ndarray]]:
+        """Yield (up to `chunk` packets, their probabilities [n, K], their embeddings [n, E]) in order."""
         it = iter(packets)
         while batch := list(itertools.islice(it, chunk)):
-            yield batch, self.score(batch)
+            yield (batch, *self.score_and_embed(batch))
 
     def stream(self, packets: Iterable[Packet], chunk: int = CHUNK) -> Iterator[tuple[Packet, np.ndarray]]:
         """Yield (packet, its probabilities) in capture order, scoring a chunk at a time."""
-        for batch, probs in self.chunks(packets, chunk):
+        for batch, probs, _ in self.chunks(packets, chunk):
             yield from zip(batch, probs)
 
 
@@ -176,36 +182,84 @@ def score_packets(model: Model, packets: Sequence[Packet], fingerprints: Sequenc
     return Matcher(model, fingerprints).score(list(packets))
 
 
+def host_vectors(model: Model, hosts: Sequence[Sequence[Packet]], host_packets: int | None) -> np.ndarray:
+    """The set vector (tool.model.set_vector) of each host's first `host_packets` packets (None: all),
+    [H, E]; a host without packets gets the zero vector. Each distinct model input is encoded once."""
+    from tool.model import unit
+
+    keys: dict[Hashable, int] = {}
+    inputs: list[tuple[str, int]] = []
+    rows: list[list[int]] = []
+    for packets in hosts:
+        packets = list(packets) if host_packets is None else list(packets)[:host_packets]
+        row = []
+        for p in packets:
+            text = packet_text(p.protocol, p.info)
+            key = model.key(text, p.length)
+            if key not in keys:
+                keys[key] = len(inputs)
+                inputs.append((text, p.length))
+            row.append(keys[key])
+        rows.append(row)
+    embedded = model.embed([t for t, _ in inputs], [n for _, n in inputs]).astype(np.float64)
+    sums = np.zeros((len(hosts), model.embedding_dim))
+    for h, row in enumerate(rows):
+        if row:
+            sums[h] = embedded[row].sum(axis=0)
+    return unit(sums)
+
+
+def host_scores(
+    model: Model,
+    hosts: Sequence[Sequence[Packet]],
+    fingerprints: Sequence[Fingerprint],
+    how: str = "set",
+    host_packets: int = HOST_PACKETS,
+) -> np.ndarray:
+    """The host score of each packet sequence for each fingerprint, [H, K], as dnp-scan computes it.
+
+    Each sequence stands for one host's packets in capture order; `how` is one of HOST_SCORES ("set"
+    and "first20" read the first `host_packets` of them). A host without packets scores 0.
+    """
+    if how not in HOST_SCORES:
+        raise ValueError(f"host score must be one of {HOST_SCORES}")
+    every = how in ("set-all", "mean")
+    if how in SET_SCORES:
+        vectors = host_vectors(model, hosts, None if every else host_packets)
+        return vectors @ np.asarray([f.vector for f in fingerprints]).T
+    matcher = Matcher(model, fingerprints)
+    out = np.zeros((len(hosts), len(fingerprints)), dtype=np.float64)
+    for h, packets in enumerate(hosts):
+        packets = list(packets) if every else list(packets)[:host_packets]
+        if packets:
+            out[h] = matcher.score(packets).astype(np.float64).mean(axis=0)
+    return out
+
+
 @dataclass
 class Host:
-    """What a scan learns of one source MAC."""
+    """What a scan learns of one source MAC; its sums live in the scan's per-host arrays."""
 
     mac: str
+    number: int  # the host's row in a scan's per-host arrays
     ips: list[str] = field(default_factory=list)
     packets: int = 0
-    first_sum: np.ndarray | None = None
-    first_count: int = 0
-    total_sum: np.ndarray | None = None
-    number: int = 0  # the host's row in a scan's per-host arrays
+    first_count: int = 0  # how many of its packets count as its first ones (up to host_packets)
 
-    def add(self, packet: Packet, probs: np.ndarray, host_packets: int) -> None:
-        self.packets += 1
-        if packet.ip_src and packet.ip_src not in self.ips and len(self.ips) < MAX_HOST_IPS:
-            # 0.0.0.0 is what a DHCP client says before it has an address, not an address it uses.
-            if packet.ip_src not in ("0.0.0.0", "::"):
-                self.ips.append(packet.ip_src)
-        probs64 = probs.astype(np.float64)
-        self.total_sum = probs64.copy() if self.total_sum is None else self.total_sum + probs64
-        if self.first_count < host_packets:
-            self.first_sum = probs64.copy() if self.first_sum is None else self.first_sum + probs64
-            self.first_count += 1
 
-    def scores(self, how: str) -> np.ndarray:
-        if how == "first20":
-            assert self.first_sum is not None
-            return self.first_sum / self.first_count
-        assert self.total_sum is not None
-        return self.total_sum / self.packets
+@dataclass
+class Verdict:
+    """The rule that turns a host score into a verdict: a raw threshold, or a false-match rate."""
+
+    threshold: float | None  # raw host score, when given (or when no cohort calibrates the score)
+    max_false_match: float | None  # the share of cohort hosts allowed to reach a match
+    cohort: Cohort | None
+
+    def describe(self) -> str:
+        if self.threshold is not None:
+            return f"threshold {self.threshold:.3f}"
+        assert self.max_false_match is not None and self.cohort is not None
+        return f"false-match rate <= {self.max_false_match:g} ({len(self.cohort)} cohort hosts)"
 
 
 @dataclass
@@ -214,24 +268,37 @@ class ScanResult:
 
     capture: str
     fingerprints: list[dict[str, str]]
-    threshold: float
+    threshold: float | None
+    max_false_match: float | None
     host_score: str
+    host_packets: int
     packets: int
     distinct_inputs: int
     hosts: list[dict[str, Any]]
     top_packets: list[dict[str, Any]]
+    rule: str = ""  # the verdict rule in words
+    cohort_hosts: int = 0  # how many cohort hosts the false-match rates are counted over (0: none)
 
     @property
     def matched(self) -> bool:
-        """True when some host scores at or above the threshold for some fingerprint."""
+        """True when some host gets a verdict for some fingerprint."""
         return any(h["verdict"] is not None for h in self.hosts)
+
+    def host(self, mac: str) -> dict[str, Any] | None:
+        """The host row of a source MAC, or None."""
+        if not hasattr(self, "_by_mac"):
+            self._by_mac = {h["mac"]: h for h in self.hosts}
+        return self._by_mac.get(mac)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "capture": self.capture,
             "fingerprints": self.fingerprints,
-            "threshold": self.threshold,
             "host_score": self.host_score,
+            "host_packets": self.host_packets,
+            "threshold": self.threshold,
+            "max_false_match": self.max_false_match,
+            "cohort_hosts": self.cohort_hosts,
             "packets": self.packets,
             "distinct_inputs": self.distinct_inputs,
             "hosts": self.hosts,
@@ -245,26 +312,42 @@ class ScanResult:
 PacketSink = Callable[[Packet, np.ndarray], None]
 
 
+def verdict_rule(
+    model: Model, host_score: str, threshold: float | None = None, max_false_match: float | None = None
+) -> Verdict:
+    """The verdict a scan applies: --threshold if given, else the cohort's false-match rate for the set
+    scores (default MAX_FALSE_MATCH), else the fallback threshold (the paper's p(Target) scores, or a
+    model that ships no cohort)."""
+    if threshold is not None:
+        return Verdict(float(threshold), None, None)
+    cohort = Cohort.load(model) if host_score in SET_SCORES else None
+    if cohort is None:
+        return Verdict(FALLBACK_THRESHOLD, None, None)
+    return Verdict(None, MAX_FALSE_MATCH if max_false_match is None else float(max_false_match), cohort)
+
+
 def scan(
     capture: str | Path,
     fingerprints: Sequence[Fingerprint],
     model: Model | None = None,
     *,
     threshold: float | None = None,
-    host_score: str = "first20",
+    max_false_match: float | None = None,
+    host_score: str = "set",
+    host_packets: int = HOST_PACKETS,
     display_filter: str | None = None,
     fingerprint_files: Sequence[str] | None = None,
     on_packet: PacketSink | None = None,
-    host_packets: int = HOST_PACKETS,
 ) -> ScanResult:
     """Score every packet of a capture against the fingerprints and rank the hosts.
 
     `on_packet(packet, probs)` sees each packet as it is scored (the CLI writes CSV and sidecar
-    rows there). Hosts come best match first; `hosts[i]["match"]` maps fingerprint names to
-    the host's score. The result's lists go straight into pandas:
+    rows there). Hosts come best match first; `hosts[i]["match"]` maps fingerprint names to the
+    host's score and `hosts[i]["false_match"]` to its false-match rate against the model's cohort.
+    The result's lists go straight into pandas or jq:
 
     >>> result = scan("suspect.pcap", [load("cam.fp", model)], model)   # doctest: +SKIP
-    >>> pandas.DataFrame(result.hosts)                                   # doctest: +SKIP
+    >>> [(h["mac"], h["score"], h["verdict"]) for h in result.hosts[:3]]  # doctest: +SKIP
     """
     from tool.model import Model
 
@@ -272,46 +355,53 @@ def scan(
         raise ValueError(f"host_score must be one of {HOST_SCORES}")
     if not fingerprints:
         raise ValueError("scan needs at least one fingerprint")
+    if host_packets < 1:
+        raise ValueError("host_packets must be at least 1")
     model = model or Model.load()
     for fp in fingerprints:
-        fp.check_model(model)
-    threshold = default_threshold(model) if threshold is None else threshold
+        if fp.embeddings is None or (fp.encoder_sha256, fp.head_sha256) != (
+            model.encoder_sha256,
+            model.head_sha256,
+        ):
+            fp.check_model(model)
+    rule = verdict_rule(model, host_score, threshold, max_false_match)
     names = [f.name for f in fingerprints]
     matcher = Matcher(model, fingerprints)
     hosts: dict[str, Host] = {}
-    # Per-host sums live in arrays indexed by host number and grow by whole chunks: a numpy call per
-    # chunk, not per packet, is what keeps the scan as fast as tshark.
-    first_sum = np.zeros((64, len(names)), dtype=np.float64)
-    total_sum = np.zeros_like(first_sum)
+    use_set = host_score in SET_SCORES
+    use_all = host_score in ("set-all", "mean")
+    width = model.embedding_dim if use_set else len(names)
+    # Per-host sums (of embeddings for the set scores, of p(Target) for the paper's) live in arrays
+    # indexed by host number and grow by whole chunks: a numpy call per chunk, not per packet, is what
+    # keeps the scan as fast as tshark.
+    sums = np.zeros((64, width), dtype=np.float64)
     best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
     best_keys: set[tuple] = set()
     total = 0
-    for batch, probs in matcher.chunks(read_packets(capture, display_filter)):
+    for batch, probs, embedded in matcher.chunks(read_packets(capture, display_filter)):
         total += len(batch)
         index: list[int] = []
-        first: list[bool] = []
+        counted: list[bool] = []
         for packet in batch:
             host = hosts.get(packet.eth_src)
             if host is None:
-                host = hosts[packet.eth_src] = Host(packet.eth_src)
-                host.number = len(hosts) - 1
+                host = hosts[packet.eth_src] = Host(packet.eth_src, len(hosts))
             host.packets += 1
             ip = packet.ip_src
             if ip and len(host.ips) < MAX_HOST_IPS and ip not in host.ips and ip not in ("0.0.0.0", "::"):
                 # 0.0.0.0 is what a DHCP client says before it has an address, not an address it uses.
                 host.ips.append(ip)
             index.append(host.number)
-            first.append(host.first_count < host_packets)
+            counted.append(use_all or host.first_count < host_packets)
             if host.first_count < host_packets:
                 host.first_count += 1
-        if len(hosts) > len(total_sum):
-            first_sum, total_sum = (_grown(a, 2 * len(hosts)) for a in (first_sum, total_sum))
+        if len(hosts) > len(sums):
+            sums = _grown(sums, 2 * len(hosts))
         rows = np.asarray(index, dtype=np.intp)
-        probs64 = probs.astype(np.float64)
+        mask = np.asarray(counted, dtype=bool)
+        values = (embedded if use_set else probs).astype(np.float64)
         # np.add.at adds in packet order, so every sum equals the packet-by-packet one.
-        np.add.at(total_sum, rows, probs64)
-        mask = np.asarray(first, dtype=bool)
-        np.add.at(first_sum, rows[mask], probs64[mask])
+        np.add.at(sums, rows[mask], values[mask])
         tops = probs.max(axis=1)
         floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
         for i in np.flatnonzero(tops > floor).tolist():
@@ -333,22 +423,39 @@ def scan(
         if on_packet is not None:
             for packet, row in zip(batch, probs):
                 on_packet(packet, row)
-    for host in hosts.values():
-        host.total_sum = total_sum[host.number].copy()
-        host.first_sum = first_sum[host.number].copy()
+    ordered = list(hosts.values())
+    scores = _host_scores(sums[: len(ordered)], ordered, fingerprints, host_score, use_all)
     return ScanResult(
         capture=str(capture),
         fingerprints=[
             {"name": f.name, "file": str(path)}
             for f, path in zip(fingerprints, fingerprint_files or [""] * len(fingerprints))
         ],
-        threshold=threshold,
+        threshold=rule.threshold,
+        max_false_match=rule.max_false_match,
         host_score=host_score,
+        host_packets=host_packets,
         packets=total,
         distinct_inputs=matcher.distinct_inputs,
-        hosts=_rank_hosts(hosts.values(), names, host_score, threshold),
+        hosts=_rank_hosts(ordered, names, scores, fingerprints, rule),
         top_packets=[_packet_row(p, probs, names) for _, _, p, probs, _ in sorted(best, reverse=True)],
+        rule=rule.describe(),
+        cohort_hosts=len(rule.cohort) if rule.cohort is not None else 0,
     )
+
+
+def _host_scores(
+    sums: np.ndarray, hosts: list[Host], fingerprints: Sequence[Fingerprint], how: str, use_all: bool
+) -> np.ndarray:
+    """Each host's score for each fingerprint [H, K] from its per-host sums."""
+    from tool.model import set_score
+
+    if not hosts:
+        return np.zeros((0, len(fingerprints)))
+    if how in SET_SCORES:
+        return set_score(sums, np.asarray([f.vector for f in fingerprints]))
+    counts = np.asarray([h.packets if use_all else h.first_count for h in hosts], dtype=np.float64)
+    return sums / counts[:, None]
 
 
 def _grown(array: np.ndarray, rows: int) -> np.ndarray:
@@ -357,23 +464,48 @@ def _grown(array: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-def _rank_hosts(hosts: Iterable[Host], names: list[str], how: str, threshold: float) -> list[dict[str, Any]]:
+def best_fingerprint(scores: np.ndarray, false_match: np.ndarray | None) -> np.ndarray:
+    """Each host's best fingerprint [H]: the lowest false-match rate, ties (and no cohort) by score."""
+    if false_match is None:
+        return scores.argmax(axis=1)
+    # lexsort's last key is the primary one.
+    return np.asarray([np.lexsort((-s, f))[0] for s, f in zip(scores, false_match)], dtype=np.intp)
+
+
+def _rank_hosts(
+    hosts: list[Host],
+    names: list[str],
+    scores: np.ndarray,
+    fingerprints: Sequence[Fingerprint],
+    rule: Verdict,
+) -> list[dict[str, Any]]:
+    false_match = None
+    if rule.cohort is not None and len(hosts):
+        false_match = rule.cohort.false_match(np.asarray([f.vector for f in fingerprints]), scores)
+    best = best_fingerprint(scores, false_match)
     rows = []
-    for host in hosts:
-        scores = host.scores(how)
-        best = int(np.argmax(scores))
-        rows.append(
-            {
-                "mac": host.mac,
-                "ips": host.ips,
-                "packets": host.packets,
-                "match": {n: round(float(s), 6) for n, s in zip(names, scores)},
-                "best": names[best],
-                "score": round(float(scores[best]), 6),
-                "verdict": names[best] if scores[best] >= threshold else None,
-            }
-        )
-    rows.sort(key=lambda r: (-r["score"], r["mac"]))
+    for h, host in enumerate(hosts):
+        k = int(best[h])
+        if rule.threshold is not None:
+            matched = scores[h, k] >= rule.threshold
+        else:
+            assert false_match is not None and rule.max_false_match is not None
+            matched = false_match[h, k] <= rule.max_false_match
+        row: dict[str, Any] = {
+            "mac": host.mac,
+            "ips": host.ips,
+            "packets": host.packets,
+            "match": {n: round(float(s), 6) for n, s in zip(names, scores[h])},
+        }
+        if false_match is not None:
+            row["false_match"] = {n: round(float(f), 6) for n, f in zip(names, false_match[h])}
+        row["best"] = names[k]
+        row["score"] = round(float(scores[h, k]), 6)
+        row["verdict"] = names[k] if matched else None
+        rows.append(row)
+    rows.sort(
+        key=lambda r: (r["false_match"][r["best"]] if "false_match" in r else 0.0, -r["score"], r["mac"])
+    )
     return rows
 
 
@@ -389,19 +521,3 @@ def _packet_row(packet: Packet, probs: np.ndarray, names: list[str]) -> dict[str
         "target": names[best],
         "probability": round(float(probs[best]), 6),
     }
-
-
-def default_threshold(model: Model | None = None) -> float:
-    """The host-score threshold calibrated on the development half for the shipped model."""
-    from tool.model import models_dir
-
-    path = (model.directory if model is not None else models_dir()) / "calibration.json"
-    try:
-        calibration = json.loads(path.read_text())
-        threshold = float(calibration["threshold"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return FALLBACK_THRESHOLD
-    # A threshold calibrated for another encoder says nothing about this one's scores.
-    if model is not None and calibration.get("encoder_sha256") != model.encoder_sha256:
-        return FALLBACK_THRESHOLD
-    return threshold

@@ -11,6 +11,9 @@ from collections.abc import Iterator
 import click
 
 from tool.cli.common import run
+from tool.constants import HOST_SCORES, MAX_FALSE_MATCH, SET_SCORES
+from tool.constants import PACKETS as HOST_PACKETS
+from tool.report import PacketRow
 
 EXAMPLE = """
 Examples:
@@ -23,15 +26,16 @@ Examples:
 """
 
 
-def _threshold_help() -> str:
-    # Read the calibration file directly: --help must not start onnxruntime.
+def _verdict_help() -> str:
+    # Read the cohort's size directly: --help must not start onnxruntime.
     try:
+        from tool.cohort import COHORT
         from tool.model import models_dir
 
-        value = json.loads((models_dir() / "calibration.json").read_text())["threshold"]
-        return f"{float(value):.2f}, calibrated on the development half"
+        hosts = len(json.loads((models_dir() / COHORT).read_text())["vectors"])
+        return f"{hosts} cohort hosts ship with the model"
     except Exception:
-        return "0.50"
+        return "no cohort ships with this model: the verdict falls back to --threshold 0.5"
 
 
 @click.command(epilog=EXAMPLE)
@@ -46,24 +50,43 @@ def _threshold_help() -> str:
     help="A fingerprint file from dnp-enroll; repeat for several.",
 )
 @click.option(
+    "--max-false-match",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="The verdict: a host matches when at most this share of other devices' hosts (the cohort "
+    f"shipped with the model) reach its score; {_verdict_help()}.  [default: {MAX_FALSE_MATCH:g}]",
+)
+@click.option(
     "--threshold",
-    type=click.FloatRange(0, 1),
-    help=f"Host score at which a host is reported as a match.  [default: {_threshold_help()}]",
+    type=click.FloatRange(-1, 1),
+    help="The verdict on the raw host score instead (cosine for set, p(Target) for first20 / mean).",
 )
 @click.option(
     "--host-score",
-    type=click.Choice(["first20", "mean"]),
-    default="first20",
+    type=click.Choice(list(HOST_SCORES)),
+    default="set",
     show_default=True,
-    help="first20: mean p over the host's first 20 packets (what dnp-23 measures); mean: over all.",
+    help="set: the host's first --host-packets packets compared with the fingerprint as a set; set-all: "
+    "all its packets; first20 / mean: the paper's mean p(Target) over the first ones / all of them.",
+)
+@click.option(
+    "--host-packets",
+    type=click.IntRange(1),
+    default=HOST_PACKETS,
+    show_default=True,
+    help="How many of a host's first packets the set and first20 scores read.",
 )
 @click.option("--filter", "display_filter", metavar="FILTER", help="Only scan packets matching this filter.")
 @click.option("--json", "json_path", metavar="PATH", help="Write the scan as JSON ('-' for stdout).")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write one row per packet.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False),
+    help="Write one row per packet: its p(Target) per fingerprint and its host's score.",
+)
 @click.option(
     "--annotate",
     type=click.Path(dir_okay=False),
-    help="Write the frame,score,target sidecar the Wireshark plugin reads.",
+    help="Write the frame,score,target,host_match sidecar the Wireshark plugin reads.",
 )
 @click.option(
     "--pcapng",
@@ -77,8 +100,10 @@ def _threshold_help() -> str:
 def command(
     capture: str,
     fingerprints: tuple[str, ...],
+    max_false_match: float | None,
     threshold: float | None,
     host_score: str,
+    host_packets: int,
     display_filter: str | None,
     json_path: str | None,
     csv_path: str | None,
@@ -89,8 +114,11 @@ def command(
 ) -> int:
     """Score every packet of CAPTURE against each fingerprint and rank the hosts.
 
-    Exit status, as grep: 0 when some host scores at or above the threshold, 1 when none
-    does, 2 on error. Output files are written only when the scan completes.
+    Every packet gets p(Target), the paper's per-packet probability; every host a score (by default
+    the cosine between its first 20 packets and the fingerprint, as sets) and, from the cohort of
+    other devices shipped with the model, a false-match rate. Exit status, as grep: 0 when some
+    host gets a verdict, 1 when none does, 2 on error. Output files are written only when the
+    scan completes.
     """
     from rich.console import Console
 
@@ -99,6 +127,10 @@ def command(
     from tool.report import PacketCsv, PendingFile, print_scan
     from tool.scan import scan
 
+    if threshold is not None and max_false_match is not None:
+        raise click.UsageError("give --threshold or --max-false-match, not both")
+    if max_false_match is not None and host_score not in SET_SCORES:
+        raise click.UsageError("--max-false-match needs a set host score (set, set-all)")
     model = Model.load(models)
     fps = [load(path, model) for path in fingerprints]
     names = [f.name for f in fps]
@@ -109,22 +141,26 @@ def command(
     pending: list[PendingFile] = []
     spool = None
     try:
-        csv_file = PendingFile(csv_path, newline="") if csv_path else None
-        packet_csv = PacketCsv(csv_file.handle, names) if csv_file else None
-        if csv_file:
-            pending.append(csv_file)
-        if annotate or pcapng:
-            # Per-frame best matches wait in a spool file: memory stays flat however long the capture.
+        if csv_path or annotate or pcapng:
+            # Per-packet rows wait in a spool file until the hosts' scores are known (they join every
+            # row as host_match); memory stays flat however long the capture.
             spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
         spool_writer = csv.writer(spool, lineterminator="\n") if spool else None
         progress = _progress(quiet)
 
         def on_packet(packet, probs) -> None:  # noqa: ANN001 - called per packet, kept lean
-            if packet_csv:
-                packet_csv.write(packet, probs)
             if spool_writer:
-                best = int(probs.argmax())
-                spool_writer.writerow((packet.frame, repr(float(probs[best])), names[best]))
+                spool_writer.writerow(
+                    (
+                        packet.frame,
+                        repr(packet.time),
+                        packet.eth_src,
+                        packet.eth_dst,
+                        packet.protocol,
+                        packet.info,
+                        *map(repr, probs.tolist()),
+                    )
+                )
             if progress is not None and packet.frame % 1024 == 0:
                 progress.update(packet.frame)
 
@@ -133,7 +169,9 @@ def command(
             fps,
             model,
             threshold=threshold,
+            max_false_match=max_false_match,
             host_score=host_score,
+            host_packets=host_packets,
             display_filter=display_filter,
             fingerprint_files=list(fingerprints),
             on_packet=on_packet,
@@ -143,10 +181,16 @@ def command(
         if spool is not None:
             from tool.annotate import write_commented_pcapng, write_sidecar
 
+            if csv_path:
+                csv_file = PendingFile(csv_path, newline="")
+                pending.append(csv_file)
+                packet_csv = PacketCsv(csv_file.handle, names)
+                for row in _spooled(spool, result, names):
+                    packet_csv.write(row)
             if annotate:
-                write_sidecar(annotate, _spooled(spool))
+                write_sidecar(annotate, (r.sidecar() for r in _spooled(spool, result, names)))
             if pcapng:
-                write_commented_pcapng(capture, pcapng, _spooled(spool))
+                write_commented_pcapng(capture, pcapng, (r.sidecar() for r in _spooled(spool, result, names)))
         if json_path and json_path != "-":
             json_file = PendingFile(json_path)
             pending.append(json_file)
@@ -167,10 +211,22 @@ def command(
     return 0 if result.matched else 1
 
 
-def _spooled(spool) -> Iterator[tuple[int, float, str]]:  # noqa: ANN001 - a text file object
+def _spooled(spool, result, names: list[str]) -> Iterator[PacketRow]:  # noqa: ANN001 - a text file
+    """The spooled packets, each with its host's score for the host's best fingerprint."""
     spool.seek(0)
-    for frame, score, name in csv.reader(spool):
-        yield int(frame), float(score), name
+    hosts = {h["mac"]: h["score"] for h in result.hosts}
+    for frame, time, src, dst, protocol, info, *probs in csv.reader(spool):
+        yield PacketRow(
+            int(frame),
+            float(time),
+            src,
+            dst,
+            protocol,
+            info,
+            [float(p) for p in probs],
+            names,
+            hosts.get(src),
+        )
 
 
 class _Progress:

@@ -1,0 +1,86 @@
+"""Write the cohort that calibrates dnp-scan's verdicts: `python -m export.cohort [--models DIR]`.
+
+The cohort (tool/cohort.py) is the set vectors of windows of 20 consecutive packets of the devices
+the model was trained on, from their development captures only (captures 1-10; the test half is
+never read). Every capture gives its first window and then one every 20 packets, at most
+MAX_WINDOWS per capture so that a chatty device does not outweigh a quiet one; windows whose vector
+repeats another of the same device are kept once. No torch: the vectors come from the shipped ONNX
+encoder through the runtime's own code, so the cohort is what dnp-scan computes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tool.cohort import COHORT, COHORT_FORMAT
+from tool.constants import PACKETS
+
+MAX_WINDOWS = 40  # windows per capture
+
+
+def windows(packets: list, size: int = PACKETS, limit: int = MAX_WINDOWS) -> list[list]:
+    """Consecutive, non-overlapping windows of `size` packets from the start; a short capture is one."""
+    if len(packets) < size:
+        return [packets] if len(packets) >= 5 else []
+    return [packets[i : i + size] for i in range(0, len(packets) - size + 1, size)][:limit]
+
+
+def build(model_dir: str | None, data: str | None, devices: list[str] | None = None) -> dict:
+    """The cohort of a model folder, as the JSON object cohort.json holds."""
+    from tool.dataset import device_packets, load_devices
+    from tool.model import Model
+    from tool.scan import host_vectors
+
+    model = Model.load(model_dir)
+    names = devices or list(model.manifest["training_data"]["devices"])
+    chosen = [d for d in load_devices(data) if d.name in names]
+    for d in chosen:
+        d.captures = d.dev_captures  # the development half only
+    packets = device_packets(chosen)
+    vectors: list[np.ndarray] = []
+    groups: list[int] = []
+    for g, d in enumerate(chosen):
+        hosts = [w for capture in packets[d.name].per_capture for w in windows(capture)]
+        if not hosts:
+            continue
+        found = np.round(host_vectors(model, hosts, None), 5)
+        distinct = np.unique(found, axis=0)
+        vectors.extend(distinct)
+        groups.extend([g] * len(distinct))
+    return {
+        "format": COHORT_FORMAT,
+        "encoder_sha256": model.encoder_sha256,
+        "packets": PACKETS,
+        "devices": [d.name for d in chosen],
+        "data": "development half (captures 1-10) of the devices the model was trained on, windows of "
+        f"{PACKETS} consecutive device packets, at most {MAX_WINDOWS} per capture, repeats dropped",
+        "groups": groups,
+        "vectors": [[float(x) for x in v] for v in vectors],
+    }
+
+
+@click.command()
+@click.option(
+    "--models", type=click.Path(exists=True, file_okay=False), help="Model folder (default: shipped)."
+)
+@click.option(
+    "--data", type=click.Path(exists=True, file_okay=False), help="Data folder (default: $DNP_DATA)."
+)
+def main(models: str | None, data: str | None) -> None:
+    """Compute the model's cohort from its training devices and write it beside the model."""
+    from tool.fingerprint import write_atomic
+    from tool.model import models_dir
+
+    cohort = build(models, data)
+    path = Path(models) if models else models_dir()
+    text = json.dumps(cohort, separators=(",", ":")) + "\n"
+    write_atomic(path / COHORT, text)
+    click.echo(f"{path / COHORT}: {len(cohort['vectors'])} cohort hosts of {len(cohort['devices'])} devices")
+
+
+if __name__ == "__main__":
+    main()

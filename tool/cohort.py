@@ -1,0 +1,114 @@
+"""The cohort: other devices' traffic, shipped with the model, that turns a host score into a verdict.
+
+A raw set score (a cosine) does not mean the same for every fingerprint: a device whose join
+traffic looks like everybody's scores high against every host. As speaker verification does, each
+fingerprint is therefore compared with a cohort of other devices' hosts, and a host's score is
+reported with its **false-match rate**: the share of cohort hosts that reach it. A verdict at
+`--max-false-match 0.001` is a score that one cohort host in a thousand reaches.
+
+The cohort is `cohort.json` beside the model: set vectors (`tool.model.set_vector`) of windows of
+`packets` consecutive packets from the training devices' development captures, each with the index
+of its device (`group`), and the encoder hash it was computed with. `python -m export.cohort` writes it.
+
+A fingerprint of a device type the model was trained on has its own type in the cohort, which would
+count the device's own traffic as false matches. The cohort group nearest the fingerprint (highest
+mean score) is therefore always left out: for a trained type it is the type itself, for a new type
+its closest relative, and the held-out measurements in the model card include that choice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from tool.model import Model
+
+COHORT = "cohort.json"
+COHORT_FORMAT = "deepnetprint-cohort"
+
+
+class CohortError(Exception):
+    """A cohort file that is damaged or made with another encoder (one line for the user)."""
+
+
+@dataclass
+class Cohort:
+    """Set vectors of other devices' hosts [C, E], their device groups [C], and their window size."""
+
+    vectors: np.ndarray
+    groups: np.ndarray
+    packets: int
+    encoder_sha256: str
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @classmethod
+    def load(cls, model: Model) -> Cohort | None:
+        """The cohort beside `model`, or None when it ships none; CohortError when it is unusable."""
+        path = model.directory / COHORT
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            vectors = np.asarray(data["vectors"], dtype=np.float64)
+            groups = np.asarray(data["groups"], dtype=np.int64)
+            packets = int(data["packets"])
+            sha = str(data["encoder_sha256"])
+            ok = data.get("format") == COHORT_FORMAT
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CohortError(f"{path}: not a DeepNetPrint cohort ({e!r})") from None
+        if (
+            not ok
+            or vectors.ndim != 2
+            or vectors.shape[1] != model.embedding_dim
+            or len(groups) != len(vectors)
+        ):
+            raise CohortError(f"{path}: not a DeepNetPrint cohort for this model")
+        if len(np.unique(groups)) < 2 or not np.isfinite(vectors).all():
+            raise CohortError(f"{path}: a cohort needs at least two device groups of finite vectors")
+        if sha != model.encoder_sha256:
+            raise CohortError(
+                f"{path}: computed with encoder {sha[:12]}, the model is {model.encoder_sha256[:12]}: "
+                "run python -m export.cohort"
+            )
+        return cls(vectors, groups, packets, sha)
+
+    def scores(self, fingerprints: np.ndarray) -> np.ndarray:
+        """Every cohort host's set score for each fingerprint vector [K, E]: [C, K]."""
+        from tool.model import set_score
+
+        return set_score(self.vectors, fingerprints)
+
+    def impostors(self, fingerprints: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each fingerprint, the cohort hosts that count as other devices: (scores ascending, the
+        weight of each). Every cohort device weighs the same, however many windows it gave, so the
+        rate is "the share of other devices' hosts", not the share of the chattiest device's windows."""
+        scores = self.scores(fingerprints)
+        names = np.unique(self.groups)
+        out = []
+        for k in range(scores.shape[1]):
+            column = scores[:, k]
+            means = np.array([column[self.groups == g].mean() for g in names])
+            keep = self.groups != names[int(means.argmax())]
+            sizes = {g: int((self.groups[keep] == g).sum()) for g in np.unique(self.groups[keep])}
+            weights = np.array([1.0 / (len(sizes) * sizes[g]) for g in self.groups[keep]])
+            order = np.argsort(column[keep], kind="stable")
+            out.append((column[keep][order], weights[order]))
+        return out
+
+    def false_match(self, fingerprints: np.ndarray, host_scores: np.ndarray) -> np.ndarray:
+        """Each host score's false-match rate [H, K]: the weighted share of impostor cohort hosts at or
+        above it (0 when none reaches it)."""
+        host_scores = np.atleast_2d(np.asarray(host_scores, dtype=np.float64))
+        out = np.empty_like(host_scores)
+        for k, (impostors, weights) in enumerate(self.impostors(fingerprints)):
+            # Weight at or above each score: the total less what lies strictly below.
+            above = np.r_[np.cumsum(weights[::-1])[::-1], 0.0]
+            below = np.searchsorted(impostors, host_scores[:, k] - 1e-9, side="left")
+            out[:, k] = np.clip(above[below], 0.0, 1.0)
+        return out

@@ -75,6 +75,11 @@ def check_schema(report: dict, devices: dict[str, str], captures: int, packet_sc
     for c in report["confusions"]:
         assert c["true"] in devices and c["predicted"] in devices and c["true"] != c["predicted"]
         assert c["count"] >= 1
+    if packet_scores:  # what dnp-scan does, one fingerprint against many hosts (EVALUATION.md 5-8)
+        for key in ("host_rank1", "host_auc"):
+            assert set(report[key]) >= {"all", "seen", "unseen"} and _in_unit(report[key]["all"]), key
+        assert _in_unit(report["self_rank1"])
+        assert _in_unit(report["verdict"]["false_match_rate"]) and _in_unit(report["verdict"]["miss_rate"])
 
 
 def test_protocol_enrolls_from_the_first_capture_and_tests_captures_11_to_20(protocol, devices):
@@ -174,9 +179,14 @@ def test_dnp_eval_reports_the_shipped_model(small_data, clean_env, tmp_path):
         "confusion-deepnetprint.png",
         "confusion-iot_sentinel.png",
         "confusion-ngram.png",
+        "curves.png",
+        "det.png",
         "per_device.png",
         "roc.png",
     ]
+    for n in ("5", "10", "20", "50", "100"):
+        assert set(report["curves"]["enroll_packets"][n]) == {"capture_top1", "host_rank1"}
+    assert list(report["curves"]["query_packets"]) == ["1", "5", "20", "50", "all"]
     # The tables name every device and mark its split.
     for name, split in SPLITS.items():
         assert any(name in line and split in line for line in done.stdout.splitlines()), name

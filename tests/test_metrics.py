@@ -127,3 +127,24 @@ def test_a_capture_classifier_has_no_packet_metrics():
     assert report["packet_auc"] == {"all": None, "seen": None, "unseen": None}
     assert report["single_packet_top1"] == {"all": None}
     assert report["capture_top1"]["all"] == pytest.approx(0.5)
+
+
+def test_rank1_counts_a_tie_as_a_coin():
+    assert metrics.rank1(0.9, [0.5, 0.8]) == 1.0
+    assert metrics.rank1(0.9, [0.5, 0.95]) == 0.0
+    assert metrics.rank1(0.9, [0.9, 0.9, 0.1]) == pytest.approx(1 / 3)
+
+
+def test_host_rank1_compares_hosts_of_one_position_only():
+    # Two devices, two positions; fingerprint 0 prefers device 1's host at position 1.
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.3], [0.7, 0.6]])
+    truth, positions = [0, 1, 0, 1], [0, 0, 1, 1]
+    assert metrics.host_rank1(scores, truth, positions) == {0: [1.0, 0.0], 1: [1.0, 1.0]}
+
+
+def test_self_rank1_and_verdict_rates():
+    scores = np.array([[1.0, 0.2], [0.3, 1.0]])
+    assert metrics.self_rank1(scores) == [1.0, 1.0]
+    matched = np.array([[True, True], [False, True], [False, False]])
+    false_match, miss = metrics.verdict_rates(matched, [0, 1, 1])
+    assert false_match == pytest.approx(1 / 3) and miss == pytest.approx(1 / 3)

@@ -65,6 +65,23 @@ class NgramScorer:
         cosine = np.clip(np.asarray(vectors @ prototypes), 0.0, 1.0)
         return cosine[[row[t] for t in texts]]
 
+    def host_scores(
+        self, hosts: Sequence[Sequence[Packet]], states: Sequence[np.ndarray], packets: int | None
+    ):
+        """The same set-level cosine as the product's: a host's mean TF-IDF vector against each device's."""
+        from tool.model import set_score
+
+        out = np.zeros((len(hosts), len(states)))
+        prototypes = np.stack(states) if states else np.zeros((0, 0))
+        for h, host in enumerate(hosts):
+            host = list(host)[:packets] if packets is not None else list(host)
+            if host:
+                out[h] = set_score(np.asarray(self._vectors(host).mean(axis=0)).ravel(), prototypes)[0]
+        return out
+
+    def false_match(self, states: Sequence[np.ndarray], scores: np.ndarray) -> None:
+        return None  # no cohort: its verdict is the raw threshold
+
     def models(self) -> dict[str, str]:
         return {}
 

@@ -24,14 +24,17 @@ import numpy as np
 
 from tool import metrics
 from tool.capture import Packet
+from tool.constants import MAX_FALSE_MATCH, PACKETS, SET_SCORES
 from tool.dataset import DEV_CAPTURES, ENROLL_PACKETS, Device, DevicePackets, brand, sha256_file
 
 if TYPE_CHECKING:
     from tool.model import Model
 
 PROTOCOL = "dnp-23"
-CAPTURE_PACKETS = 20  # a test capture is scored by the mean over its first 20 device packets
-THRESHOLD = 0.5
+CAPTURE_PACKETS = PACKETS  # a test capture is scored by the host score over its first 20 device packets
+THRESHOLD = 0.5  # packet_balanced_accuracy's p(Target) threshold (EVALUATION.md, metric 3)
+ENROLL_CURVE = (5, 10, 20, 50, 100)  # EVALUATION.md, metric 7
+QUERY_CURVE = (1, 5, 20, 50, None)  # None: all the capture's device packets
 
 
 class EvaluationError(Exception):
@@ -55,16 +58,29 @@ class Scorer(Protocol):
         """The files the method's results depend on: {file name: sha256}."""
         ...
 
+    def host_scores(
+        self, hosts: Sequence[Sequence[Packet]], states: Sequence[Any], packets: int | None
+    ) -> Any:
+        """The method's host score of each host (its first `packets`, None: all) for each device: [H, K]."""
+        ...
+
+    def false_match(self, states: Sequence[Any], scores: np.ndarray) -> np.ndarray | None:
+        """Each host score's false-match rate [H, K] where the method calibrates its verdicts, else None."""
+        ...
+
 
 class ModelScorer:
     """The shipped model, through the runtime's fingerprint and scan code."""
 
     name = "deepnetprint"
 
-    def __init__(self, directory: str | os.PathLike | None = None, threads: int = 1):
+    def __init__(self, directory: str | os.PathLike | None = None, threads: int = 1, host_score: str = "set"):
+        from tool.cohort import Cohort
         from tool.model import Model
 
         self.model: Model = Model.load(directory, threads=threads)
+        self.host_score = host_score
+        self.cohort = Cohort.load(self.model) if host_score in SET_SCORES else None
 
     def enroll(self, name: str, packets: Sequence[Packet]) -> Any:
         from tool.fingerprint import Fingerprint, FingerprintError
@@ -79,23 +95,42 @@ class ModelScorer:
 
         return np.asarray(score_packets(self.model, packets, states), dtype=np.float64)
 
+    def host_scores(
+        self, hosts: Sequence[Sequence[Packet]], states: Sequence[Any], packets: int | None
+    ) -> Any:
+        from tool.scan import host_scores
+
+        how = self.host_score
+        if packets is None:  # every packet of the host: the all-packet variant of the same score
+            how = {"set": "set-all", "first20": "mean"}.get(how, how)
+        return host_scores(self.model, hosts, states, how, packets or 1)
+
+    def false_match(self, states: Sequence[Any], scores: np.ndarray) -> np.ndarray | None:
+        if self.cohort is None:
+            return None
+        return self.cohort.false_match(np.asarray([s.vector for s in states]), scores)
+
     def models(self) -> dict[str, str]:
+        from tool.cohort import COHORT
         from tool.model import MANIFEST
 
         # Model.load has checked every listed file against these digests.
         folder = Path(self.model.directory)
         files = {name: entry["sha256"] for name, entry in self.model.manifest["files"].items()}
         files[MANIFEST] = sha256_file(folder / MANIFEST)
+        if self.cohort is not None:
+            files[COHORT] = sha256_file(folder / COHORT)
         return dict(sorted(files.items()))
 
 
 @dataclass
 class TestCapture:
-    """One test capture: whose it is, and the device's own packets in it."""
+    """One test capture: whose it is, its place among the device's test captures, its device packets."""
 
     device: str
     path: Path
     packets: list[Packet]
+    position: int = 0  # k - 1 for the device's k-th test capture: the hosts of one position meet
 
 
 @dataclass
@@ -109,6 +144,7 @@ class ProtocolData:
     tests: list[TestCapture]
     development: dict[str, list[list[Packet]]]  # each device's packets in the captures before its tests
     empty_tests: list[str] = field(default_factory=list)  # test captures without a device packet
+    enrollment_hosts: dict[str, list[Packet]] = field(default_factory=dict)  # the enrollment capture(s)
 
     @property
     def names(self) -> list[str]:
@@ -129,20 +165,31 @@ def _enrollment_captures(per_capture: Sequence[Sequence[Packet]], count: int) ->
     return len(per_capture)
 
 
-def tested_captures(device: Device, enrollment_captures: int) -> list[int]:
-    """The captures a device is tested on: 11-20, or, in a smaller folder, those after enrollment."""
+def tested_captures(device: Device, enrollment_captures: int, half: str = "test") -> list[int]:
+    """The captures a device is tested on: 11-20, or, in a smaller folder, those after enrollment.
+
+    half="dev" tests on the development half instead, on the captures after enrollment up to 10:
+    where settings are chosen (EVALUATION.md), with the test half never read."""
     n = len(device.captures)
+    if half == "dev":
+        return list(range(enrollment_captures, min(n, DEV_CAPTURES)))
     first = DEV_CAPTURES if n > DEV_CAPTURES else enrollment_captures
     return list(range(first, n))
 
 
-def load_protocol(root: str | os.PathLike | None = None) -> ProtocolData:
-    """Read a data folder the dnp-23 way: every device's enrollment packets and test captures."""
+def load_protocol(root: str | os.PathLike | None = None, half: str = "test") -> ProtocolData:
+    """Read a data folder the dnp-23 way: every device's enrollment packets and test captures
+    (half="dev": the development half's captures after enrollment stand in for the test half)."""
     from tool.capture import CaptureError
     from tool.dataset import device_packets, load_devices
 
+    if half not in ("test", "dev"):
+        raise ValueError(f"half is test or dev, got {half!r}")
     try:
         devices = load_devices(root)
+        if half == "dev":
+            for d in devices:
+                d.captures = d.dev_captures  # the test half is not even read
         packets = device_packets(devices)
     except CaptureError as e:
         raise EvaluationError(str(e)) from None
@@ -150,20 +197,24 @@ def load_protocol(root: str | os.PathLike | None = None) -> ProtocolData:
     tests: list[TestCapture] = []
     development: dict[str, list[list[Packet]]] = {}
     empty: list[str] = []
+    hosts: dict[str, list[Packet]] = {}
     for device in devices:
         dp = packets[device.name]
         enrollment[device.name] = dp.enrollment(ENROLL_PACKETS)
         if not enrollment[device.name]:
             raise EvaluationError(f"{device.name}: no packet from {device.mac} in its captures to enroll")
         used = _enrollment_captures(dp.per_capture, ENROLL_PACKETS)
-        indices = tested_captures(device, used)
+        hosts[device.name] = [p for capture in dp.per_capture[:used] for p in capture]
+        indices = tested_captures(device, used, half)
         development[device.name] = dp.per_capture[: indices[0] if indices else len(dp.per_capture)]
-        for i in indices:
+        for position, i in enumerate(indices):
             if dp.per_capture[i]:
-                tests.append(TestCapture(device.name, device.captures[i], dp.per_capture[i]))
+                tests.append(TestCapture(device.name, device.captures[i], dp.per_capture[i], position))
             else:
                 empty.append(str(device.captures[i]))
-    return ProtocolData(Path(root) if root else None, devices, packets, enrollment, tests, development, empty)
+    return ProtocolData(
+        Path(root) if root else None, devices, packets, enrollment, tests, development, empty, hosts
+    )
 
 
 @dataclass
@@ -181,10 +232,43 @@ class Evaluation:
     models: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     notes: dict[str, Any] = field(default_factory=dict)
+    capture_positions: list[int] = field(default_factory=list)  # each test capture's position
+    capture_false_match: np.ndarray | None = None  # [C, K] where the method calibrates its verdicts
+    self_scores: np.ndarray | None = None  # [K hosts, K]: each device's enrollment capture(s) as a host
+    curves: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    host_score: str = "set"  # how capture_scores were computed (tool.constants.HOST_SCORES)
 
 
-def evaluate_scorer(data: ProtocolData, scorer: Scorer) -> Evaluation:
-    """Enroll every device, score every test packet once, and read the protocol's numbers off."""
+def _capture_numbers(data: ProtocolData, scores: np.ndarray) -> dict[str, float | None]:
+    """capture_top1 and host_rank1 (over all fingerprints) of one [C, K] table of host scores."""
+    names = data.names
+    truth = [names.index(t.device) for t in data.tests]
+    top1 = float(np.mean(scores.argmax(axis=1) == np.asarray(truth))) if len(truth) else math.nan
+    ranks = metrics.host_rank1(scores, truth, [t.position for t in data.tests])
+    hits = [h for k in ranks for h in ranks[k]]
+    return {"capture_top1": _number(top1), "host_rank1": _number(float(np.mean(hits)) if hits else math.nan)}
+
+
+def learning_curves(data: ProtocolData, scorer: Scorer) -> dict[str, dict[str, dict[str, float | None]]]:
+    """capture_top1 and host_rank1 with n enrollment packets (m = 20) and m query packets (n = 20)."""
+    names = data.names
+    captures = [t.packets for t in data.tests]
+    out: dict[str, dict[str, dict[str, float | None]]] = {"enroll_packets": {}, "query_packets": {}}
+    for n in ENROLL_CURVE:
+        states = [scorer.enroll(name, data.packets[name].enrollment(n)) for name in names]
+        out["enroll_packets"][str(n)] = _capture_numbers(
+            data, np.asarray(scorer.host_scores(captures, states, CAPTURE_PACKETS), dtype=np.float64)
+        )
+    states = [scorer.enroll(name, data.enrollment[name]) for name in names]
+    for m in QUERY_CURVE:
+        out["query_packets"]["all" if m is None else str(m)] = _capture_numbers(
+            data, np.asarray(scorer.host_scores(captures, states, m), dtype=np.float64)
+        )
+    return out
+
+
+def evaluate_scorer(data: ProtocolData, scorer: Scorer, curves: bool = False) -> Evaluation:
+    """Enroll every device, score every test packet and capture once, and read the protocol's numbers off."""
     start = time.perf_counter()
     names = data.names
     states = [scorer.enroll(name, data.enrollment[name]) for name in names]
@@ -201,8 +285,11 @@ def evaluate_scorer(data: ProtocolData, scorer: Scorer) -> Evaluation:
         raise EvaluationError(
             f"{scorer.name}: scores of shape {scores.shape}, expected {(len(packets), len(names))}"
         )
-    per_capture = metrics.capture_scores(scores, bounds, CAPTURE_PACKETS)
+    per_capture = np.asarray(
+        scorer.host_scores([t.packets for t in data.tests], states, CAPTURE_PACKETS), dtype=np.float64
+    )
     predicted = [names[int(i)] for i in per_capture.argmax(axis=1)]
+    hosts = [data.enrollment_hosts.get(name) or data.enrollment[name] for name in names]
     return Evaluation(
         method=scorer.name,
         names=names,
@@ -213,6 +300,11 @@ def evaluate_scorer(data: ProtocolData, scorer: Scorer) -> Evaluation:
         packet_labels=np.asarray(labels, dtype=np.int64),
         packet_scores=scores,
         models=scorer.models(),
+        capture_positions=[t.position for t in data.tests],
+        capture_false_match=scorer.false_match(states, per_capture),
+        self_scores=np.asarray(scorer.host_scores(hosts, states, CAPTURE_PACKETS), dtype=np.float64),
+        curves=learning_curves(data, scorer) if curves else {},
+        host_score=getattr(scorer, "host_score", "set"),
         seconds=time.perf_counter() - start,
     )
 
@@ -248,6 +340,59 @@ def packet_metrics(ev: Evaluation) -> dict[str, dict[str, float]]:
         auc[name] = metrics.roc_auc(ev.packet_scores[:, k], positives)
         bacc[name] = metrics.balanced_accuracy(ev.packet_scores[:, k], positives, THRESHOLD)
     return {"auc": auc, "balanced_accuracy": bacc}
+
+
+def host_metrics(ev: Evaluation) -> dict[str, Any]:
+    """What dnp-scan does, one fingerprint against many hosts: host_rank1, host_auc, self_rank1, the
+    verdict's error rates at the product's default, and the learning curves (EVALUATION.md 5-8)."""
+    from tool.constants import FALLBACK_THRESHOLD
+
+    assert ev.capture_scores is not None
+    index = {name: k for k, name in enumerate(ev.names)}
+    truth = [index[d] for d in ev.capture_devices]
+    scores = ev.capture_scores
+    ranks = metrics.host_rank1(scores, truth, ev.capture_positions)
+    per_fp_rank = {ev.names[k]: float(np.mean(v)) for k, v in ranks.items()}
+    positives = np.asarray(truth)[:, None] == np.arange(len(ev.names))[None, :]
+    per_fp_auc = {n: metrics.roc_auc(scores[:, k], positives[:, k]) for k, n in enumerate(ev.names)}
+
+    def by_split(per_fp: dict[str, float], weights: dict[str, int] | None = None) -> dict[str, float | None]:
+        out = {}
+        for split in ("all", "seen", "unseen"):
+            keys = [n for n in per_fp if split == "all" or ev.splits[n] == split]
+            w = np.asarray([(weights or {}).get(n, 1) for n in keys], dtype=np.float64)
+            v = np.asarray([per_fp[n] for n in keys], dtype=np.float64)
+            ok = ~np.isnan(v)
+            out[split] = _number(float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else math.nan)
+        return out
+
+    report: dict[str, Any] = {
+        "host_score": ev.host_score,
+        # host_rank1 is a share of (fingerprint, position) trials: each fingerprint weighs its trials.
+        "host_rank1": by_split(per_fp_rank, {ev.names[k]: len(v) for k, v in ranks.items()}),
+        "host_auc": by_split(per_fp_auc),
+    }
+    if ev.self_scores is not None:
+        report["self_rank1"] = _number(float(np.mean(metrics.self_rank1(ev.self_scores))))
+        report["self_rank1_misses"] = [
+            n for n, r in zip(ev.names, metrics.self_rank1(ev.self_scores)) if r < 1.0
+        ]
+    if ev.capture_false_match is not None:
+        matched = ev.capture_false_match <= MAX_FALSE_MATCH
+        verdict: dict[str, Any] = {"max_false_match": MAX_FALSE_MATCH, "threshold": None}
+    else:
+        matched = scores >= FALLBACK_THRESHOLD
+        verdict = {"max_false_match": None, "threshold": FALLBACK_THRESHOLD}
+    false_match, miss = metrics.verdict_rates(matched, truth)
+    verdict.update({"false_match_rate": _number(false_match), "miss_rate": _number(miss)})
+    report["verdict"] = verdict
+    if ev.curves:
+        report["curves"] = ev.curves
+    report["host_per_device"] = {
+        n: {"host_rank1": _number(per_fp_rank.get(n, math.nan)), "host_auc": _number(per_fp_auc[n])}
+        for n in ev.names
+    }
+    return report
 
 
 def summarise(ev: Evaluation) -> dict[str, Any]:
@@ -301,6 +446,8 @@ def summarise(ev: Evaluation) -> dict[str, Any]:
             entry["packet_auc"] = None
         per_device[name] = entry
     report["per_device"] = per_device
+    if ev.capture_scores is not None and ev.capture_positions:
+        report.update(host_metrics(ev))
     brands: dict[str, Any] = {}
     for b in sorted({brand(n) for n in ev.names}):
         mine = [(t, p) for t, p in zip(truth, brand_pred) if brand(t) == b]

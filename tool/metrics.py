@@ -126,3 +126,50 @@ def capture_scores(packet_scores: np.ndarray, bounds: Sequence[tuple[int, int]],
         if stop > start:
             out[i] = packet_scores[start:stop].mean(axis=0)
     return out
+
+
+def rank1(own: float, others: Sequence[float] | np.ndarray) -> float:
+    """1 when `own` beats every other score, 0 when one beats it; a tie with t others counts 1/(t+1),
+    the chance that a random tie-break puts `own` first (identical traffic is a coin, not a win).
+
+    >>> rank1(0.9, [0.5, 0.9])
+    0.5
+    """
+    others = np.asarray(others, dtype=np.float64)
+    if (others > own).any():
+        return 0.0
+    return 1.0 / (1 + int((others == own).sum()))
+
+
+def host_rank1(scores: np.ndarray, truth: Sequence[int], positions: Sequence[int]) -> dict[int, list[float]]:
+    """For each fingerprint k, one rank1() per position j: does device k's j-th capture come first
+    among the j-th captures of every device, by fingerprint k's host score? `scores` [C, K], `truth` [C]
+    the device (column) of each capture, `positions` [C] its position; {k: [rank1 per position]}.
+    """
+    truth = np.asarray(truth)
+    positions = np.asarray(positions)
+    out: dict[int, list[float]] = {}
+    for k in range(scores.shape[1]):
+        hits = []
+        for j in np.unique(positions[truth == k]):
+            at = positions == j
+            own = np.flatnonzero(at & (truth == k))
+            others = np.flatnonzero(at & (truth != k))
+            hits.append(rank1(scores[own[0], k], scores[others, k]))
+        if hits:
+            out[k] = hits
+    return out
+
+
+def self_rank1(scores: np.ndarray) -> list[float]:
+    """rank1() of each device's own host among all devices' hosts, by its own fingerprint: [K hosts, K]."""
+    return [rank1(scores[k, k], np.delete(scores[:, k], k)) for k in range(scores.shape[1])]
+
+
+def verdict_rates(matched: np.ndarray, truth: Sequence[int]) -> tuple[float, float]:
+    """(false_match_rate, miss_rate) of verdicts `matched` [C, K] on captures whose device is `truth` [C]."""
+    matched = np.asarray(matched, dtype=bool)
+    own = np.asarray(truth)[:, None] == np.arange(matched.shape[1])[None, :]
+    false_match = float(matched[~own].mean()) if (~own).any() else math.nan
+    miss = float((~matched[own]).mean()) if own.any() else math.nan
+    return false_match, miss

@@ -121,3 +121,84 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def write_host_plots(ev: Evaluation, report: dict, directory: str | os.PathLike) -> list[Path]:
+    """The figures of what dnp-scan does with one method's evaluation:
+
+    - `det.png`: the verdict's trade-off on the test captures, miss rate against false-match rate
+      (both measured over (fingerprint, capture) pairs), with the default verdict marked;
+    - `curves.png`: capture_top1 and host_rank1 against enrollment packets n and query packets m.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if ev.capture_scores is not None:
+        index = {name: k for k, name in enumerate(ev.names)}
+        truth = np.asarray([index[d] for d in ev.capture_devices])
+        own = truth[:, None] == np.arange(len(ev.names))[None, :]
+        # Calibrated methods decide on the false-match rate, the others on the raw score: sweep that.
+        decision = -ev.capture_false_match if ev.capture_false_match is not None else ev.capture_scores
+        levels = np.unique(decision)
+        fmr = np.array([(decision[~own] >= t).mean() for t in levels])
+        miss = np.array([(decision[own] < t).mean() for t in levels])
+        floor = 0.5 / (~own).sum()  # a measured rate of 0, drawn on the log axis
+        fig, ax = plt.subplots(figsize=(6, 5))
+        ax.step(np.maximum(fmr, floor), np.maximum(miss, 0.5 / own.sum()), where="post", color=SEEN_COLOUR)
+        verdict = report.get("verdict", {})
+        if verdict.get("false_match_rate") is not None:
+            ax.plot(
+                max(verdict["false_match_rate"], floor),
+                max(verdict["miss_rate"], 0.5 / own.sum()),
+                "o",
+                color=UNSEEN_COLOUR,
+                label="default verdict"
+                + (
+                    f" (cohort rate <= {verdict['max_false_match']:g})"
+                    if verdict.get("max_false_match")
+                    else ""
+                ),
+            )
+            ax.legend(fontsize=8, loc="upper right")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("false-match rate (other devices' test captures reaching the verdict)")
+        ax.set_ylabel("miss rate (own test captures below it)")
+        ax.set_title(f"{ev.method}: verdict trade-off, host score {ev.host_score}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        path = out / "det.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    curves = report.get("curves")
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for ax, key, label in (
+            (axes[0], "enroll_packets", "enrollment packets n (m = 20)"),
+            (axes[1], "query_packets", "query packets m per test capture (n = 20)"),
+        ):
+            xs = list(curves[key])
+            for metric, colour in (("capture_top1", SEEN_COLOUR), ("host_rank1", UNSEEN_COLOUR)):
+                ys = [curves[key][x][metric] for x in xs]
+                ax.plot(
+                    range(len(xs)), [np.nan if y is None else y for y in ys], "o-", color=colour, label=metric
+                )
+            ax.set_xticks(range(len(xs)), xs)
+            ax.set_xlabel(label)
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel("share of test captures / trials")
+        axes[0].set_ylim(0, 1.02)
+        axes[0].legend(fontsize=8, loc="lower right")
+        fig.suptitle(f"{ev.method}: learning curves on the dnp-23 test half", fontsize=10)
+        fig.tight_layout()
+        path = out / "curves.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

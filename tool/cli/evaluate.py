@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from tool.cli.common import run
+from tool.constants import HOST_SCORES
 
 EXAMPLE = """
 Examples:
@@ -48,8 +49,28 @@ METHOD_TITLES = {"deepnetprint": "DeepNetPrint", "ngram": "n-gram", "iot_sentine
 @click.option(
     "--models", type=click.Path(exists=True, file_okay=False), help="Model folder (default: shipped)."
 )
+@click.option(
+    "--half",
+    type=click.Choice(["test", "dev"]),
+    default="test",
+    show_default=True,
+    help="test: the protocol's test half (captures 11-20); dev: captures 2-10, where settings are chosen.",
+)
+@click.option(
+    "--host-score",
+    type=click.Choice(list(HOST_SCORES)),
+    default="set",
+    show_default=True,
+    help="The host score measured (as dnp-scan's --host-score); first20 is the paper's mean p(Target).",
+)
 def command(
-    data: str | None, json_path: str | None, plot_dir: str | None, baselines: bool, models: str | None
+    data: str | None,
+    json_path: str | None,
+    plot_dir: str | None,
+    baselines: bool,
+    models: str | None,
+    half: str,
+    host_score: str,
 ) -> int:
     """Measure the model on the dnp-23 protocol: enroll each device from the first 20 packets of
     its first capture, then identify its test captures (11-20) among all devices' fingerprints.
@@ -70,16 +91,16 @@ def command(
         _check_data(data)
         status.say("loading the model")
         t0 = time.perf_counter()
-        scorer = ModelScorer(models)
+        scorer = ModelScorer(models, host_score=host_score)
         load_seconds = time.perf_counter() - t0
         status.say("reading the captures")
         t0 = time.perf_counter()
-        protocol = load_protocol(data)
+        protocol = load_protocol(data, half)
         read_seconds = time.perf_counter() - t0
         if not protocol.tests:
             raise EvaluationError("no test captures: every device needs captures after its enrollment")
         status.say(f"scoring {sum(len(t.packets) for t in protocol.tests):,} test packets")
-        evaluations = [evaluate_scorer(protocol, scorer)]
+        evaluations = [evaluate_scorer(protocol, scorer, curves=True)]
         if baselines:
             evaluations += _run_baselines(protocol, status)
     except EvaluationError as e:
@@ -90,6 +111,7 @@ def command(
     report = summarise(evaluations[0])
     if len(evaluations) > 1:
         report["baselines"] = {ev.method: summarise(ev) for ev in evaluations[1:]}
+    report["half"] = half
     report["data"] = str(Path(protocol.root).resolve()) if protocol.root else str(_default_data())
     report["devices"] = {
         "all": len(protocol.devices),
@@ -99,9 +121,10 @@ def command(
     if protocol.empty_tests:
         report["empty_test_captures"] = protocol.empty_tests
     if plot_dir:
-        from tool.plots import write_plots
+        from tool.plots import write_host_plots, write_plots
 
-        report["figures"] = [str(p) for p in write_plots(evaluations, plot_dir)]
+        figures = write_plots(evaluations, plot_dir) + write_host_plots(evaluations[0], report, plot_dir)
+        report["figures"] = [str(p) for p in figures]
     report["timing"] = {
         "model_load_seconds": round(load_seconds, 2),
         "read_seconds": round(read_seconds, 2),
@@ -193,7 +216,8 @@ def _print_tables(report: dict[str, Any]) -> None:
     def table(title: str) -> Table:
         return Table(title=title, box=style, title_justify="left", pad_edge=False)
 
-    t = table(f"dnp-23: {report['captures']['all']} test captures of {report['devices']['all']} devices")
+    half = "test captures 11-20" if report.get("half", "test") == "test" else "development captures 2-10"
+    t = table(f"dnp-23: {report['captures']['all']} {half} of {report['devices']['all']} devices")
     # One row per number, one column per method: the methods side by side, narrow enough for 80 columns.
     t.add_column("metric", no_wrap=True)
     for method in reports:
@@ -208,10 +232,33 @@ def _print_tables(report: dict[str, Any]) -> None:
         ("packet_auc", "unseen"),
         ("packet_balanced_accuracy", "all"),
         ("single_packet_top1", "all"),
+        ("host_rank1", "all"),
+        ("host_rank1", "seen"),
+        ("host_rank1", "unseen"),
+        ("host_auc", "all"),
+        ("host_auc", "seen"),
+        ("host_auc", "unseen"),
+        ("self_rank1", None),
+        ("verdict", "false_match_rate"),
+        ("verdict", "miss_rate"),
     ]
     for key, split in rows:
-        t.add_row(f"{key} {split}", *(_fmt(r[key].get(split)) for r in reports.values()))
+        cells = []
+        for r in reports.values():
+            value = r.get(key)
+            cells.append(_fmt(value.get(split) if isinstance(value, dict) else value))
+        t.add_row(f"{key} {split or ''}".strip(), *cells)
     console.print(t)
+    verdict = report.get("verdict", {})
+    rule = (
+        f"false-match rate <= {verdict['max_false_match']:g} against the model's cohort"
+        if verdict.get("max_false_match") is not None
+        else f"host score >= {verdict.get('threshold')}"
+    )
+    console.print(
+        f"host score: {report.get('host_score', 'set')}; the verdict rates are DeepNetPrint's at its default "
+        f"verdict ({rule}), over (fingerprint, test capture) pairs; the baselines' at a raw 0.5."
+    )
     if "iot_sentinel" in reports:
         console.print(
             "* Sentinel: IoT Sentinel (Miettinen et al., ICDCS 2017) is supervised and trains on captures "
@@ -219,6 +266,34 @@ def _print_tables(report: dict[str, Any]) -> None:
             "list; it classifies captures, so it has no packet scores."
         )
     console.print()
+
+    curves = report.get("curves")
+    if curves:
+        t = table("learning curves: capture_top1 / host_rank1 with n enrollment and m query packets")
+        t.add_column("packets", no_wrap=True)
+        for n in curves["enroll_packets"]:
+            t.add_column(f"n={n}, m=20", justify="right")
+        t.add_row(
+            "enrollment",
+            *(
+                f"{_fmt(v['capture_top1'])} / {_fmt(v['host_rank1'])}"
+                for v in curves["enroll_packets"].values()
+            ),
+        )
+        console.print(t)
+        t = table("")
+        t.add_column("packets", no_wrap=True)
+        for m in curves["query_packets"]:
+            t.add_column(f"n=20, m={m}", justify="right")
+        t.add_row(
+            "query",
+            *(
+                f"{_fmt(v['capture_top1'])} / {_fmt(v['host_rank1'])}"
+                for v in curves["query_packets"].values()
+            ),
+        )
+        console.print(t)
+        console.print()
 
     t = table("capture_top1 per device (n: test captures)")
     t.add_column("device", no_wrap=True)

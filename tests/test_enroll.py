@@ -83,3 +83,19 @@ def test_enroll_from_a_file_that_is_not_a_capture(tmp_path, clean_env):
     )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "x.fp").exists()
+
+
+def test_enroll_from_several_captures_and_more_than_20_packets(devices, tmp_path, clean_env):
+    dev = devices["iKettle2"]  # 9 packets in its first capture: 30 packets need three captures
+    out = tmp_path / "k.fp"
+    captures = [str(c) for c in dev.captures[:4]]
+    done = run_command(
+        "dnp-enroll", *captures, "--mac", dev.mac, "--count", "30", "-o", str(out), "--quiet", env=clean_env
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert len(data["support"]) == 30
+    used = data["source"]["captures"]
+    assert [u["capture"] for u in used] == [c.name for c in dev.captures[: len(used)]] and len(used) >= 3
+    assert sum(u["packets"] for u in used) == 30
+    assert data["source"]["capture"] == dev.captures[0].name

@@ -5,19 +5,27 @@ from __future__ import annotations
 import click
 
 from tool.cli.common import run
+from tool.constants import MIN_PACKETS, PACKETS
 
 EXAMPLE = """
-Example:
+Examples:
 
   dnp-enroll cam.pcap --mac b0:c5:54:25:5b:0e --name cam -o cam.fp
+
+  dnp-enroll monday.pcap tuesday.pcap --mac b0:c5:54:25:5b:0e --count 100 --name cam -o cam.fp
 """
 
 
 @click.command(epilog=EXAMPLE)
-@click.argument("capture", type=click.Path(exists=True, dir_okay=False))
+@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--mac", help="The device's MAC address: its packets are those it sent.")
 @click.option("--filter", "display_filter", metavar="FILTER", help="A Wireshark display filter instead.")
-@click.option("--count", default=20, show_default=True, help="How many packets to learn from (at least 5).")
+@click.option(
+    "--count",
+    default=PACKETS,
+    show_default=True,
+    help=f"How many packets to learn from (at least {MIN_PACKETS}), in capture order, across the captures.",
+)
 @click.option("--name", help="The fingerprint's name.  [default: the capture's name]")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .fp file to write.")
 @click.option(
@@ -25,7 +33,7 @@ Example:
 )
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 def command(
-    capture: str,
+    captures: tuple[str, ...],
     mac: str | None,
     display_filter: str | None,
     count: int,
@@ -34,10 +42,12 @@ def command(
     models: str | None,
     quiet: bool,
 ) -> None:
-    """Learn the fingerprint of the device selected in CAPTURE and write it as a JSON file.
+    """Learn the fingerprint of the device selected in CAPTURES and write it as a JSON file.
 
-    Takes the device's first --count packets in capture order. Exit status: 0 on success,
-    2 on error (fewer packets than --count, a bad capture, a bad MAC or filter).
+    Takes the device's first --count packets in capture order, from the first capture on: a device
+    with fewer packets in one capture continues into the next. More packets than the 20 the model
+    is measured with are welcome (the model card's learning curve says what they buy).
+    Exit status: 0 on success, 2 on error (fewer packets than --count, a bad capture, a bad MAC or filter).
     """
     from rich.console import Console
 
@@ -48,7 +58,7 @@ def command(
     if (mac is None) == (display_filter is None):
         raise click.UsageError("give exactly one of --mac or --filter")
     fingerprint = enroll(
-        capture, mac=mac, display_filter=display_filter, count=count, name=name, model=Model.load(models)
+        captures, mac=mac, display_filter=display_filter, count=count, name=name, model=Model.load(models)
     )
     fingerprint.save(output)
     if not quiet:

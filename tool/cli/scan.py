@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 import tempfile
 from collections.abc import Iterator
 
 import click
 
-from tool.cli.common import run
+from tool.cli.common import require_stdout, run
 
 EXAMPLE = """
 Examples:
@@ -34,6 +35,19 @@ def _threshold_help() -> str:
         return "0.50"
 
 
+def _probability(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets NaN through (every comparison with it is false); the JSON would then hold NaN.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number in [0, 1]")
+    return value
+
+
+def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty filter; leave the option out to scan every packet")
+    return value
+
+
 @click.command(epilog=EXAMPLE)
 @click.argument("capture", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -48,6 +62,7 @@ def _threshold_help() -> str:
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
+    callback=_probability,
     help=f"Host score at which a host is reported as a match.  [default: {_threshold_help()}]",
 )
 @click.option(
@@ -57,7 +72,13 @@ def _threshold_help() -> str:
     show_default=True,
     help="first20: mean p over the host's first 20 packets (what dnp-23 measures); mean: over all.",
 )
-@click.option("--filter", "display_filter", metavar="FILTER", help="Only scan packets matching this filter.")
+@click.option(
+    "--filter",
+    "display_filter",
+    metavar="FILTER",
+    callback=_filter,
+    help="Only scan packets matching this filter.",
+)
 @click.option("--json", "json_path", metavar="PATH", help="Write the scan as JSON ('-' for stdout).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write one row per packet.")
 @click.option(
@@ -90,13 +111,22 @@ def command(
     """Score every packet of CAPTURE against each fingerprint and rank the hosts.
 
     Exit status, as grep: 0 when some host scores at or above the threshold, 1 when none
-    does, 2 on error. Output files are written only when the scan completes.
+    does, 2 on error, 141 when the reader of stdout stops early (`| head`). Output files
+    are written only when the scan completes, all of them together.
     """
-    from rich.console import Console
+    from tool.files import AtomicFile, check_outputs, commit_all
+
+    # Everything that can be refused is refused before the model loads and the capture is read.
+    check_outputs(
+        {"--json": json_path, "--csv": csv_path, "--annotate": annotate, "--pcapng": pcapng},
+        {"the capture": [capture], "a fingerprint": list(fingerprints)},
+    )
+    if json_path == "-" or not quiet:
+        require_stdout()
 
     from tool.fingerprint import load
     from tool.model import Model
-    from tool.report import PacketCsv, PendingFile, print_scan
+    from tool.report import PacketCsv, console, print_scan
     from tool.scan import scan
 
     model = Model.load(models)
@@ -106,13 +136,24 @@ def command(
         raise click.UsageError(
             f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll"
         )
-    pending: list[PendingFile] = []
+    pending: list[AtomicFile] = []
     spool = None
     try:
-        csv_file = PendingFile(csv_path, newline="") if csv_path else None
+        # Every output is a temporary file beside its destination from the start, so a folder that
+        # turns unwritable fails now, and all of them are renamed into place together at the end.
+        outputs = {
+            key: AtomicFile(path, mode, **kw)
+            for key, path, mode, kw in (
+                ("csv", csv_path, "w", {"newline": ""}),
+                ("annotate", annotate, "w", {"newline": ""}),
+                ("pcapng", pcapng, "wb", {}),
+                ("json", json_path if json_path != "-" else None, "w", {}),
+            )
+            if path
+        }
+        pending.extend(outputs.values())
+        csv_file = outputs.get("csv")
         packet_csv = PacketCsv(csv_file.handle, names) if csv_file else None
-        if csv_file:
-            pending.append(csv_file)
         if annotate or pcapng:
             # Per-frame best matches wait in a spool file: memory stays flat however long the capture.
             spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
@@ -128,32 +169,44 @@ def command(
             if progress is not None and packet.frame % 1024 == 0:
                 progress.update(packet.frame)
 
-        result = scan(
-            capture,
-            fps,
-            model,
-            threshold=threshold,
-            host_score=host_score,
-            display_filter=display_filter,
-            fingerprint_files=list(fingerprints),
-            on_packet=on_packet,
-        )
+        import warnings
+
+        from tool.capture import CaptureTruncated
+
+        with warnings.catch_warnings(record=True) as cut:
+            warnings.simplefilter("always", CaptureTruncated)
+            result = scan(
+                capture,
+                fps,
+                model,
+                threshold=threshold,
+                host_score=host_score,
+                display_filter=display_filter,
+                fingerprint_files=list(fingerprints),
+                on_packet=on_packet,
+            )
         if progress is not None:
             progress.stop()
+        for w in cut:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if result.packets == 0:
+            raise click.ClickException(
+                f"no packet matches the filter {display_filter!r} in {capture}"
+                if display_filter
+                else f"{capture}: the capture holds no packets"
+            )
         if spool is not None:
-            from tool.annotate import write_commented_pcapng, write_sidecar
+            from tool.annotate import write_commented_pcapng_to, write_sidecar_to
 
             if annotate:
-                write_sidecar(annotate, _spooled(spool))
+                write_sidecar_to(outputs["annotate"].handle, _spooled(spool))
             if pcapng:
-                write_commented_pcapng(capture, pcapng, _spooled(spool))
-        if json_path and json_path != "-":
-            json_file = PendingFile(json_path)
-            pending.append(json_file)
-            json_file.handle.write(result.to_json())
-        for f in pending:
-            f.commit()
-        pending.clear()
+                write_commented_pcapng_to(
+                    capture, outputs["pcapng"].handle, _spooled(spool), out_name=pcapng, allow_cut=bool(cut)
+                )
+        if "json" in outputs:
+            outputs["json"].handle.write(result.to_json())
+        commit_all(pending)
     finally:
         for f in pending:
             f.discard()
@@ -163,7 +216,7 @@ def command(
         sys.stdout.write(result.to_json())
     elif not quiet:
         # A pipe gets no terminal width: a wide fixed one keeps Info texts on one line for grep.
-        print_scan(Console(width=None if sys.stdout.isatty() else 200), result)
+        print_scan(console(width=None if sys.stdout.isatty() else 200), result)
     return 0 if result.matched else 1
 
 

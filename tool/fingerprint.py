@@ -166,6 +166,8 @@ def parse(text: str, origin: str = "fingerprint") -> Fingerprint:
         raise FingerprintError(f"{origin}: not a fingerprint (invalid JSON: {e.msg})") from None
     except RecursionError:
         raise FingerprintError(f"{origin}: not a fingerprint (JSON nested too deeply)") from None
+    except ValueError:  # what json raises besides JSONDecodeError: an integer of thousands of digits
+        raise FingerprintError(f"{origin}: not a fingerprint (a number too long to read)") from None
     _require(isinstance(data, dict), f"{origin}: not a fingerprint (a JSON object is expected)")
     _require(data.get("format") == FORMAT, f"{origin}: not a fingerprint (format is not {FORMAT!r})")
     _require(
@@ -211,6 +213,10 @@ def parse(text: str, origin: str = "fingerprint") -> Fingerprint:
     )
     source = data.get("source", {})
     _require(isinstance(source, dict), f"{origin}: damaged fingerprint (bad source)")
+    _require(
+        isinstance(data.get("created", ""), str) and isinstance(data.get("tool_version", ""), str),
+        f"{origin}: damaged fingerprint (bad created or tool_version)",
+    )
     return Fingerprint(
         name=name,
         prototype=[float(x) for x in prototype],

@@ -25,6 +25,9 @@ from typing import IO, Any
 
 _umask_lock = threading.Lock()
 _umask: int | None = None
+# Paths renamed into place by this process: an interrupt that lands after a commit must not be
+# reported as "no output written".
+committed: list[Path] = []
 
 
 class OutputError(Exception):
@@ -87,6 +90,7 @@ class AtomicFile:
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {_why(e)}") from None
         self.done = True
+        committed.append(self.path)
 
     def commit(self) -> None:
         commit_all([self])

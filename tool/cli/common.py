@@ -128,7 +128,10 @@ def run(command: click.Command, prog: str) -> Callable[[], None]:
             fail(prog, "aborted", EXIT_INTERRUPTED)
         except Interrupted as e:
             # 128 + the signal, as a shell reports a process the signal ended.
-            fail(prog, f"interrupted by {e}; no output written", 128 + e.signum)
+            from tool.files import committed
+
+            done = "the outputs were written before it" if committed else "no output written"
+            fail(prog, f"interrupted by {e}; {done}", 128 + e.signum)
         except errors as e:
             fail(prog, str(e))
         sys.exit(code or 0)

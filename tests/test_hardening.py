@@ -463,3 +463,11 @@ def test_eval_without_data_says_how_to_give_it(tmp_path, clean_env):
         str((tmp_path / ".." / "shared" / "data" / "iot-sentinel").resolve()) in message
         or "shared/data" in message
     )
+
+
+def test_eval_json_onto_a_device_node_is_refused(tmp_path, clean_env):
+    node = tmp_path / "null"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    done = run_command("dnp-eval", "--json", str(node), env=clean_env, cwd=tmp_path)
+    assert "not a regular file" in one_line_error(done, "dnp-eval")
+    assert stat.S_ISCHR(node.lstat().st_mode)

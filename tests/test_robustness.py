@@ -184,7 +184,9 @@ def test_reading_stopped_early_leaves_no_tshark_and_no_thread(all_devices_merged
     assert not children(os.getpid())
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 @pytest.mark.parametrize("to_group", [False, True], ids=["process", "process-group"])
 def test_interrupted_scan_leaves_nothing_behind(
     all_devices_merged, fingerprints, tmp_path, clean_env, signum, to_group
@@ -193,7 +195,8 @@ def test_interrupted_scan_leaves_nothing_behind(
     out = tmp_path / "out"
     out.mkdir()
     args = [str(all_devices_merged), "-f", str(fingerprints[0]), "--json", str(out / "r.json")]
-    args += ["--csv", str(out / "p.csv"), "--annotate", str(out / "a.csv"), "--quiet"]
+    args += ["--csv", str(out / "p.csv"), "--annotate", str(out / "a.csv"), "--pcapng", str(out / "c.pcapng")]
+    args += ["--quiet"]
     proc = subprocess.Popen(
         [sys.executable, "-c", "import tool.cli.scan as m; m.main()", *args],
         stdout=subprocess.PIPE,

@@ -120,12 +120,12 @@ class AtomicFile:
 def commit_all(files: Iterable[AtomicFile]) -> None:
     """Commit several outputs together: all of them, or (when one cannot be flushed) none.
 
-    SIGINT and SIGTERM wait until the renames are done, so an interrupt never commits half a set.
+    SIGINT, SIGTERM and SIGHUP wait until the renames are done: an interrupt never commits half a set.
     """
     files = list(files)
     for f in files:
         f.finish()
-    blocked = {signal.SIGINT, signal.SIGTERM}
+    blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if main_thread else None
     try:

@@ -22,7 +22,7 @@ EXIT_BROKEN_PIPE = 141
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; outputs in progress are discarded."""
+    """SIGINT, SIGTERM or SIGHUP arrived; outputs in progress are discarded."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -105,6 +105,8 @@ def run(command: click.Command, prog: str) -> Callable[[], None]:
         errors += (AnnotateError, ModelError, OutputError)
         signal.signal(signal.SIGTERM, _raise_interrupted)
         signal.signal(signal.SIGINT, _raise_interrupted)
+        # A closed terminal (or ssh session) hangs up: its temporary files go too.
+        signal.signal(signal.SIGHUP, _raise_interrupted)
         if sys.stdout is None:
             sys.stdout = _ClosedStdout()  # type: ignore[assignment]
         warnings.showwarning = _show_warning(prog)

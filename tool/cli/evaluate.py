@@ -66,6 +66,9 @@ def command(
         _need("sklearn", "--baselines")
     if plot_dir:
         _need("matplotlib", "--plot")
+    from tool.files import check_outputs
+
+    check_outputs({"--json": json_path}, {})
     try:
         _check_data(data)
         status.say("loading the model")

@@ -471,3 +471,17 @@ def test_eval_json_onto_a_device_node_is_refused(tmp_path, clean_env):
     done = run_command("dnp-eval", "--json", str(node), env=clean_env, cwd=tmp_path)
     assert "not a regular file" in one_line_error(done, "dnp-eval")
     assert stat.S_ISCHR(node.lstat().st_mode)
+
+
+def test_a_full_disk_names_the_output_not_the_temporary_file(tmp_path):
+    from tool.files import AtomicFile, OutputError
+
+    target = tmp_path / "r.json"
+    out = AtomicFile(target)
+    out.handle._handle = open("/dev/full", "w", encoding="utf-8")  # ENOSPC on every write
+    with pytest.raises(OutputError) as e:
+        out.handle.write("x" * 100_000)
+        out.finish()
+    out.discard()
+    assert str(e.value) == f"cannot write {target}: No space left on device"
+    assert list(tmp_path.iterdir()) == []

@@ -49,6 +49,22 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+class _Named:
+    """A file object whose write errors (a full disk) name the destination, not the temporary file."""
+
+    def __init__(self, handle: IO[Any], path: Path):
+        self._handle, self._path = handle, path
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as e:
+            raise OutputError(f"cannot write {self._path}: {_why(e)}") from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
 class AtomicFile:
     """A file being written beside `path`: renamed into place by `commit`, removed by `discard`.
 
@@ -68,7 +84,7 @@ class AtomicFile:
             os.fchmod(fd, file_mode())
             if "b" not in mode:
                 open_kwargs.setdefault("encoding", "utf-8")
-            self.handle: IO[Any] = os.fdopen(fd, mode, **open_kwargs)
+            self.handle: IO[Any] = _Named(os.fdopen(fd, mode, **open_kwargs), self.path)  # type: ignore[assignment]
         except BaseException:
             os.close(fd)
             self.tmp.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 
 import click
@@ -169,11 +170,10 @@ def command(
             if progress is not None and packet.frame % 1024 == 0:
                 progress.update(packet.frame)
 
-        import warnings
-
         from tool.capture import CaptureTruncated
 
-        with warnings.catch_warnings(record=True) as cut:
+        # Held until the progress counter is gone, so the warning is a line of its own.
+        with warnings.catch_warnings(record=True) as held:
             warnings.simplefilter("always", CaptureTruncated)
             result = scan(
                 capture,
@@ -187,8 +187,9 @@ def command(
             )
         if progress is not None:
             progress.stop()
-        for w in cut:
+        for w in held:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        cut = any(issubclass(w.category, CaptureTruncated) for w in held)
         if result.packets == 0:
             raise click.ClickException(
                 f"no packet matches the filter {display_filter!r} in {capture}"
@@ -202,7 +203,7 @@ def command(
                 write_sidecar_to(outputs["annotate"].handle, _spooled(spool))
             if pcapng:
                 write_commented_pcapng_to(
-                    capture, outputs["pcapng"].handle, _spooled(spool), out_name=pcapng, allow_cut=bool(cut)
+                    capture, outputs["pcapng"].handle, _spooled(spool), out_name=pcapng, allow_cut=cut
                 )
         if "json" in outputs:
             outputs["json"].handle.write(result.to_json())

@@ -99,6 +99,15 @@ class AtomicFile:
             self.handle.close()
         except OSError as e:
             raise OutputError(f"cannot write {self.path}: {_why(e)}") from None
+        # checked before the work, and again here: a device made there meanwhile is not replaced either.
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise OutputError(f"cannot write {self.path}: {_why(e)}") from None
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise OutputError(f"{self.path}: not a regular file; refusing to replace it")
 
     def rename(self) -> None:
         try:

@@ -332,15 +332,8 @@ def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log, mas
 
 
 def save_model(
-    net,
-    out: Path,
-    data: Data,
-    result: dict,
-    names: list[str],
-    tc: TrainConfig,
-    seed: int,
-    seconds: float,
-    extra: dict | None = None,
+    net, out: Path, data: Data, result: dict, names: list[str], tc: TrainConfig, seed: int,
+    seconds: float, extra: dict | None = None,
 ) -> dict[str, str]:
     """Export the ONNX files, check them against torch, and write manifest.json; their sha256."""
     import onnx
@@ -543,15 +536,8 @@ def main(
             net, _, data, result = run(data_dir, train_names, names, cfg, tc, seed, log, masked)
             if fold_models:
                 save_model(
-                    net,
-                    fold_models / f"fold{number}",
-                    data,
-                    result,
-                    train_names,
-                    tc,
-                    seed,
-                    time.time() - start,
-                    {"held_out": list(fold)},
+                    net, fold_models / f"fold{number}", data, result, train_names, tc, seed,
+                    time.time() - start, {"held_out": list(fold)},
                 )
             v = result["validation"]
             log(

@@ -26,7 +26,9 @@
 --
 -- A bad sidecar (missing, empty, wrong header, rows that are not numbers, NaN, scores outside [0, 1],
 -- frames beyond the capture) is reported once (on stderr under tshark, in a dialog in the GUI); the
--- rows that are valid are still shown and dissection goes on.
+-- rows that are valid are still shown and dissection goes on. Bad rows and frames beyond the capture
+-- make one message. A path that is not a regular file (a folder, a FIFO, a device such as /dev/zero)
+-- or a file over 256 MB is refused without reading it, and nothing is shown.
 --
 -- Written for Lua 5.2 to 5.4 (Wireshark 4.0 to 4.4): no integer division, no bit operators, no unpack.
 
@@ -101,6 +103,7 @@ local max_frame = 0   -- highest frame number in the sidecar
 local loaded_path = nil
 local loaded_content = nil
 local last_message = nil
+local held_message = nil -- tshark: a bad-rows message held to the end of the pass, see check_beyond
 local max_seen = 0    -- highest frame number dissected in this pass
 
 local function tell(msg)
@@ -286,6 +289,58 @@ local function scores_path()
     return path
 end
 
+-- A sidecar is a few MB per 100,000 frames; anything larger is not one, and reading it would only
+-- fill memory.
+local MAX_SIDECAR_BYTES = 256 * 1024 * 1024
+local READ_BLOCK = 1024 * 1024
+
+-- The sidecar's bytes, or nil and the message. Lua has no stat(), so the file's kind shows through
+-- what it allows: opened for update, a folder fails ("Is a directory") and a FIFO opens without
+-- waiting for a writer (opened read-only it would hang tshark); a FIFO or a socket cannot seek; and a
+-- device such as /dev/zero gives more bytes than its size. The update mode writes nothing; where it
+-- is refused (a file without write permission, a read-only file system) a plain read-only open follows.
+local function read_sidecar(path)
+    local file, err = io.open(path, "r+b")
+    if not file and err and string.find(err, "Is a directory", 1, true) then
+        return nil, path .. " is a folder, not a scores file"
+    end
+    if not file then
+        file, err = io.open(path, "rb")
+    end
+    if not file then
+        return nil, "cannot read the scores file: " .. tostring(err)
+    end
+    local size = file:seek("end")
+    if not size then
+        file:close()
+        return nil, path .. " is not a regular file (a FIFO or a socket?): not read"
+    end
+    if size > MAX_SIDECAR_BYTES then
+        file:close()
+        return nil, path .. " is larger than " .. string.format("%d", MAX_SIDECAR_BYTES / 1048576) .. " MB: not a scores file"
+    end
+    file:seek("set")
+    local parts, total = {}, 0
+    while true do
+        local block, read_err = file:read(READ_BLOCK)
+        if not block then
+            if read_err then
+                file:close()
+                return nil, "cannot read the scores file " .. path .. ": " .. tostring(read_err)
+            end
+            break
+        end
+        total = total + #block
+        if total > size then
+            file:close()
+            return nil, path .. " is not a regular file (it gives more bytes than its size): not read"
+        end
+        parts[#parts + 1] = block
+    end
+    file:close()
+    return table.concat(parts)
+end
+
 local function load_sidecar()
     local path = scores_path()
     if path == nil or path == "" then
@@ -293,22 +348,23 @@ local function load_sidecar()
         loaded_path, loaded_content = path, nil
         return
     end
-    local file, err = io.open(path, "rb")
-    if not file then
+    local content, err = read_sidecar(path)
+    if not content then
         scores, targets, hosts, max_frame = {}, {}, {}, 0
         loaded_path, loaded_content = path, nil
-        tell("cannot read the scores file: " .. tostring(err))
+        tell(err)
         return
     end
-    local content = file:read("*a") or ""
-    file:close()
     if path == loaded_path and content == loaded_content then
         return
     end
     local msg
     scores, targets, hosts, max_frame, msg = parse_sidecar(content, path)
     loaded_path, loaded_content = path, content
-    if msg then
+    if msg and not (gui_enabled and gui_enabled()) then
+        -- Under tshark the end of the pass may add frames beyond the capture: one message says both.
+        held_message = msg
+    elseif msg then
         tell(msg)
     else
         last_message = nil -- fixed: the same fault later is news again
@@ -320,7 +376,12 @@ end
 -- GUI, which also calls init when a load is cut short. (A tap's draw would be the natural place, but a
 -- Lua tap listener made tshark 0.45 s slower per 175,000 packets.)
 local function check_beyond()
+    local held = held_message
+    held_message = nil
     if max_seen == 0 or max_frame <= max_seen or (gui_enabled and gui_enabled()) then
+        if held then
+            tell(held)
+        end
         return
     end
     local beyond = 0
@@ -329,8 +390,13 @@ local function check_beyond()
             beyond = beyond + 1
         end
     end
-    tell(loaded_path .. ": " .. beyond .. " scored frame(s) beyond the last frame read (" .. max_seen
-        .. "), up to frame " .. max_frame .. ": is it the scores file of this capture?")
+    local msg = beyond .. " scored frame(s) beyond the last frame read (" .. max_seen .. "), up to frame "
+        .. max_frame .. ": is it the scores file of this capture?"
+    if held then
+        tell(held .. "; " .. msg)
+    else
+        tell(loaded_path .. ": " .. msg)
+    end
 end
 
 function deepnetprint.init()

@@ -83,11 +83,24 @@ def test_empty_file(tmp_path):
         list(read_packets(empty))
 
 
-def test_truncated_capture_is_an_error(some_captures, tmp_path):
+def test_truncated_capture_reads_up_to_the_cut_and_warns(some_captures, tmp_path):
+    """A capture copied while being written ends mid-packet: its whole packets are kept, with a warning."""
+    from tool.capture import CaptureTruncated
+
     data = some_captures[1].read_bytes()
+    whole = list(read_packets(some_captures[1]))
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(data[: len(data) // 2 + 7])
-    with pytest.raises(CaptureError):
+    with pytest.warns(CaptureTruncated, match=r"cut short in the middle of a packet after frame \d+") as w:
+        packets = list(read_packets(cut))
+    assert 0 < len(packets) < len(whole) and packets == whole[: len(packets)]
+    assert f"after frame {packets[-1].frame};" in str(w[0].message)
+
+
+def test_capture_cut_in_its_first_packet_is_an_error(some_captures, tmp_path):
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(some_captures[1].read_bytes()[:30])
+    with pytest.raises(CaptureError, match="cut short"):
         list(read_packets(cut))
 
 

@@ -8,11 +8,15 @@ one line and leaves no output file behind.
 Fingerprints: a few hundred mutations of a real fingerprint file (bytes flipped, values changed,
 keys removed, text cut short). Each is refused with a one-line FingerprintError, or, when it still
 parses, gives exactly the original fingerprint: a damaged file never passes with changed values.
+And generated ones: nesting up to 100,000 deep, sizes at and past the 4 MB limit, every field given
+every JSON type with the digest recomputed, numbers Python cannot convert, and paths that are
+/dev/zero, a FIFO, a folder, a socket or a dangling link: one line, exit 2, never a hang.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
 import subprocess
@@ -307,3 +311,128 @@ def test_mutated_fingerprint_through_the_cli(fingerprint, devices, tmp_path, cle
     assert len(lines) == 1 and "Traceback" not in done.stderr, (how, done.stderr)
     assert str(bad) in lines[0]
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.fp"]
+
+
+# Fingerprints generated to hurt the parser rather than mutated from a real one: deep nesting, sizes
+# at and past the limit, every field given every JSON type (digest recomputed, so the type checks
+# are reached), numbers Python cannot hold, and paths that are not regular files.
+JSON_VALUES = [None, True, 0, -1, 2**64, 1e308, -0.0, "", "x" * 1000, [], {}, [[]], {"": None}]
+
+
+def _redigested(data: dict) -> str:
+    from tool.fingerprint import _digest
+
+    data = {k: v for k, v in data.items() if k != "digest"}
+    data["digest"] = _digest(data)
+    return json.dumps(data)
+
+
+def generated_fingerprints(text: str) -> list[tuple[str, str]]:
+    from tool.fingerprint import MAX_FILE_BYTES
+
+    rng = random.Random(SEED + 7)
+    original = json.loads(text)
+    cases = []
+    for depth in (64, 1000, 100_000):
+        cases.append((f"lists nested {depth}", "[" * depth + "]" * depth))
+        cases.append((f"objects nested {depth}", '{"a":' * depth + "0" + "}" * depth))
+        cases.append((f"unclosed nesting {depth}", "[{" * depth))
+    for value in JSON_VALUES:
+        cases.append((f"top level {value!r:.20}", json.dumps(value)))
+        for key in original:
+            if key != "digest":
+                cases.append((f"{key} = {value!r:.20}", _redigested({**original, key: value})))
+    for key in ("frame", "length", "text"):
+        for value in [*JSON_VALUES, -(2**63), 2**63]:
+            data = json.loads(text)
+            data["support"][rng.randrange(len(data["support"]))][key] = value
+            cases.append((f"support {key} = {value!r:.20}", _redigested(data)))
+    digits = "9" * 5000  # past Python's int-string limit
+    cases.append(("5000-digit integer", text.replace('"version": 1', f'"version": {digits}', 1)))
+    cases.append(
+        ("5000-digit prototype", _redigested(original).replace('"prototype": [', f'"prototype": [{digits}, '))
+    )
+    cases.append(("a million values", _redigested({**original, "prototype": [0.5] * 1_000_000})))
+    cases.append(("padded to the limit", text + " " * (MAX_FILE_BYTES - len(text.encode()))))
+    cases.append(("one byte over", text + " " * (MAX_FILE_BYTES + 1 - len(text.encode()))))
+    cases.append(("NUL bytes", "\0" * 100))
+    cases.append(("BOM then JSON", "\ufeff" + text))
+    cases.append(("duplicate keys", text.replace("{", '{"name": "other", ', 1)))
+    return cases
+
+
+def test_generated_fingerprints_are_refused_or_unchanged(fingerprint, tmp_path):
+    text = fingerprint.read_text()
+    original = parse(text)
+    refused = 0
+    for i, (what, generated) in enumerate(generated_fingerprints(text)):
+        path = tmp_path / f"g{i}.fp"
+        path.write_text(generated, encoding="utf-8")
+        try:
+            got = load(path)
+        except FingerprintError as e:
+            message = str(e)
+            assert message and "\n" not in message and str(path) in message, (what, message)
+            refused += 1
+            continue
+        # Anyone can recompute a digest: what passes must at least be well-typed, and round-trip.
+        assert all(isinstance(v, str) for v in (got.name, got.created, got.tool_version)), what
+        assert isinstance(got.source, dict) and parse(got.to_json()).payload() == got.payload(), what
+        if "=" not in what:
+            assert same_values(got, original), f"{what} was accepted with changed values"
+    assert refused > 100
+
+
+def _file_kinds(folder: Path) -> dict[str, Path]:
+    import socket
+
+    kinds = {"/dev/zero": Path("/dev/zero"), "/dev/null": Path("/dev/null")}
+    kinds["fifo"] = folder / "fifo.fp"
+    os.mkfifo(kinds["fifo"])
+    kinds["folder"] = folder / "folder.fp"
+    kinds["folder"].mkdir()
+    kinds["symlink to a folder"] = folder / "dirlink.fp"
+    kinds["symlink to a folder"].symlink_to(kinds["folder"])
+    kinds["dangling symlink"] = folder / "dangling.fp"
+    kinds["dangling symlink"].symlink_to(folder / "nowhere")
+    kinds["socket"] = folder / "sock.fp"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(kinds["socket"]))
+    sock.close()
+    kinds["sparse, 5 MB"] = folder / "sparse.fp"
+    with open(kinds["sparse, 5 MB"], "wb") as f:
+        f.truncate(5 << 20)
+    return kinds
+
+
+def test_generated_fingerprints_through_the_cli(fingerprint, devices, tmp_path, clean_env):
+    """File kinds and a sample of the generated texts, as dnp-scan meets them: one line, never a hang."""
+    text = fingerprint.read_text()
+    cases = dict(_file_kinds(tmp_path))
+    rng = random.Random(SEED + 8)
+    refused = []
+    for what, generated in generated_fingerprints(text):
+        try:
+            parse(generated)
+        except FingerprintError:
+            refused.append((what, generated))
+    for i, (what, generated) in enumerate(rng.sample(refused, 12)):
+        path = tmp_path / f"g{i}.fp"
+        path.write_text(generated, encoding="utf-8")
+        cases[what] = path
+    cases["nested 100,000"] = tmp_path / "nested.fp"
+    cases["nested 100,000"].write_text("[" * 100_000 + "]" * 100_000)
+    capture = devices["Aria"].captures[10]
+
+    def run(path: Path) -> subprocess.CompletedProcess:
+        return run_command(
+            "dnp-scan", str(capture), "-f", str(path), "--quiet", env=clean_env, timeout=SCAN_TIMEOUT
+        )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(cases, pool.map(run, cases.values())))
+    for what, done in results.items():
+        assert done.returncode == 2, (what, done.returncode, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dnp-scan: error: "), (what, done.stderr)
+        assert "Traceback" not in done.stderr

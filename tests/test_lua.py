@@ -239,6 +239,11 @@ BAD_SIDECARS = {
         HEADER + GOOD + "{after},0.5,x\n{far},0.5,x\n",
         "2 scored frame(s) beyond the last frame read",
     ),
+    # Both faults in one file: one message that says both.
+    "bad row and frames beyond": (
+        HEADER + GOOD + "{f6},nan,x\n{after},0.5,x\n",
+        "1 bad row(s) skipped, first at line 7: score 'nan' is not a number; 1 scored frame(s) beyond",
+    ),
 }
 
 
@@ -256,6 +261,26 @@ def test_bad_sidecar_gives_one_message_and_dissection_goes_on(capture, frames, e
     assert len(found) == 1 and message in found[0], done.stderr
     shown = re.findall(r"^\s+Match probability: (\S+)$", done.stdout, re.M)
     assert shown == (["0.25"] * 5 if template.startswith(HEADER + GOOD) else [])
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "folder", "too large"])
+def test_sidecar_that_is_no_regular_file_gives_one_message(kind, capture, frames, env, tmp_path):
+    """/dev/zero would fill memory, a FIFO would hang tshark, a folder would read as garbage."""
+    path = tmp_path / "scores.csv"
+    if kind == "/dev/zero":
+        path = "/dev/zero"
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        with open(path, "wb") as f:
+            f.truncate((256 << 20) + 1)  # sparse: one byte over the plugin's limit, no disk used
+    expected = {"too large": "larger than 256 MB", "folder": "is a folder"}.get(kind, "not a regular file")
+    done = tshark(capture, *FIELD_ARGS, env=env, scores=path)
+    assert_shows(fields(done), frames, {})
+    found = messages(done)
+    assert len(found) == 1 and expected in found[0] and str(path) in found[0], done.stderr
 
 
 def test_missing_sidecar_gives_one_message(capture, frames, env, tmp_path):

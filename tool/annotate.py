@@ -25,10 +25,11 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Generator, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Generator, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
+
+from tool.files import OutputError, atomic_output
 
 SIDECAR_HEADER = ("frame", "score", "target", "host_match")
 OLD_SIDECAR_HEADER = SIDECAR_HEADER[:3]
@@ -87,27 +88,6 @@ def _check_row(
     return frame, score, target, host_match
 
 
-@contextmanager
-def _atomic_output(path: Path, mode: str = "wb", **kwargs) -> Iterator:
-    """A file object whose content appears at `path` only when the block ends without an exception."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        # mkstemp's 0600 would make the result private, unlike any other file the tool writes.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_sidecar(path: str | os.PathLike, rows: Iterable[tuple]) -> None:
     """Write the scores sidecar atomically (a temp file in the same folder, then os.replace).
 
@@ -115,18 +95,22 @@ def write_sidecar(path: str | os.PathLike, rows: Iterable[tuple]) -> None:
 
     >>> write_sidecar("cap.scores.csv", [(1, 0.9312345, "cam", 0.98), (7, 0.12, "cam", 0.98)])
     """
-    path = Path(path)
+    with atomic_output(path, "w", encoding="utf-8", newline="") as out:
+        write_sidecar_to(out, rows)
+
+
+def write_sidecar_to(out: IO[str], rows: Iterable[tuple]) -> None:
+    """The sidecar's content, into a text file opened with newline=""; ValueError on a bad row."""
     seen: set[int] = set()
-    with _atomic_output(path, "w", encoding="utf-8", newline="") as out:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(SIDECAR_HEADER)
-        for row in rows:
-            frame, score, target, host_match = _check_row(*row)
-            if frame in seen:
-                raise ValueError(f"frame {frame} is listed twice")
-            seen.add(frame)
-            # repr keeps every digit of the float, so the plugin shows exactly what dnp-scan computed.
-            writer.writerow((frame, repr(score), target, "" if host_match is None else repr(host_match)))
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(SIDECAR_HEADER)
+    for row in rows:
+        frame, score, target, host_match = _check_row(*row)
+        if frame in seen:
+            raise ValueError(f"frame {frame} is listed twice")
+        seen.add(frame)
+        # repr keeps every digit of the float, so the plugin shows exactly what dnp-scan computed.
+        writer.writerow((frame, repr(score), target, "" if host_match is None else repr(host_match)))
 
 
 def read_sidecar(path: str | os.PathLike) -> dict[int, tuple[float, str, float | None]]:
@@ -225,10 +209,18 @@ def _parse_options(e: str, raw: bytes) -> list[bytes]:
     return options
 
 
-def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
+class _CutShort(AnnotateError):
+    """The capture ends inside a block; `frames` whole frames came before it."""
+
+    def __init__(self, message: str, frames: int):
+        super().__init__(message)
+        self.frames = frames
+
+
+def _read_exact(f: BinaryIO, n: int, what: str, frames: int = 0) -> bytes:
     data = f.read(n)
     if len(data) != n:
-        raise AnnotateError(f"the capture is cut short inside {what}")
+        raise _CutShort(f"the capture is cut short inside {what}", frames)
     return data
 
 
@@ -253,9 +245,9 @@ def _pcap_blocks(f: BinaryIO, magic: bytes, comments: dict[int, str]) -> Generat
         if not record:
             break
         if len(record) != 16:
-            raise AnnotateError(f"the capture is cut short after frame {frame}")
+            raise _CutShort(f"the capture is cut short after frame {frame}", frame)
         sec, frac, incl_len, orig_len = struct.unpack(e + "IIII", record)
-        data = _read_exact(f, incl_len, f"frame {frame + 1}")
+        data = _read_exact(f, incl_len, f"frame {frame + 1}", frame)
         frame += 1
         comment = comments.get(frame)
         options = [_option("<", _OPT_COMMENT, comment.encode("utf-8"))] if comment is not None else []
@@ -275,24 +267,24 @@ def _pcapng_blocks(f: BinaryIO, comments: dict[int, str]) -> Generator[bytes, No
         if not head:
             break
         if len(head) != 8:
-            raise AnnotateError(f"the capture is cut short after frame {frame}")
+            raise _CutShort(f"the capture is cut short after frame {frame}", frame)
         block_type = struct.unpack("<I", head[:4])[0]  # the SHB's type reads the same in both byte orders
         if block_type == _SHB:
-            bom = _read_exact(f, 4, "a section header")
+            bom = _read_exact(f, 4, "a section header", frame)
             e = "<" if struct.unpack("<I", bom)[0] == _BYTE_ORDER_MAGIC else ">"
             if struct.unpack(e + "I", bom)[0] != _BYTE_ORDER_MAGIC:
                 raise AnnotateError("not a pcapng file: a section header without its byte-order magic")
             length = struct.unpack(e + "I", head[4:])[0]
             if length < 28 or length % 4:
                 raise AnnotateError("a pcapng section header has a bad length")
-            rest = _read_exact(f, length - 12, "a section header")
+            rest = _read_exact(f, length - 12, "a section header", frame)
             yield head + bom + rest
             continue
         block_type, length = struct.unpack(e + "II", head)
         if length < 12 or length % 4:
             raise AnnotateError(f"a pcapng block after frame {frame} has a bad length ({length})")
-        body = _read_exact(f, length - 12, f"the block after frame {frame}")
-        trailer = _read_exact(f, 4, f"the block after frame {frame}")
+        body = _read_exact(f, length - 12, f"the block after frame {frame}", frame)
+        trailer = _read_exact(f, 4, f"the block after frame {frame}", frame)
         if block_type not in (_EPB, _SPB, _PB, _SJEB):
             yield head + body + trailer
             continue
@@ -328,17 +320,38 @@ def _sniff(path: Path) -> bytes:
         return f.read(4)
 
 
-def write_commented_pcapng(capture: str | os.PathLike, out: str | os.PathLike, rows: Iterable[tuple]) -> None:
+def write_commented_pcapng(
+    capture: str | os.PathLike,
+    out: str | os.PathLike,
+    rows: Iterable[tuple],
+    allow_cut: bool = False,
+) -> None:
     """Write a pcapng copy of `capture` in which every scored packet carries a packet comment.
 
     The comment reads `deepnetprint.match=0.9312 target=cam` (filter: `frame.comment contains
     "deepnetprint.match"`). pcap and pcapng are read directly, any other format tshark reads is first
     converted with `editcap -F pcapng`. The copy appears at `out` only once complete. Raises
     AnnotateError (one line) on an unreadable capture, a bad row, or a row for a frame the capture lacks.
+    With `allow_cut`, a capture cut short in its last packet is copied up to the last whole packet.
 
     >>> write_commented_pcapng("cap.pcap", "cap.scored.pcapng", [(1, 0.93, "cam")])
     """
-    capture, out = Path(capture), Path(out)
+    try:
+        with atomic_output(out, "wb") as handle:
+            write_commented_pcapng_to(capture, handle, rows, out_name=out, allow_cut=allow_cut)
+    except OutputError as e:
+        raise AnnotateError(str(e)) from None
+
+
+def write_commented_pcapng_to(
+    capture: str | os.PathLike,
+    handle: BinaryIO,
+    rows: Iterable[tuple[int, float, str]],
+    out_name: str | os.PathLike = "the output",
+    allow_cut: bool = False,
+) -> None:
+    """The commented copy's content, into an open binary file; errors writing it name `out_name`."""
+    capture = Path(capture)
     comments: dict[int, str] = {}
     try:
         for row in rows:
@@ -354,8 +367,9 @@ def write_commented_pcapng(capture: str | os.PathLike, out: str | os.PathLike, r
         raise AnnotateError(f"{capture}: {e.strerror or e}") from None
     if len(magic) < 4:
         raise AnnotateError(f"{capture}: empty or too short to be a capture")
+    writer = _Writer(handle, out_name)
     if magic in _PCAP_MAGICS or struct.unpack("<I", magic)[0] == _SHB:
-        _write_from(capture, out, magic, comments)
+        _write_from(capture, writer, magic, comments, allow_cut)
         return
     # Other formats (gzip-compressed, snoop, ERF, ...): let editcap turn them into pcapng first; it
     # keeps the frames in order, so the frame numbers still hold.
@@ -370,15 +384,28 @@ def write_commented_pcapng(capture: str | os.PathLike, out: str | os.PathLike, r
             text=True,
             stdin=subprocess.DEVNULL,
         )
-        if done.returncode != 0:
+        if done.returncode != 0 and not (allow_cut and converted.exists()):
             lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
             raise AnnotateError(f"{capture}: {lines[0] if lines else 'editcap could not read it'}")
-        _write_from(converted, out, _sniff(converted), comments)
+        _write_from(converted, writer, _sniff(converted), comments, allow_cut)
 
 
-def _write_from(capture: Path, out: Path, magic: bytes, comments: dict[int, str]) -> None:
+class _Writer:
+    """The output file, whose errors name the output: a full disk is not the capture's fault."""
+
+    def __init__(self, handle: BinaryIO, name: str | os.PathLike):
+        self.handle, self.name = handle, name
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.handle.write(data)
+        except OSError as e:
+            raise AnnotateError(f"cannot write {self.name}: {e.strerror or e}") from None
+
+
+def _write_from(capture: Path, w: _Writer, magic: bytes, comments: dict[int, str], allow_cut: bool) -> None:
     try:
-        with open(capture, "rb") as f, _atomic_output(out) as w:
+        with open(capture, "rb") as f:
             if magic in _PCAP_MAGICS:
                 f.read(4)
                 blocks = _pcap_blocks(f, magic, comments)
@@ -386,10 +413,18 @@ def _write_from(capture: Path, out: Path, magic: bytes, comments: dict[int, str]
                 blocks = _pcapng_blocks(f, comments)
             while True:
                 try:
-                    w.write(next(blocks))
+                    block = next(blocks)
                 except StopIteration as done:
                     frames = done.value
                     break
+                except _CutShort as e:
+                    # A capture copied while still being written ends inside its last packet: the
+                    # scan scored the whole frames before it, and the copy holds exactly those.
+                    if not (allow_cut and e.frames > 0):
+                        raise
+                    frames = e.frames
+                    break
+                w.write(block)
             beyond = [frame for frame in comments if frame > frames]
             if beyond:
                 raise AnnotateError(

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,14 @@ TSHARK_PREFS = (
 
 class CaptureError(Exception):
     """A capture could not be read: the message is one line for the user."""
+
+
+class CaptureTruncated(UserWarning):
+    """A capture ends in the middle of a packet; the packets before the cut were read."""
+
+
+# What tshark says of a file that ends inside a packet (pcap and pcapng alike).
+_CUT_SHORT = "cut short in the middle of a packet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +207,12 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
         reader = _ReadAhead(proc.stdout)
+        last = None
         try:
             for line in reader.lines():
-                yield _parse_line(line)
+                packet = _parse_line(line)
+                last = packet.frame
+                yield packet
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -208,8 +220,17 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
             proc.wait()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
-    # tshark exits 2 on a capture cut short after printing what it could read; a cut capture is
-    # bad input all the same, so the caller hears about it instead of silently scoring part of it.
+    # tshark exits 2 on a capture cut short after printing what it could read. A capture copied
+    # while it was being written ends that way, and its packets are evidence: they are kept, and the
+    # caller is warned (a CaptureTruncated warning) where reading stopped. Nothing read is an error.
+    if proc.returncode != 0 and _CUT_SHORT in stderr and last is not None:
+        where = (
+            f"the packets before the cut were read (the last matching the filter is frame {last})"
+            if display_filter
+            else f"after frame {last}; frames 1 to {last} were read"
+        )
+        warnings.warn(CaptureTruncated(f"{path}: the capture is {_CUT_SHORT} {where}"), stacklevel=2)
+        return
     if proc.returncode != 0:
         msg = _first_error_line(stderr)
         # tshark echoes a filter it cannot compile under its complaint.

@@ -64,7 +64,9 @@ BRAND_PREFIXES = {"D-Link": "D-Link", "EdimaxPlug": "Edimax", "TP-Link": "TP-Lin
 
 DEV_CAPTURES = 10  # captures 1-10 of each device are the development half, 11-20 the test half
 ENROLL_PACKETS = 20
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "iot-sentinel"
+# Relative to the working folder, not to this file: after `pip install .` this file lives in
+# site-packages, where no data set is.
+DEFAULT_DATA = Path("..") / "shared" / "data" / "iot-sentinel"
 
 _CAPTURE_RE = re.compile(r"Setup-([A-Za-z]+)-(\d+)-")
 
@@ -106,9 +108,9 @@ class Device:
 
 
 def default_data_dir() -> Path:
-    """The data folder: $DNP_DATA, else ../shared/data/iot-sentinel beside the checkout."""
+    """The data folder: $DNP_DATA, else ../shared/data/iot-sentinel from the working folder."""
     env = os.environ.get("DNP_DATA")
-    return Path(env) if env else DEFAULT_DATA
+    return Path(env) if env else (Path.cwd() / DEFAULT_DATA).resolve()
 
 
 def load_devices(root: str | os.PathLike | None = None) -> list[Device]:

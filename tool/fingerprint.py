@@ -14,7 +14,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,14 +160,9 @@ def _digest(payload: dict[str, Any]) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write text to path through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from tool.files import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _require(cond: bool, what: str) -> None:
@@ -182,8 +178,12 @@ def parse(text: str, origin: str = "fingerprint") -> Fingerprint:
     """Validate a fingerprint's JSON text and build it; any defect is a one-line FingerprintError."""
     try:
         data = json.loads(text, parse_constant=lambda c: math.nan)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except json.JSONDecodeError as e:
         raise FingerprintError(f"{origin}: not a fingerprint (invalid JSON: {e.msg})") from None
+    except RecursionError:
+        raise FingerprintError(f"{origin}: not a fingerprint (JSON nested too deeply)") from None
+    except ValueError:  # what json raises besides JSONDecodeError: an integer of thousands of digits
+        raise FingerprintError(f"{origin}: not a fingerprint (a number too long to read)") from None
     _require(isinstance(data, dict), f"{origin}: not a fingerprint (a JSON object is expected)")
     _require(data.get("format") == FORMAT, f"{origin}: not a fingerprint (format is not {FORMAT!r})")
     _require(
@@ -229,6 +229,10 @@ def parse(text: str, origin: str = "fingerprint") -> Fingerprint:
     )
     source = data.get("source", {})
     _require(isinstance(source, dict), f"{origin}: damaged fingerprint (bad source)")
+    _require(
+        isinstance(data.get("created", ""), str) and isinstance(data.get("tool_version", ""), str),
+        f"{origin}: damaged fingerprint (bad created or tool_version)",
+    )
     return Fingerprint(
         name=name,
         prototype=[float(x) for x in prototype],
@@ -244,12 +248,7 @@ def parse(text: str, origin: str = "fingerprint") -> Fingerprint:
 def load(path: str | os.PathLike, model: Model | None = None) -> Fingerprint:
     """Read and validate a fingerprint file; with a model, also check it belongs to that model."""
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise FingerprintError(f"{path}: not a fingerprint (larger than {MAX_FILE_BYTES >> 20} MB)")
-        raw = path.read_bytes()
-    except OSError as e:
-        raise FingerprintError(f"{path}: {e.strerror or e}") from None
+    raw = read_bounded(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -261,6 +260,31 @@ def load(path: str | os.PathLike, model: Model | None = None) -> Fingerprint:
         except FingerprintError as e:
             raise FingerprintError(f"{path}: {e}") from None
     return fingerprint
+
+
+def read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; FingerprintError otherwise.
+
+    /dev/zero would fill memory and a FIFO would block in open(): both are refused from their type,
+    the file is opened without blocking, and the read stops one byte past the limit.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise FingerprintError(f"{path}: not a fingerprint (not a regular file)")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise FingerprintError(f"{path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            # Swapped for something else between the stat and the open: look again at what is open.
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise FingerprintError(f"{path}: not a fingerprint (not a regular file)")
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise FingerprintError(f"{path}: {e.strerror or e}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise FingerprintError(f"{path}: not a fingerprint (larger than {MAX_FILE_BYTES >> 20} MB)")
+    return raw
 
 
 def enroll(
@@ -292,6 +316,9 @@ def enroll(
         raise FingerprintError("select the device with exactly one of a MAC or a display filter")
     if count < MIN_SUPPORT:
         raise FingerprintError(f"--count must be at least {MIN_SUPPORT}")
+    if display_filter is not None and not display_filter.strip():
+        raise FingerprintError("the display filter is empty: it would select every host's packets")
+    name = check_name(name) if name is not None else default_name(captures[0])
     if mac is not None:
         mac = normalise_mac(mac)
         display_filter = f"eth.src == {mac}"
@@ -332,7 +359,15 @@ def enroll(
         "frames": used[0]["frames"],
         "captures": used,
     }
-    return Fingerprint.from_packets(model, packets, name or Path(captures[0]).stem, source)
+    fingerprint = Fingerprint.from_packets(model, packets, name, source)
+    size = len(fingerprint.to_json().encode("utf-8"))
+    if size > MAX_FILE_BYTES:
+        # dnp-scan refuses to read a file this large: better to say so now than to write it.
+        raise FingerprintError(
+            f"{count} packets make a fingerprint of {size >> 10} KB, over the {MAX_FILE_BYTES >> 10} KB "
+            "dnp-scan reads: lower --count"
+        )
+    return fingerprint
 
 
 def normalise_mac(mac: str) -> str:
@@ -344,3 +379,25 @@ def normalise_mac(mac: str) -> str:
     if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
         raise FingerprintError(f"{mac!r} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
     return digits
+
+
+# What --name accepts: a name that shows the same in a terminal, a CSV cell, a Wireshark column and a
+# file name, and that dnp-scan will read back (it refuses names over 200 characters).
+NAME_MAX = 64
+_NAME_RE = re.compile(r"[A-Za-z0-9._+@ -]+")
+
+
+def check_name(name: str) -> str:
+    """The name if it is in the safe set (letters, digits, `._-+@` and spaces, 1 to 64), else an error."""
+    if not (0 < len(name) <= NAME_MAX and _NAME_RE.fullmatch(name) and name.strip() == name):
+        raise FingerprintError(
+            f"--name {name!r}: use 1 to {NAME_MAX} letters, digits, spaces or ._-+@ "
+            "(no leading or trailing space)"
+        )
+    return name
+
+
+def default_name(capture: str | os.PathLike) -> str:
+    """The capture's file name without its extension, unsafe characters replaced by '_'."""
+    stem = re.sub(r"[^A-Za-z0-9._+@ -]", "_", Path(capture).stem).strip()[:NAME_MAX].strip()
+    return stem or "device"

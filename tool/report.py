@@ -1,14 +1,12 @@
-"""Reports of a scan: rich tables for a person, CSV rows for a spreadsheet, atomic output files.
+"""Reports of a scan: rich tables for a person, CSV rows for a spreadsheet.
 
-Every output file is written to a temporary file beside its destination and renamed into place
-only when the scan has finished, so a failed or interrupted scan never leaves half a file.
+Every string in a table comes from a capture or a fingerprint someone else made, so it goes in as
+rich Text (see `cell`): shown, never interpreted as markup, emoji codes or terminal commands.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.text import Text
 
     from tool.fingerprint import Fingerprint
     from tool.scan import ScanResult
@@ -23,24 +22,33 @@ if TYPE_CHECKING:
 CSV_HEADER = ("frame", "time", "eth_src", "eth_dst", "protocol", "info")
 
 
-class PendingFile:
-    """A file being written next to `path`, renamed into place by `commit`, removed by `discard`."""
+def printable(text: str) -> str:
+    """Control characters (an ESC in a file name, a packet, a fingerprint) written as escapes.
 
-    def __init__(self, path: str | os.PathLike, newline: str | None = None):
-        self.path = Path(path)
-        directory = self.path.parent if str(self.path.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=directory)
-        self.tmp = Path(tmp)
-        self.handle: IO[str] = os.fdopen(fd, "w", encoding="utf-8", newline=newline)
+    Raw, they would reach the terminal and be obeyed: clear the screen, set the title, hide text.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in text)
 
-    def commit(self) -> None:
-        self.handle.close()
-        os.replace(self.tmp, self.path)
 
-    def discard(self) -> None:
-        if not self.handle.closed:
-            self.handle.close()
-        self.tmp.unlink(missing_ok=True)
+def cell(text: object, style: str = "") -> Text:
+    """Text shown as it is: no rich markup, no :emoji: codes (a MAC holds ':cd:'), no control codes."""
+    from rich.text import Text
+
+    return Text(printable(str(text)), style=style)
+
+
+def console(**kwargs: object) -> Console:
+    """The console every command prints to: markup and emoji codes off, whatever the data holds."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1 here; the command's entry point owns exit statuses (141, as a shell).
+            raise BrokenPipeError(32, "Broken pipe")
+
+    return _Console(markup=False, emoji=False, highlight=False, **kwargs)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -115,8 +123,10 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
     names = [f["name"] for f in result.fingerprints]
     calibrated = any("false_match" in row for row in result.hosts)
     hosts = Table(
-        title=f"Hosts in {Path(result.capture).name}: {result.packets} packets, "
-        f"host score = {result.host_score}, verdict at {result.rule}",
+        title=cell(
+            f"Hosts in {Path(result.capture).name}: {result.packets} packets, "
+            f"host score = {result.host_score}, verdict at {result.rule}"
+        ),
         box=style,
         title_justify="left",
     )
@@ -124,17 +134,17 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
     hosts.add_column("IPs")
     hosts.add_column("packets", justify="right")
     for name in names:
-        hosts.add_column(name, justify="right")
+        hosts.add_column(cell(name), justify="right")
     if calibrated:
         hosts.add_column("false-match rate", justify="right")
     hosts.add_column("verdict")
     for row in result.hosts[:max_hosts]:
-        cells = [_fmt(row["match"][n]) for n in names]
+        cells = [cell(_fmt(row["match"][n])) for n in names]
         if calibrated:
-            cells.append(_rate(row["false_match"][row["best"]], result.cohort_hosts))
-        verdict = f"[bold green]{row['verdict']}[/]" if row["verdict"] else "-"
+            cells.append(cell(_rate(row["false_match"][row["best"]], result.cohort_hosts)))
+        verdict = cell(row["verdict"], "bold green") if row["verdict"] else cell("-")
         ips = ", ".join(row["ips"][:3]) + (" ..." if len(row["ips"]) > 3 else "")
-        hosts.add_row(row["mac"], ips, str(row["packets"]), *cells, verdict)
+        hosts.add_row(cell(row["mac"]), cell(ips), cell(row["packets"]), *cells, verdict)
     if len(result.hosts) > max_hosts:
         hosts.caption = f"{len(result.hosts) - max_hosts} more hosts in --json"
     console.print(hosts)
@@ -152,13 +162,13 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
     packets.add_column("p", justify="right")
     for row in result.top_packets:
         packets.add_row(
-            str(row["frame"]),
-            _clock(row["time"]),
-            row["eth_src"],
-            row["protocol"],
-            row["info"],
-            row["target"],
-            _fmt(row["probability"]),
+            cell(row["frame"]),
+            cell(_clock(row["time"])),
+            cell(row["eth_src"]),
+            cell(row["protocol"]),
+            cell(row["info"]),
+            cell(row["target"]),
+            cell(_fmt(row["probability"])),
         )
     console.print(packets)
 
@@ -169,7 +179,7 @@ def print_fingerprint(console: Console, fingerprint: Fingerprint, path: str) -> 
     from rich.table import Table
 
     table = Table(
-        title=f"Fingerprint {fingerprint.name!r} -> {path}",
+        title=cell(f"Fingerprint {fingerprint.name!r} -> {path}"),
         box=box.ASCII if not console.is_terminal else box.SIMPLE_HEAVY,
         title_justify="left",
     )
@@ -177,5 +187,5 @@ def print_fingerprint(console: Console, fingerprint: Fingerprint, path: str) -> 
     table.add_column("length", justify="right")
     table.add_column("masked text the model reads", overflow="fold")
     for s in fingerprint.support:
-        table.add_row(str(s.frame), str(s.length), s.text.replace("\t", "  "))
+        table.add_row(cell(s.frame), cell(s.length), cell(s.text.replace("\t", "  ")))
     console.print(table)

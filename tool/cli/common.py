@@ -6,8 +6,10 @@ does not match a fingerprint) ends in one line on stderr and exit status 2, neve
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -15,10 +17,12 @@ import click
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+# 128 + SIGPIPE: what a shell reports for `cmd | head` when cmd is killed by the broken pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; outputs in progress are discarded."""
+    """SIGINT, SIGTERM or SIGHUP arrived; outputs in progress are discarded."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -29,10 +33,61 @@ def _raise_interrupted(signum: int, _frame: object) -> None:
     raise Interrupted(signum)
 
 
-def fail(prog: str, message: str, code: int = EXIT_ERROR) -> NoReturn:
-    first = " ".join(str(message).split()) or "failed"
-    click.echo(f"{prog}: error: {first}", err=True)
+def one_line(message: object) -> str:
+    """The message on one line, control characters (a file name's ESC) written as escapes."""
+    from tool.report import printable
+
+    return printable(" ".join(str(message).split()))
+
+
+def fail(prog: str, message: object, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"{prog}: error: {one_line(message) or 'failed'}", err=True)
     sys.exit(code)
+
+
+def require_stdout() -> None:
+    """Refuse to start work whose result goes to a standard output that was closed (`>&-`)."""
+    closed = sys.stdout is None or isinstance(sys.stdout, _ClosedStdout)
+    if not closed:
+        try:
+            os.fstat(sys.stdout.fileno())
+        except OSError:
+            closed = True
+        except (AttributeError, ValueError):  # not a file (a test's StringIO): it can be written
+            pass
+    if closed:
+        raise OSError("standard output is closed; redirect it (>/dev/null) or use --quiet")
+
+
+class _ClosedStdout:
+    """Stands in for a closed stdout: any write is one clear error, not an AttributeError on None."""
+
+    def write(self, _text: str) -> int:
+        require_stdout()
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _show_warning(prog: str) -> Callable[..., None]:
+    def show(message: Warning | str, *_args: object, **_kwargs: object) -> None:
+        click.echo(f"{prog}: warning: {one_line(message)}", err=True)
+
+    return show
+
+
+def _broken_pipe() -> NoReturn:
+    # Python would flush stdout again at exit and print "Exception ignored": point it at /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.__stdout__.fileno())  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):
+        pass
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 def run(command: click.Command, prog: str) -> Callable[[], None]:
@@ -44,13 +99,29 @@ def run(command: click.Command, prog: str) -> Callable[[], None]:
 
         errors: tuple[type[BaseException], ...] = (CaptureError, FingerprintError, OSError, ValueError)
         from tool.annotate import AnnotateError
+        from tool.files import OutputError
         from tool.model import ModelError
 
-        errors += (AnnotateError, ModelError)
+        errors += (AnnotateError, ModelError, OutputError)
         signal.signal(signal.SIGTERM, _raise_interrupted)
         signal.signal(signal.SIGINT, _raise_interrupted)
+        # A closed terminal (or ssh session) hangs up: its temporary files go too.
+        signal.signal(signal.SIGHUP, _raise_interrupted)
+        if sys.stdout is None:
+            sys.stdout = _ClosedStdout()  # type: ignore[assignment]
+        warnings.showwarning = _show_warning(prog)
         try:
-            code = command.main(prog_name=prog, standalone_mode=False)
+            try:
+                code = command.main(prog_name=prog, standalone_mode=False)
+                sys.stdout.flush()  # a broken pipe shows here, while it can still be handled
+            except SystemExit:
+                # click turns a broken pipe into exit 1 after wrapping stdout; a reader that
+                # stopped early (`| head`) is not a failure of this command, so say it as a shell does.
+                if isinstance(sys.stdout, click.utils.PacifyFlushWrapper):
+                    _broken_pipe()
+                raise
+        except BrokenPipeError:
+            _broken_pipe()
         except click.exceptions.Exit as e:
             code = e.exit_code
         except click.ClickException as e:
@@ -59,11 +130,12 @@ def run(command: click.Command, prog: str) -> Callable[[], None]:
             fail(prog, "aborted", EXIT_INTERRUPTED)
         except Interrupted as e:
             # 128 + the signal, as a shell reports a process the signal ended.
-            fail(prog, f"interrupted by {e}; no output written", 128 + e.signum)
+            from tool.files import committed
+
+            done = "the outputs were written before it" if committed else "no output written"
+            fail(prog, f"interrupted by {e}; {done}", 128 + e.signum)
         except errors as e:
             fail(prog, str(e))
-        except BrokenPipeError:
-            sys.exit(EXIT_ERROR)
         sys.exit(code or 0)
 
     return main

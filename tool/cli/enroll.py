@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tool.cli.common import run
+from tool.cli.common import require_stdout, run
 from tool.constants import MIN_PACKETS, PACKETS
 
 EXAMPLE = """
@@ -26,7 +26,10 @@ Examples:
     show_default=True,
     help=f"How many packets to learn from (at least {MIN_PACKETS}), in capture order, across the captures.",
 )
-@click.option("--name", help="The fingerprint's name.  [default: the capture's name]")
+@click.option(
+    "--name",
+    help="The fingerprint's name: 1 to 64 letters, digits, spaces or ._-+@.  [default: the capture's name]",
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .fp file to write.")
 @click.option(
     "--models", type=click.Path(exists=True, file_okay=False), help="Model folder (default: shipped)."
@@ -49,20 +52,26 @@ def command(
     is measured with are welcome (the model card's learning curve says what they buy).
     Exit status: 0 on success, 2 on error (fewer packets than --count, a bad capture, a bad MAC or filter).
     """
-    from rich.console import Console
-
-    from tool.fingerprint import enroll
+    from tool.files import check_outputs
+    from tool.fingerprint import check_name, enroll
     from tool.model import Model
-    from tool.report import print_fingerprint
+    from tool.report import console, print_fingerprint
 
     if (mac is None) == (display_filter is None):
         raise click.UsageError("give exactly one of --mac or --filter")
+    if display_filter is not None and not display_filter.strip():
+        raise click.UsageError("--filter is empty: it would select every host's packets")
+    if name is not None:
+        check_name(name)
+    check_outputs({"-o": output}, {"the capture": list(captures)})
+    if not quiet:
+        require_stdout()
     fingerprint = enroll(
         captures, mac=mac, display_filter=display_filter, count=count, name=name, model=Model.load(models)
     )
     fingerprint.save(output)
     if not quiet:
-        print_fingerprint(Console(), fingerprint, output)
+        print_fingerprint(console(), fingerprint, output)
 
 
 main = run(command, "dnp-enroll")

@@ -33,7 +33,7 @@ METHOD_TITLES = {"deepnetprint": "DeepNetPrint", "ngram": "n-gram", "iot_sentine
     "--data",
     type=click.Path(exists=True, file_okay=False),
     help="Data folder, one sub-folder per device type with _iotdevice-mac.txt "
-    "(default: $DNP_DATA, else ../shared/data/iot-sentinel).",
+    "(default: $DNP_DATA, else ../shared/data/iot-sentinel from the working folder).",
 )
 @click.option(
     "--json", "json_path", metavar="PATH", help="Write the report as JSON ('-': only JSON, to stdout)."
@@ -87,6 +87,9 @@ def command(
         _need("sklearn", "--baselines")
     if plot_dir:
         _need("matplotlib", "--plot")
+    from tool.files import check_outputs
+
+    check_outputs({"--json": json_path}, {})
     try:
         _check_data(data)
         status.say("loading the model")
@@ -151,7 +154,9 @@ def _check_data(data: str | None) -> None:
     try:
         load_devices(data)
     except CaptureError as e:
-        raise EvaluationError(str(e)) from None
+        raise EvaluationError(
+            f"{e}; give the data set's folder with --data DIR or the environment variable DNP_DATA"
+        ) from None
 
 
 def _default_data() -> Path:

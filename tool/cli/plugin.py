@@ -6,15 +6,14 @@ fields deepnetprint.match and deepnetprint.target; docs/wireshark.md says how to
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import click
 
 from tool.cli.common import run
+from tool.files import atomic_output, check_outputs
 
 PLUGIN = "deepnetprint.lua"
 
@@ -86,16 +85,10 @@ def install(folder: str | None) -> None:
     target_dir = Path(folder) if folder else personal_lua_plugins()
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / PLUGIN
+    check_outputs({"--folder": str(target)}, {"the shipped plugin": [str(source)]})
     # Copy then rename: a Wireshark starting meanwhile sees the old plugin or the new one, never half.
-    fd, tmp = tempfile.mkstemp(prefix=f".{PLUGIN}.", dir=target_dir)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(target, "wb") as out, open(source, "rb") as f:
+        shutil.copyfileobj(f, out)
     click.echo(f"Installed the DeepNetPrint plugin: {target}")
     click.echo(AFTER_INSTALL)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 
 import click
 
-from tool.cli.common import run
+from tool.cli.common import require_stdout, run
 from tool.constants import HOST_SCORES, MAX_FALSE_MATCH, SET_SCORES
 from tool.constants import PACKETS as HOST_PACKETS
 from tool.report import PacketRow
@@ -38,6 +40,19 @@ def _verdict_help() -> str:
         return "no cohort ships with this model: the verdict falls back to --threshold 0.5"
 
 
+def _finite(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets NaN through (every comparison with it is false); the JSON would then hold NaN.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number")
+    return value
+
+
+def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty filter; leave the option out to scan every packet")
+    return value
+
+
 @click.command(epilog=EXAMPLE)
 @click.argument("capture", type=click.Path(exists=True, dir_okay=False))
 @click.option(
@@ -52,12 +67,14 @@ def _verdict_help() -> str:
 @click.option(
     "--max-false-match",
     type=click.FloatRange(0, 1, min_open=True),
+    callback=_finite,
     help="The verdict: a host matches when at most this share of other devices' hosts (the cohort "
     f"shipped with the model) reach its score; {_verdict_help()}.  [default: {MAX_FALSE_MATCH:g}]",
 )
 @click.option(
     "--threshold",
     type=click.FloatRange(-1, 1),
+    callback=_finite,
     help="The verdict on the raw host score instead (cosine for set, p(Target) for first20 / mean).",
 )
 @click.option(
@@ -75,7 +92,13 @@ def _verdict_help() -> str:
     show_default=True,
     help="How many of a host's first packets the set and first20 scores read.",
 )
-@click.option("--filter", "display_filter", metavar="FILTER", help="Only scan packets matching this filter.")
+@click.option(
+    "--filter",
+    "display_filter",
+    metavar="FILTER",
+    callback=_filter,
+    help="Only scan packets matching this filter.",
+)
 @click.option("--json", "json_path", metavar="PATH", help="Write the scan as JSON ('-' for stdout).")
 @click.option(
     "--csv",
@@ -117,20 +140,29 @@ def command(
     Every packet gets p(Target), the paper's per-packet probability; every host a score (by default
     the cosine between its first 20 packets and the fingerprint, as sets) and, from the cohort of
     other devices shipped with the model, a false-match rate. Exit status, as grep: 0 when some
-    host gets a verdict, 1 when none does, 2 on error. Output files are written only when the
-    scan completes.
+    host gets a verdict, 1 when none does, 2 on error, 141 when the reader of stdout stops early
+    (`| head`). Output files are written only when the scan completes, all of them together.
     """
-    from rich.console import Console
-
-    from tool.fingerprint import load
-    from tool.model import Model
-    from tool.report import PacketCsv, PendingFile, print_scan
-    from tool.scan import scan
+    from tool.files import AtomicFile, check_outputs, commit_all
 
     if threshold is not None and max_false_match is not None:
         raise click.UsageError("give --threshold or --max-false-match, not both")
     if max_false_match is not None and host_score not in SET_SCORES:
         raise click.UsageError("--max-false-match needs a set host score (set, set-all)")
+
+    # Everything that can be refused is refused before the model loads and the capture is read.
+    check_outputs(
+        {"--json": json_path, "--csv": csv_path, "--annotate": annotate, "--pcapng": pcapng},
+        {"the capture": [capture], "a fingerprint": list(fingerprints)},
+    )
+    if json_path == "-" or not quiet:
+        require_stdout()
+
+    from tool.fingerprint import load
+    from tool.model import Model
+    from tool.report import PacketCsv, console, print_scan
+    from tool.scan import scan
+
     model = Model.load(models)
     fps = [load(path, model) for path in fingerprints]
     names = [f.name for f in fps]
@@ -138,9 +170,22 @@ def command(
         raise click.UsageError(
             f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll"
         )
-    pending: list[PendingFile] = []
+    pending: list[AtomicFile] = []
     spool = None
     try:
+        # Every output is a temporary file beside its destination from the start, so a folder that
+        # turns unwritable fails now, and all of them are renamed into place together at the end.
+        outputs = {
+            key: AtomicFile(path, mode, **kw)
+            for key, path, mode, kw in (
+                ("csv", csv_path, "w", {"newline": ""}),
+                ("annotate", annotate, "w", {"newline": ""}),
+                ("pcapng", pcapng, "wb", {}),
+                ("json", json_path if json_path != "-" else None, "w", {}),
+            )
+            if path
+        }
+        pending.extend(outputs.values())
         if csv_path or annotate or pcapng:
             # Per-packet rows wait in a spool file until the hosts' scores are known (they join every
             # row as host_match); memory stays flat however long the capture.
@@ -151,53 +196,58 @@ def command(
         def on_packet(packet, probs) -> None:  # noqa: ANN001 - called per packet, kept lean
             if spool_writer:
                 spool_writer.writerow(
-                    (
-                        packet.frame,
-                        repr(packet.time),
-                        packet.eth_src,
-                        packet.eth_dst,
-                        packet.protocol,
-                        packet.info,
-                        *map(repr, probs.tolist()),
-                    )
-                )
+                    (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.protocol,
+                     packet.info, *map(repr, probs.tolist()))
+                )  # fmt: skip
             if progress is not None and packet.frame % 1024 == 0:
                 progress.update(packet.frame)
 
-        result = scan(
-            capture,
-            fps,
-            model,
-            threshold=threshold,
-            max_false_match=max_false_match,
-            host_score=host_score,
-            host_packets=host_packets,
-            display_filter=display_filter,
-            fingerprint_files=list(fingerprints),
-            on_packet=on_packet,
-        )
+        from tool.capture import CaptureTruncated
+
+        # Held until the progress counter is gone, so the warning is a line of its own.
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always", CaptureTruncated)
+            result = scan(
+                capture,
+                fps,
+                model,
+                threshold=threshold,
+                max_false_match=max_false_match,
+                host_score=host_score,
+                host_packets=host_packets,
+                display_filter=display_filter,
+                fingerprint_files=list(fingerprints),
+                on_packet=on_packet,
+            )
         if progress is not None:
             progress.stop()
+        for w in held:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        cut = any(issubclass(w.category, CaptureTruncated) for w in held)
+        if result.packets == 0:
+            raise click.ClickException(
+                f"no packet matches the filter {display_filter!r} in {capture}"
+                if display_filter
+                else f"{capture}: the capture holds no packets"
+            )
         if spool is not None:
-            from tool.annotate import write_commented_pcapng, write_sidecar
+            from tool.annotate import write_commented_pcapng_to, write_sidecar_to
 
             if csv_path:
-                csv_file = PendingFile(csv_path, newline="")
-                pending.append(csv_file)
-                packet_csv = PacketCsv(csv_file.handle, names)
+                packet_csv = PacketCsv(outputs["csv"].handle, names)
                 for row in _spooled(spool, result, names):
                     packet_csv.write(row)
             if annotate:
-                write_sidecar(annotate, (r.sidecar() for r in _spooled(spool, result, names)))
+                rows = (r.sidecar() for r in _spooled(spool, result, names))
+                write_sidecar_to(outputs["annotate"].handle, rows)
             if pcapng:
-                write_commented_pcapng(capture, pcapng, (r.sidecar() for r in _spooled(spool, result, names)))
-        if json_path and json_path != "-":
-            json_file = PendingFile(json_path)
-            pending.append(json_file)
-            json_file.handle.write(result.to_json())
-        for f in pending:
-            f.commit()
-        pending.clear()
+                rows = (r.sidecar() for r in _spooled(spool, result, names))
+                write_commented_pcapng_to(
+                    capture, outputs["pcapng"].handle, rows, out_name=pcapng, allow_cut=cut
+                )
+        if "json" in outputs:
+            outputs["json"].handle.write(result.to_json())
+        commit_all(pending)
     finally:
         for f in pending:
             f.discard()
@@ -207,7 +257,7 @@ def command(
         sys.stdout.write(result.to_json())
     elif not quiet:
         # A pipe gets no terminal width: a wide fixed one keeps Info texts on one line for grep.
-        print_scan(Console(width=None if sys.stdout.isatty() else 200), result)
+        print_scan(console(width=None if sys.stdout.isatty() else 200), result)
     return 0 if result.matched else 1
 
 
@@ -216,16 +266,9 @@ def _spooled(spool, result, names: list[str]) -> Iterator[PacketRow]:  # noqa: A
     spool.seek(0)
     hosts = {h["mac"]: h["score"] for h in result.hosts}
     for frame, time, src, dst, protocol, info, *probs in csv.reader(spool):
+        probabilities = [float(p) for p in probs]
         yield PacketRow(
-            int(frame),
-            float(time),
-            src,
-            dst,
-            protocol,
-            info,
-            [float(p) for p in probs],
-            names,
-            hosts.get(src),
+            int(frame), float(time), src, dst, protocol, info, probabilities, names, hosts.get(src)
         )
 
 

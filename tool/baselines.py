@@ -1,6 +1,6 @@
 """Baselines the deep model is measured against on dnp-23, through the same protocol code.
 
-- `NgramScorer`: the training-free matcher of EVALUATION.md. Character 2-5-gram TF-IDF of the
+- `NgramScorer`: the training-free matcher of docs/evaluation.md. Character 2-5-gram TF-IDF of the
   masked packet text (`tool.text.packet_text`), a device = the mean TF-IDF vector of its 20
   enrollment packets, a packet's score = its cosine to that mean (in [0, 1]: TF-IDF is non-negative).
 - `SentinelClassifier`: IoT Sentinel (Miettinen et al., ICDCS 2017), supervised: 23 features per
@@ -43,7 +43,7 @@ class NgramScorer:
         """`fit_texts`: the packet texts the vocabulary and idf are learnt from (the dev half)."""
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        # scikit-learn's defaults otherwise (lower-casing, smoothed idf, l2 rows): EVALUATION.md names none.
+        # scikit-learn's defaults otherwise (lower-casing, smoothed idf, l2 rows): the protocol names none.
         self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 5), dtype=np.float64)
         self.vectorizer.fit(list(fit_texts))
 

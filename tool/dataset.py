@@ -1,4 +1,4 @@
-"""The IoT Sentinel data set as the dnp-23 protocol sees it (../shared/EVALUATION.md).
+"""The IoT Sentinel data set as the dnp-23 protocol sees it (docs/evaluation.md).
 
 A data folder holds one folder per device type, each with its captures and `_iotdevice-mac.txt`.
 This module knows the split (seen / unseen devices, development / test halves), the capture
@@ -72,7 +72,7 @@ _CAPTURE_RE = re.compile(r"Setup-([A-Za-z]+)-(\d+)-")
 
 
 def brand(device: str) -> str:
-    """The vendor of a device type, as EVALUATION.md's brand_top1 counts it."""
+    """The vendor of a device type, as docs/evaluation.md's brand_top1 counts it."""
     if device in BRANDS:
         return BRANDS[device]
     for prefix, name in BRAND_PREFIXES.items():

@@ -1,4 +1,4 @@
-"""The dnp-23 evaluation protocol (../shared/EVALUATION.md): enrollment, test captures, the report.
+"""The dnp-23 evaluation protocol (docs/evaluation.md): enrollment, test captures, the report.
 
 A method is measured through a small `Scorer` interface (enroll a device from its packets, score
 packets against enrolled devices), so the shipped model and the training-free baselines go through
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 PROTOCOL = "dnp-23"
 CAPTURE_PACKETS = PACKETS  # a test capture is scored by the host score over its first 20 device packets
-THRESHOLD = 0.5  # packet_balanced_accuracy's p(Target) threshold (EVALUATION.md, metric 3)
-ENROLL_CURVE = (5, 10, 20, 50, 100)  # EVALUATION.md, metric 7
+THRESHOLD = 0.5  # packet_balanced_accuracy's p(Target) threshold (docs/evaluation.md, metric 3)
+ENROLL_CURVE = (5, 10, 20, 50, 100)  # docs/evaluation.md, metric 7
 QUERY_CURVE = (1, 5, 20, 50, None)  # None: all the capture's device packets
 
 
@@ -169,7 +169,7 @@ def tested_captures(device: Device, enrollment_captures: int, half: str = "test"
     """The captures a device is tested on: 11-20, or, in a smaller folder, those after enrollment.
 
     half="dev" tests on the development half instead, on the captures after enrollment up to 10:
-    where settings are chosen (EVALUATION.md), with the test half never read."""
+    where settings are chosen (docs/evaluation.md), with the test half never read."""
     n = len(device.captures)
     if half == "dev":
         return list(range(enrollment_captures, min(n, DEV_CAPTURES)))
@@ -344,7 +344,7 @@ def packet_metrics(ev: Evaluation) -> dict[str, dict[str, float]]:
 
 def host_metrics(ev: Evaluation) -> dict[str, Any]:
     """What dnp-scan does, one fingerprint against many hosts: host_rank1, host_auc, self_rank1, the
-    verdict's error rates at the product's default, and the learning curves (EVALUATION.md 5-8)."""
+    verdict's error rates at the product's default, and the learning curves (docs/evaluation.md 5-8)."""
     from tool.constants import FALLBACK_THRESHOLD
 
     assert ev.capture_scores is not None
@@ -396,7 +396,7 @@ def host_metrics(ev: Evaluation) -> dict[str, Any]:
 
 
 def summarise(ev: Evaluation) -> dict[str, Any]:
-    """The JSON report of one method (the keys EVALUATION.md lists, and a few more)."""
+    """The JSON report of one method (the keys docs/evaluation.md lists, and a few more)."""
     truth, pred, splits = ev.capture_devices, ev.capture_predicted, ev.splits
     brand_pred = [t if brand(t) == brand(p) else p for t, p in zip(truth, pred)]
     report: dict[str, Any] = {

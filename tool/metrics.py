@@ -1,4 +1,4 @@
-"""The numbers of the dnp-23 protocol (../shared/EVALUATION.md), computed from score tables.
+"""The numbers of the dnp-23 protocol (docs/evaluation.md), computed from score tables.
 
 Everything here is plain numpy on arrays, so the deep model and every baseline are measured by the
 same code: a method only has to produce, for each test packet, a probability per fingerprint (or,

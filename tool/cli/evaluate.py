@@ -1,4 +1,4 @@
-"""dnp-eval: the dnp-23 evaluation of the shipped model (../shared/EVALUATION.md), with baselines."""
+"""dnp-eval: the dnp-23 evaluation of the shipped model (docs/evaluation.md), with baselines."""
 
 from __future__ import annotations
 

@@ -196,8 +196,8 @@ def command(
         def on_packet(packet, probs) -> None:  # noqa: ANN001 - called per packet, kept lean
             if spool_writer:
                 spool_writer.writerow(
-                    (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.protocol,
-                     packet.info, *map(repr, probs.tolist()))
+                    (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.host,
+                     packet.protocol, packet.info, *map(repr, probs.tolist()))
                 )  # fmt: skip
             if progress is not None and packet.frame % 1024 == 0:
                 progress.update(packet.frame)
@@ -264,11 +264,11 @@ def command(
 def _spooled(spool, result, names: list[str]) -> Iterator[PacketRow]:  # noqa: ANN001 - a text file
     """The spooled packets, each with its host's score for the host's best fingerprint."""
     spool.seek(0)
-    hosts = {h["mac"]: h["score"] for h in result.hosts}
-    for frame, time, src, dst, protocol, info, *probs in csv.reader(spool):
+    hosts = {h["host"]: h["score"] for h in result.hosts}
+    for frame, time, src, dst, host, protocol, info, *probs in csv.reader(spool):
         probabilities = [float(p) for p in probs]
         yield PacketRow(
-            int(frame), float(time), src, dst, protocol, info, probabilities, names, hosts.get(src)
+            int(frame), float(time), src, dst, protocol, info, probabilities, names, hosts.get(host)
         )
 
 

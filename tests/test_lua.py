@@ -457,3 +457,32 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
         assert float(comments[frame][0].split()[0].split("=")[1]) == pytest.approx(
             max(expected[frame]), abs=6e-5
         )
+
+
+def test_sidecar_of_another_capture_is_refused_with_one_message(capture, frames, scores, env, tmp_path):
+    """A scores file saved as a preference applies to every capture opened later: the sidecar names
+    its capture, and on another one the plugin shows nothing and says so once."""
+    from tool.annotate import CaptureIdentity
+
+    path = tmp_path / "merged.scores.csv"
+    rows = [(f, s, t) for f, (s, t) in sorted(scores.items())]
+    write_sidecar(path, rows, CaptureIdentity.of(capture))
+    done = tshark(capture, *FIELD_ARGS, env=env, scores=path)
+    assert_shows(fields(done), frames, scores)  # its own capture: every score, no message
+    assert messages(done) == []
+    demo = ROOT / "examples" / "demo.pcapng"
+    # Another capture (the demo, 401 frames, all of them listed in the sidecar) and a copy of this
+    # one without its first frame (same packets, other numbers): nothing shown, one message.
+    shifted = tmp_path / "shifted.pcapng"
+    subprocess.run(["editcap", "-r", str(capture), str(shifted), f"2-{len(frames)}"], check=True)
+    for other, count in ((demo, 401), (shifted, len(frames) - 1)):
+        done = tshark(other, *FIELD_ARGS, env=env, scores=path)
+        assert_shows(fields(done), list(range(1, count + 1)), {})
+        found = messages(done)
+        assert len(found) == 1, done.stderr
+        assert "holds the scores of merged.pcapng, not of this one (frame 1 is at" in found[0]
+        assert "no scores shown" in found[0]
+        # and the same through the preference, as the GUI saves it
+        done = tshark(other, "-o", f"deepnetprint.scores_file:{path}", *FIELD_ARGS, env=env)
+        assert_shows(fields(done), list(range(1, count + 1)), {})
+        assert len(messages(done)) == 1

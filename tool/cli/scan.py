@@ -231,7 +231,7 @@ def command(
                 else f"{capture}: the capture holds no packets"
             )
         if spool is not None:
-            from tool.annotate import write_commented_pcapng_to, write_sidecar_to
+            from tool.annotate import CaptureIdentity, write_commented_pcapng_to, write_sidecar_to
 
             if csv_path:
                 packet_csv = PacketCsv(outputs["csv"].handle, names)
@@ -239,7 +239,9 @@ def command(
                     packet_csv.write(row)
             if annotate:
                 rows = (r.sidecar() for r in _spooled(spool, result, names))
-                write_sidecar_to(outputs["annotate"].handle, rows)
+                # The sidecar names its capture, so the plugin shows no scores on another one (a
+                # scores file saved as a Wireshark preference applies to every capture opened later).
+                write_sidecar_to(outputs["annotate"].handle, rows, CaptureIdentity.of(capture))
             if pcapng:
                 rows = (r.sidecar() for r in _spooled(spool, result, names))
                 write_commented_pcapng_to(

@@ -4,7 +4,9 @@
 -- It reads the scores sidecar that `dnp-scan CAPTURE --fingerprint A.fp --annotate PATH` writes: a CSV
 -- with the header `frame,score,target,host_match` and one row per scored frame (frame numbers as
 -- Wireshark numbers the frames of that capture file). Frames that are not in the sidecar get nothing.
--- A sidecar of an older dnp-scan, with the header `frame,score,target`, still reads.
+-- A sidecar of an older dnp-scan, with the header `frame,score,target`, still reads. A sidecar of this
+-- dnp-scan starts with a line naming its capture (frame count, first frames' timestamps): on another
+-- capture the plugin shows nothing and says so once.
 --
 -- Fields (a contract with the analyst: filters, columns and `tshark -e` use them; never rename them):
 --   deepnetprint         the protocol: present on every scored frame
@@ -105,6 +107,15 @@ local loaded_content = nil
 local last_message = nil
 local held_message = nil -- tshark: a bad-rows message held to the end of the pass, see check_beyond
 local max_seen = 0    -- highest frame number dissected in this pass
+-- The capture the sidecar was written for (its first line `#deepnetprint frames=N first=T1,T2,T3
+-- capture=NAME`; older sidecars have none and are not checked). A scores file saved as a preference
+-- applies to every capture opened later: frames 1 to #id_first are checked against the recorded
+-- timestamps as they are dissected, and so is any frame past id_frames.
+local id_frames = math.huge
+local id_first = {}
+local id_name = nil
+local id_check = 0     -- the dissector checks frames up to this number, and beyond id_frames
+local refused = false  -- this sidecar was refused for the capture at hand; nothing is shown
 
 local function tell(msg)
     -- Once per distinct message: init runs several times per file and must not repeat itself.
@@ -182,11 +193,26 @@ local function parse_sidecar(content, path)
     if string.sub(content, 1, 3) == "\239\187\191" then
         pos = 4 -- a UTF-8 byte order mark, as spreadsheets write it
     end
+    local identity = nil
+    if string.sub(content, pos, pos) == "#" then
+        local line_end = string.find(content, "\n", pos, true) or (#content + 1)
+        local line = string.gsub(string.sub(content, pos, line_end - 1), "\r$", "")
+        local frames, first, name = string.match(line, "^#deepnetprint frames=(%d+) first=([%d.,]*) capture=(.*)$")
+        if not frames then
+            return new_scores, new_targets, new_hosts, top,
+                path .. ": line 1 is not #deepnetprint frames=N first=T1,... capture=NAME", nil
+        end
+        identity = { frames = tonumber(frames), first = {}, name = name }
+        for t in string.gmatch(first, "[^,]+") do
+            identity.first[#identity.first + 1] = tonumber(t)
+        end
+        pos = line_end + 1
+    end
     local header, after = parse_record(content, pos)
     if not header or (#header ~= 3 and #header ~= 4) or header[1] ~= "frame" or header[2] ~= "score"
         or header[3] ~= "target" or (#header == 4 and header[4] ~= "host_match") then
         return new_scores, new_targets, new_hosts, top,
-            path .. " does not start with the header frame,score,target,host_match"
+            path .. " does not start with the header frame,score,target,host_match", identity
     end
     local width = #header
     local fast = '^(%d+),([-+%d.eE]+),([^,"\r\n]*)\r?\n()'
@@ -276,7 +302,7 @@ local function parse_sidecar(content, path)
     if bad > 0 then
         msg = path .. ": " .. bad .. " bad row(s) skipped, first at " .. first_bad
     end
-    return new_scores, new_targets, new_hosts, top, msg
+    return new_scores, new_targets, new_hosts, top, msg, identity
 end
 
 local function scores_path()
@@ -346,21 +372,29 @@ local function load_sidecar()
     if path == nil or path == "" then
         scores, targets, hosts, max_frame = {}, {}, {}, 0
         loaded_path, loaded_content = path, nil
+        id_frames, id_first, id_name, id_check = math.huge, {}, nil, 0
         return
     end
     local content, err = read_sidecar(path)
     if not content then
         scores, targets, hosts, max_frame = {}, {}, {}, 0
         loaded_path, loaded_content = path, nil
+        id_frames, id_first, id_name, id_check = math.huge, {}, nil, 0
         tell(err)
         return
     end
     if path == loaded_path and content == loaded_content then
         return
     end
-    local msg
-    scores, targets, hosts, max_frame, msg = parse_sidecar(content, path)
+    local msg, identity
+    scores, targets, hosts, max_frame, msg, identity = parse_sidecar(content, path)
     loaded_path, loaded_content = path, content
+    if identity then
+        id_frames, id_first, id_name = identity.frames, identity.first, identity.name
+    else
+        id_frames, id_first, id_name = math.huge, {}, nil
+    end
+    id_check = #id_first
     if msg and not (gui_enabled and gui_enabled()) then
         -- Under tshark the end of the pass may add frames beyond the capture: one message says both.
         held_message = msg
@@ -399,9 +433,39 @@ local function check_beyond()
     end
 end
 
+-- The sidecar belongs to another capture: show nothing from it, say so once. Parsed again at the next
+-- init, so opening the right capture shows its scores.
+local function refuse(why)
+    scores, targets, hosts, max_frame = {}, {}, {}, 0
+    loaded_content = nil
+    held_message = nil
+    refused = true
+    id_check, id_frames = 0, math.huge
+    tell(loaded_path .. " holds the scores of " .. (id_name ~= "" and id_name or "another capture")
+        .. ", not of this one (" .. why .. "): no scores shown")
+end
+
+-- Frame `frame` of the capture at hand against the sidecar's identity.
+local function check_identity(frame, pinfo)
+    if frame > id_frames then
+        refuse("it has more than the " .. string.format("%d", id_frames) .. " frames scored")
+        return
+    end
+    local want = id_first[frame]
+    local got = pinfo.abs_ts
+    -- Decimal seconds read as doubles are about 0.24 microseconds apart at today's epoch seconds.
+    if want and math.abs(got - want) > 2e-6 then
+        refuse(string.format("frame %d is at %.6f, the scored capture's at %.6f", frame, got, want))
+    end
+end
+
 function deepnetprint.init()
     check_beyond()
     max_seen = 0
+    if refused then
+        refused = false
+        last_message = nil -- the same wrong file on the next capture is news again
+    end
     -- A Lua error here would stop every later dissection: any surprise becomes one message.
     local ok, err = pcall(load_sidecar)
     if not ok then
@@ -414,6 +478,9 @@ function deepnetprint.dissector(tvb, pinfo, tree)
     local frame = pinfo.number
     if frame > max_seen then
         max_seen = frame
+    end
+    if frame <= id_check or frame > id_frames then
+        check_identity(frame, pinfo)
     end
     local score = scores[frame]
     if score == nil then

@@ -9,7 +9,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from tool.annotate import AnnotateError, comment_text, read_sidecar, write_commented_pcapng, write_sidecar
+from conftest import ROOT
+from tool.annotate import (
+    SIDECAR_HEADER,
+    AnnotateError,
+    comment_text,
+    read_sidecar,
+    write_commented_pcapng,
+    write_sidecar,
+)
 from tool.capture import read_packets
 
 NAMES = ["D-LinkCam", 'Hue, bridge "living room"', "Küche ☕", "two\nlines"]
@@ -264,3 +272,32 @@ def test_whole_data_set_with_more_comments_than_editcap_can_take(whole_data_set,
         assert comments[frame] == comment_text(score, target), frame
     count = subprocess.run(["capinfos", "-c", "-M", "-T", "-r", str(out)], capture_output=True, text=True)
     assert count.stdout.split("\t")[-1].strip() == "174822"
+
+
+def test_sidecar_names_its_capture_and_old_sidecars_still_read(tmp_path):
+    from tool.annotate import CaptureIdentity, sidecar_identity
+
+    demo = ROOT / "examples" / "demo.pcapng"
+    identity = CaptureIdentity.of(demo)
+    times = [p.time for p in read_packets(demo)]
+    assert identity == CaptureIdentity(len(times), tuple(times[:3]), "demo.pcapng")
+    path = tmp_path / "s.csv"
+    write_sidecar(path, [(1, 0.25, "cam", 0.5)], identity)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("#deepnetprint frames=401 first=") and lines[1] == ",".join(SIDECAR_HEADER)
+    assert sidecar_identity(path) == identity
+    assert read_sidecar(path) == read_sidecar(path, identity) == {1: (0.25, "cam", 0.5)}
+    # Another capture's sidecar is refused, in one line that says whose it is.
+    other = CaptureIdentity.of(ROOT / "examples" / "enroll-camera.pcap")
+    with pytest.raises(ValueError, match=r"the scores of demo\.pcapng, not of enroll-camera\.pcap: .*frames"):
+        read_sidecar(path, other)
+    # A sidecar without an identity (older dnp-scan, either header) reads, unchecked.
+    for header in ("frame,score,target", "frame,score,target,host_match"):
+        old = tmp_path / "old.csv"
+        old.write_text(header + "\n7,0.5,cam" + ",0.25" * header.endswith("match") + "\n", encoding="utf-8")
+        assert sidecar_identity(old) is None
+        assert read_sidecar(old, other)[7][:2] == (0.5, "cam")
+    # A bad row is still reported at its line in the file, the identity line counted.
+    path.write_text(lines[0] + "\n" + lines[1] + "\n1,nan,cam,\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 3: score"):
+        read_sidecar(path)

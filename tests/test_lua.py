@@ -457,3 +457,92 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
         assert float(comments[frame][0].split()[0].split("=")[1]) == pytest.approx(
             max(expected[frame]), abs=6e-5
         )
+
+
+def test_sidecar_of_another_capture_is_refused_with_one_message(capture, frames, scores, env, tmp_path):
+    """A scores file saved as a preference applies to every capture opened later: the sidecar names
+    its capture, and on another one the plugin shows nothing and says so once."""
+    from tool.annotate import CaptureIdentity
+
+    path = tmp_path / "merged.scores.csv"
+    rows = [(f, s, t) for f, (s, t) in sorted(scores.items())]
+    write_sidecar(path, rows, CaptureIdentity.of(capture))
+    done = tshark(capture, *FIELD_ARGS, env=env, scores=path)
+    assert_shows(fields(done), frames, scores)  # its own capture: every score, no message
+    assert messages(done) == []
+    demo = ROOT / "examples" / "demo.pcapng"
+    # Another capture (the demo, 401 frames, all of them listed in the sidecar) and a copy of this
+    # one without its first frame (same packets, other numbers): nothing shown, one message.
+    shifted = tmp_path / "shifted.pcapng"
+    subprocess.run(["editcap", "-r", str(capture), str(shifted), f"2-{len(frames)}"], check=True)
+    for other, count in ((demo, 401), (shifted, len(frames) - 1)):
+        done = tshark(other, *FIELD_ARGS, env=env, scores=path)
+        assert_shows(fields(done), list(range(1, count + 1)), {})
+        found = messages(done)
+        assert len(found) == 1, done.stderr
+        assert "holds the scores of merged.pcapng, not of this one (frame 1 is at" in found[0]
+        assert "no scores shown" in found[0]
+        # and the same through the preference, as the GUI saves it
+        done = tshark(other, "-o", f"deepnetprint.scores_file:{path}", *FIELD_ARGS, env=env)
+        assert_shows(fields(done), list(range(1, count + 1)), {})
+        assert len(messages(done)) == 1
+
+
+def test_documented_examples_on_the_demo(env, tmp_path):
+    """The README's Wireshark line and docs/wireshark.md's filters, as written, on the shipped demo
+    scored with a fingerprint enrolled from examples/enroll-camera.pcap: they show what the text says."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    docs = (ROOT / "docs" / "wireshark.md").read_text(encoding="utf-8")
+    mac = (ROOT / "examples" / "camera.mac").read_text().strip()
+    demo = ROOT / "examples" / "demo.pcapng"
+    fp, sidecar, copy = tmp_path / "camera.fp", tmp_path / "demo.scores.csv", tmp_path / "demo.scored.pcapng"
+    done = run_command(
+        "dnp-enroll", str(ROOT / "examples" / "enroll-camera.pcap"), "--mac", mac, "--name", "camera",
+        "-o", str(fp), "--quiet", env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = run_command(
+        "dnp-scan",
+        str(demo),
+        "-f",
+        str(fp),
+        "--annotate",
+        str(sidecar),
+        "--pcapng",
+        str(copy),
+        "--quiet",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    # README: wireshark -r ... -o deepnetprint.scores_file:... -Y '<filter>' -o '<columns>'
+    line = re.search(r"wireshark -r suspect\.pcap -o (\S+) -Y '([^']+)' \\\n\s+-o '([^']+)'", readme)
+    assert line, "the README's wireshark line changed: update this test"
+    pref = line.group(1).replace("suspect.scores.csv", str(sidecar))
+    options = ("-o", pref, "-Y", line.group(2), "-o", line.group(3))
+    shown = tshark(demo, *options, "-T", "fields", "-e", "eth.src", "-e", "deepnetprint.match", env=env)
+    rows = [r.split("\t") for r in shown.stdout.splitlines()]
+    assert len(rows) == 60 and {r[0] for r in rows} == {mac}  # "the camera's 60 packets and no other"
+    assert all(0.0 <= float(r[1]) <= 1.0 for r in rows)
+    columns = tshark(demo, "-o", pref, "-Y", line.group(2), "-o", line.group(3), env=env)
+    assert len(columns.stdout.splitlines()) == 60 and mac in columns.stdout  # the Match column's line
+    # docs/wireshark.md: each filter example with the count it quotes.
+    examples = {
+        "`deepnetprint.host_match > 0.9` (every packet of the matching hosts: on the demo, the\n"
+        "camera's 60)": 60,
+        "`deepnetprint.match > 0.8` (single packets that look like the device: 41 on the demo,": 41,
+    }
+    for text, count in examples.items():
+        assert text in docs
+        found = tshark(demo, "-Y", text.split("`")[1], env=env, scores=sidecar)
+        assert len(found.stdout.splitlines()) == count, text
+    assert "whose best packet scores 0.86" in docs
+    assert max(s for s, _, _ in read_sidecar(sidecar).values()) == pytest.approx(0.86, abs=0.005)
+    target = tshark(
+        demo, "-Y", 'deepnetprint.target == "camera" && deepnetprint.match >= 0.5', env=env, scores=sidecar
+    )
+    assert target.stdout.strip() and 'deepnetprint.target == "camera" && deepnetprint.match >= 0.5' in docs
+    # The commented copy's filter, as written in the docs (cap.scored.pcapng is the demo's copy).
+    comment = re.search(r"tshark -r cap\.scored\.pcapng -Y '([^']+)' (.*)", docs)
+    assert comment
+    found = tshark(copy, "-Y", comment.group(1), *comment.group(2).split(), env=env, plugin=False)
+    assert len(found.stdout.splitlines()) == 60

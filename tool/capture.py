@@ -29,6 +29,7 @@ FIELDS = (
     "frame.time_epoch",
     "eth.src",
     "eth.dst",
+    "sll.src.eth",  # Linux cooked capture (SLL, SLL2): the sender's MAC, where eth.src is absent
     "ip.src",
     "ip.dst",
     "ipv6.src",
@@ -57,6 +58,10 @@ class CaptureTruncated(UserWarning):
 _CUT_SHORT = "cut short in the middle of a packet"
 
 
+# Source addresses that name no host: a DHCP client before it has an address (and no address at all).
+_UNSPECIFIED = ("", "0.0.0.0", "::")
+
+
 @dataclass(frozen=True, slots=True)
 class Packet:
     """One packet as the tool sees it: addresses, length and Wireshark's summary columns."""
@@ -71,6 +76,28 @@ class Packet:
     protocol: str
     info: str
     source: int = 0  # index of the input file, when several were read in one tshark run
+    sll_src: str = ""  # the sender's MAC in a Linux cooked capture (no Ethernet header there)
+
+    @property
+    def host(self) -> str:
+        """The sending host's address: the best the link layer offers (see `host_kind`); "" if none."""
+        if self.eth_src or self.sll_src:
+            return self.eth_src or self.sll_src
+        # 0.0.0.0 is what a DHCP client says before it has an address: every device's, not one host's.
+        return self.ip_src if self.ip_src not in _UNSPECIFIED else ""
+
+    @property
+    def host_kind(self) -> str:
+        """What `host` is: "mac" (Ethernet source), "sll" (cooked-capture source MAC), "ip", or "".
+
+        Captures without Ethernet (`tcpdump -i any`, raw IP from tunnels and VPNs) have no eth.src;
+        keyed by it, all their packets would make one host.
+        """
+        if self.eth_src:
+            return "mac"
+        if self.sll_src:
+            return "sll"
+        return "ip" if self.ip_src not in _UNSPECIFIED else ""
 
 
 def tshark_path() -> str:
@@ -85,7 +112,7 @@ def _parse_line(line: str) -> Packet:
     parts = line.split("\t", len(FIELDS) - 1)
     if len(parts) < len(FIELDS):
         parts += [""] * (len(FIELDS) - len(parts))
-    iface, frame, when, esrc, edst, ip4s, ip4d, ip6s, ip6d, length, proto, info = parts
+    iface, frame, when, esrc, edst, sll, ip4s, ip4d, ip6s, ip6d, length, proto, info = parts
     return Packet(
         frame=int(frame),
         time=float(when or 0.0),
@@ -97,6 +124,7 @@ def _parse_line(line: str) -> Packet:
         protocol=proto,
         info=info,
         source=int(iface or 0),
+        sll_src=sll.lower(),
     )
 
 
@@ -294,4 +322,5 @@ def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = N
                 packet.protocol,
                 packet.info,
                 packet.source,
+                packet.sll_src,
             )

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from tool.scan import ScanResult
 
 CSV_HEADER = ("frame", "time", "eth_src", "eth_dst", "protocol", "info")
+# The hosts table's first column, by what a scan keyed its hosts on (Packet.host_kind).
+HOST_HEADERS = {"mac": "MAC", "sll": "host (SLL source MAC)", "ip": "host (IP source)"}
 
 
 def printable(text: str) -> str:
@@ -130,7 +132,12 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
         box=style,
         title_justify="left",
     )
-    hosts.add_column("MAC")
+    # The host column says what identifies a host: a capture without Ethernet has no MACs to show.
+    kinds = {row.get("host_kind", "mac") for row in result.hosts}
+    mixed = len(kinds) > 1
+    hosts.add_column(
+        HOST_HEADERS.get(kinds.pop() if kinds else "mac", "host") if not mixed else "host (kind: address)"
+    )
     hosts.add_column("IPs")
     hosts.add_column("packets", justify="right")
     for name in names:
@@ -144,7 +151,10 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
             cells.append(cell(_rate(row["false_match"][row["best"]], result.cohort_hosts)))
         verdict = cell(row["verdict"], "bold green") if row["verdict"] else cell("-")
         ips = ", ".join(row["ips"][:3]) + (" ..." if len(row["ips"]) > 3 else "")
-        hosts.add_row(cell(row["mac"]), cell(ips), cell(row["packets"]), *cells, verdict)
+        address = row.get("host", row["mac"])
+        if mixed:
+            address = f"{row['host_kind']}: {address}"
+        hosts.add_row(cell(address), cell(ips), cell(row["packets"]), *cells, verdict)
     if len(result.hosts) > max_hosts:
         hosts.caption = f"{len(result.hosts) - max_hosts} more hosts in --json"
     console.print(hosts)
@@ -164,7 +174,7 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
         packets.add_row(
             cell(row["frame"]),
             cell(_clock(row["time"])),
-            cell(row["eth_src"]),
+            cell(row.get("host") or row["eth_src"]),
             cell(row["protocol"]),
             cell(row["info"]),
             cell(row["target"]),

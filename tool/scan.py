@@ -238,10 +238,11 @@ def host_scores(
 
 @dataclass
 class Host:
-    """What a scan learns of one source MAC; its sums live in the scan's per-host arrays."""
+    """What a scan learns of one sending host; its sums live in the scan's per-host arrays."""
 
-    mac: str
+    mac: str  # the host's address (Packet.host): a MAC, or an IP address where the link has none
     number: int  # the host's row in a scan's per-host arrays
+    kind: str = "mac"  # Packet.host_kind: "mac", "sll" or "ip"
     ips: list[str] = field(default_factory=list)
     packets: int = 0
     first_count: int = 0  # how many of its packets count as its first ones (up to host_packets)
@@ -285,9 +286,9 @@ class ScanResult:
         return any(h["verdict"] is not None for h in self.hosts)
 
     def host(self, mac: str) -> dict[str, Any] | None:
-        """The host row of a source MAC, or None."""
+        """The host row of a source MAC (or, without Ethernet, of a host's address), or None."""
         if not hasattr(self, "_by_mac"):
-            self._by_mac = {h["mac"]: h for h in self.hosts}
+            self._by_mac = {h["host"]: h for h in self.hosts}
         return self._by_mac.get(mac)
 
     def to_dict(self) -> dict[str, Any]:
@@ -383,9 +384,16 @@ def scan(
         index: list[int] = []
         counted: list[bool] = []
         for packet in batch:
-            host = hosts.get(packet.eth_src)
+            # The best address the link layer offers; a packet with none (no Ethernet, cooked or IP
+            # source) belongs to no host: lumped together, such packets would make one bogus host.
+            address = packet.host
+            if not address:
+                index.append(0)
+                counted.append(False)
+                continue
+            host = hosts.get(address)
             if host is None:
-                host = hosts[packet.eth_src] = Host(packet.eth_src, len(hosts))
+                host = hosts[address] = Host(address, len(hosts), packet.host_kind)
             host.packets += 1
             ip = packet.ip_src
             if ip and len(host.ips) < MAX_HOST_IPS and ip not in host.ips and ip not in ("0.0.0.0", "::"):
@@ -492,7 +500,10 @@ def _rank_hosts(
             assert false_match is not None and rule.max_false_match is not None
             matched = false_match[h, k] <= rule.max_false_match
         row: dict[str, Any] = {
-            "mac": host.mac,
+            # "mac" stays what it always was for Ethernet hosts; "host" is the key for every kind.
+            "mac": host.mac if host.kind in ("mac", "sll") else None,
+            "host": host.mac,
+            "host_kind": host.kind,
             "ips": host.ips,
             "packets": host.packets,
             "match": {n: round(float(s), 6) for n, s in zip(names, scores[h])},
@@ -504,7 +515,7 @@ def _rank_hosts(
         row["verdict"] = names[k] if matched else None
         rows.append(row)
     rows.sort(
-        key=lambda r: (r["false_match"][r["best"]] if "false_match" in r else 0.0, -r["score"], r["mac"])
+        key=lambda r: (r["false_match"][r["best"]] if "false_match" in r else 0.0, -r["score"], r["host"])
     )
     return rows
 
@@ -515,6 +526,7 @@ def _packet_row(packet: Packet, probs: np.ndarray, names: list[str]) -> dict[str
         "frame": packet.frame,
         "time": packet.time,
         "eth_src": packet.eth_src,
+        "host": packet.host,
         "protocol": packet.protocol,
         "length": packet.length,
         "info": packet.info,

@@ -196,8 +196,8 @@ def command(
         def on_packet(packet, probs) -> None:  # noqa: ANN001 - called per packet, kept lean
             if spool_writer:
                 spool_writer.writerow(
-                    (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.protocol,
-                     packet.info, *map(repr, probs.tolist()))
+                    (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.host,
+                     packet.protocol, packet.info, *map(repr, probs.tolist()))
                 )  # fmt: skip
             if progress is not None and packet.frame % 1024 == 0:
                 progress.update(packet.frame)
@@ -231,7 +231,7 @@ def command(
                 else f"{capture}: the capture holds no packets"
             )
         if spool is not None:
-            from tool.annotate import write_commented_pcapng_to, write_sidecar_to
+            from tool.annotate import CaptureIdentity, write_commented_pcapng_to, write_sidecar_to
 
             if csv_path:
                 packet_csv = PacketCsv(outputs["csv"].handle, names)
@@ -239,7 +239,9 @@ def command(
                     packet_csv.write(row)
             if annotate:
                 rows = (r.sidecar() for r in _spooled(spool, result, names))
-                write_sidecar_to(outputs["annotate"].handle, rows)
+                # The sidecar names its capture, so the plugin shows no scores on another one (a
+                # scores file saved as a Wireshark preference applies to every capture opened later).
+                write_sidecar_to(outputs["annotate"].handle, rows, CaptureIdentity.of(capture))
             if pcapng:
                 rows = (r.sidecar() for r in _spooled(spool, result, names))
                 write_commented_pcapng_to(
@@ -264,11 +266,11 @@ def command(
 def _spooled(spool, result, names: list[str]) -> Iterator[PacketRow]:  # noqa: ANN001 - a text file
     """The spooled packets, each with its host's score for the host's best fingerprint."""
     spool.seek(0)
-    hosts = {h["mac"]: h["score"] for h in result.hosts}
-    for frame, time, src, dst, protocol, info, *probs in csv.reader(spool):
+    hosts = {h["host"]: h["score"] for h in result.hosts}
+    for frame, time, src, dst, host, protocol, info, *probs in csv.reader(spool):
         probabilities = [float(p) for p in probs]
         yield PacketRow(
-            int(frame), float(time), src, dst, protocol, info, probabilities, names, hosts.get(src)
+            int(frame), float(time), src, dst, protocol, info, probabilities, names, hosts.get(host)
         )
 
 

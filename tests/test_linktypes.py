@@ -1,0 +1,116 @@
+"""Captures without Ethernet: hosts are keyed by the best source address the link layer offers.
+
+The captures are the shipped demo, rewritten by real tools into the link types a responder meets:
+Linux cooked capture (`tcpdump -i any`) and raw IP (tunnels, VPNs). editcap -T only relabels the link
+type, so the cooked capture's 16-byte headers are written from each frame's own Ethernet header.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_command
+
+DEMO = ROOT / "examples" / "demo.pcapng"
+CAMERA_MAC = (ROOT / "examples" / "camera.mac").read_text().strip()
+LINKTYPE_LINUX_SLL = 113
+
+
+def _to_sll(pcap: Path, out: Path) -> None:
+    """The Ethernet pcap as a Linux cooked capture (SLL v1): each frame's source MAC and EtherType
+    move into an SLL header, the payload stays byte for byte."""
+    data = pcap.read_bytes()
+    e = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    header = bytearray(data[:24])
+    struct.pack_into(e + "I", header, 20, LINKTYPE_LINUX_SLL)
+    parts = [bytes(header)]
+    pos = 24
+    while pos < len(data):
+        sec, frac, incl, orig = struct.unpack_from(e + "IIII", data, pos)
+        frame = data[pos + 16 : pos + 16 + incl]
+        pos += 16 + incl
+        # packet type 0 (to us), ARPHRD_ETHER, a 6-byte address padded to 8, the EtherType.
+        sll = struct.pack(">HHH", 0, 1, 6) + frame[6:12] + b"\0\0" + frame[12:14]
+        parts.append(struct.pack(e + "IIII", sec, frac, incl + 2, orig + 2) + sll + frame[14:])
+    out.write_bytes(b"".join(parts))
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("linktypes")
+    pcap = folder / "demo.pcap"
+    subprocess.run(["editcap", "-F", "pcap", str(DEMO), str(pcap)], check=True, capture_output=True)
+    sll = folder / "demo-sll.pcap"
+    _to_sll(pcap, sll)
+    # Raw IP: the IP frames with their 14 Ethernet bytes chopped off, relabelled.
+    ip_only = folder / "demo-ip.pcap"
+    subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "ip", "-w", str(ip_only)], check=True, capture_output=True
+    )
+    raw = folder / "demo-raw.pcap"
+    subprocess.run(
+        ["editcap", "-C", "14", "-T", "rawip", str(ip_only), str(raw)], check=True, capture_output=True
+    )
+    return {"eth": pcap, "sll": sll, "raw": raw}
+
+
+@pytest.fixture(scope="module")
+def camera_fp(tmp_path_factory, clean_env) -> Path:
+    out = tmp_path_factory.mktemp("fp") / "camera.fp"
+    done = run_command(
+        "dnp-enroll", str(ROOT / "examples" / "enroll-camera.pcap"), "--mac", CAMERA_MAC,
+        "--name", "camera", "-o", str(out), "--quiet", env=clean_env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _scan(capture: Path, fp: Path, env: dict[str, str], tmp: Path) -> tuple[dict, list[list[str]], str]:
+    report, packets = tmp / f"{capture.stem}.json", tmp / f"{capture.stem}.csv"
+    done = run_command(
+        "dnp-scan", str(capture), "-f", str(fp), "--json", str(report), "--csv", str(packets), env=env
+    )
+    assert done.returncode in (0, 1), done.stderr
+    with open(packets, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return json.loads(report.read_text()), rows, done.stdout
+
+
+def test_ethernet_hosts_keep_their_mac_key(captures, camera_fp, clean_env, tmp_path):
+    report, _, stdout = _scan(captures["eth"], camera_fp, clean_env, tmp_path)
+    assert all(h["host_kind"] == "mac" and h["host"] == h["mac"] != "" for h in report["hosts"])
+    assert "| MAC " in stdout
+
+
+def test_cooked_capture_keys_hosts_by_the_sll_source(captures, camera_fp, clean_env, tmp_path):
+    eth, _, _ = _scan(captures["eth"], camera_fp, clean_env, tmp_path)
+    report, rows, stdout = _scan(captures["sll"], camera_fp, clean_env, tmp_path)
+    # Before: one host "" holding all 401 packets, with a verdict.
+    assert len(report["hosts"]) == len(eth["hosts"]) > 1
+    assert {h["host"]: h["packets"] for h in report["hosts"]} == {
+        h["mac"]: h["packets"] for h in eth["hosts"]
+    }
+    assert all(h["host_kind"] == "sll" and h["mac"] == h["host"] for h in report["hosts"])
+    assert [h["host"] for h in report["hosts"] if h["verdict"]] == [CAMERA_MAC]
+    assert "SLL source MAC" in stdout and CAMERA_MAC in stdout
+    # Every packet's host_match is its own host's score, not one lumped score.
+    scores = {h["host"]: h["score"] for h in report["hosts"]}
+    by_host = sorted({round(float(r[-1]), 5) for r in rows[1:]})
+    assert by_host == pytest.approx(sorted(scores.values()), abs=1e-5)
+
+
+def test_raw_ip_capture_keys_hosts_by_the_ip_source(captures, camera_fp, clean_env, tmp_path):
+    report, _, stdout = _scan(captures["raw"], camera_fp, clean_env, tmp_path)
+    hosts = {h["host"]: h for h in report["hosts"]}
+    assert "" not in hosts and "0.0.0.0" not in hosts  # DHCP clients before they have an address
+    assert all(h["host_kind"] == "ip" and h["mac"] is None for h in hosts.values())
+    assert {"10.10.10.58", "10.10.10.1", "10.10.10.20"} <= set(hosts)
+    # The camera's address is the best match: its first IP host carries the verdict.
+    assert report["hosts"][0]["host"] == "10.10.10.58" and report["hosts"][0]["verdict"] == "camera"
+    assert "IP source" in stdout

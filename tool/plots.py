@@ -69,23 +69,34 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
         plt.close(fig)
         written.append(path)
 
-    fig, ax = plt.subplots(figsize=(12, 5))
+    fig, ax = plt.subplots(figsize=(12, 5.5))
     width = 0.8 / len(evaluations)
     x = np.arange(len(order))
+    shades = ("", "//", "..", "xx")
     for m, ev in enumerate(evaluations):
         values = []
         for name in order:
             mine = [(t, p) for t, p in zip(ev.capture_devices, ev.capture_predicted) if t == name]
             acc = metrics.accuracy([t for t, _ in mine], [p for _, p in mine])
             values.append(0.0 if np.isnan(acc) else acc)
-        ax.bar(x + (m - (len(evaluations) - 1) / 2) * width, values, width, label=ev.method)
+        # The colour says the split, the hatching the method: both read off each bar.
+        ax.bar(x + (m - (len(evaluations) - 1) / 2) * width, values, width, color=tick_colours,
+               hatch=shades[m % len(shades)], edgecolor="white", linewidth=0.5)  # fmt: skip
     ax.set_xticks(x, order, rotation=90, fontsize=8)
     for label, colour in zip(ax.get_xticklabels(), tick_colours):
         label.set_color(colour)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("capture_top1")
     ax.set_title("dnp-23: capture accuracy per device (blue: seen, red: unseen)")
-    ax.legend(fontsize=8)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=SEEN_COLOUR, label="seen"), Patch(facecolor=UNSEEN_COLOUR, label="unseen")]
+    handles += [
+        Patch(facecolor="lightgrey", hatch=shades[m % len(shades)], label=ev.method)
+        for m, ev in enumerate(evaluations)
+    ]
+    # Outside the axes: a legend inside covers bars.
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = out / "per_device.png"
     fig.savefig(path, dpi=120)
@@ -94,9 +105,11 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
 
     scored = [ev for ev in evaluations if ev.packet_scores is not None and ev.packet_labels is not None]
     if scored:
+        grid = np.linspace(0, 1, 201)
         fig, axes = plt.subplots(1, len(scored), figsize=(5 * len(scored), 5), squeeze=False)
         for ax, ev in zip(axes[0], scored):
             assert ev.packet_scores is not None and ev.packet_labels is not None
+            curves: dict[str, list[np.ndarray]] = {"seen": [], "unseen": []}
             aucs = []
             for k, name in enumerate(ev.names):
                 positives = ev.packet_labels == k
@@ -104,17 +117,23 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
                     continue
                 fpr, tpr = metrics.roc_curve(ev.packet_scores[:, k], positives)
                 aucs.append(metrics.roc_auc(ev.packet_scores[:, k], positives))
-                colour = SEEN_COLOUR if ev.splits[name] == "seen" else UNSEEN_COLOUR
-                ax.plot(fpr, tpr, color=colour, alpha=0.5, linewidth=1)
+                curves[ev.splits[name]].append(np.interp(grid, fpr, tpr))
+            # 23 curves cannot be told apart: each split's mean, and the band its devices span.
+            for split, colour in (("seen", SEEN_COLOUR), ("unseen", UNSEEN_COLOUR)):
+                if not curves[split]:
+                    continue
+                stack = np.stack(curves[split])
+                low, high = np.percentile(stack, [10, 90], axis=0)
+                ax.fill_between(grid, low, high, color=colour, alpha=0.15, linewidth=0)
+                ax.plot(grid, stack.mean(axis=0), color=colour, linewidth=2,
+                        label=f"{split}: mean of {len(stack)} (band: 10th-90th percentile)")  # fmt: skip
             ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
             ax.set_xlabel("false positive rate")
             ax.set_ylabel("true positive rate")
             ax.set_title(
                 f"{ev.method}: packet ROC per fingerprint\nmean AUC {np.mean(aucs):.3f}", fontsize=10
             )
-            ax.plot([], [], color=SEEN_COLOUR, label="seen")
-            ax.plot([], [], color=UNSEEN_COLOUR, label="unseen")
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="lower right", fontsize=7)
         fig.tight_layout()
         path = out / "roc.png"
         fig.savefig(path, dpi=120)

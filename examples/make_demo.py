@@ -20,7 +20,7 @@ from tool.dataset import load_devices
 
 HERE = Path(__file__).resolve().parent
 CAMERA = "D-LinkDayCam"  # an unseen device type: the model never trained on it
-OTHERS = ["Withings", "TP-LinkPlugHS110", "Aria", "MAXGateway", "EdnetGateway", "HomeMaticPlug"]
+OTHERS = ["D-LinkCam", "Withings", "TP-LinkPlugHS110", "Aria", "MAXGateway", "EdnetGateway", "HomeMaticPlug"]
 LIMIT = 200_000
 
 

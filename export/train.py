@@ -1,17 +1,31 @@
-"""Train DeepNetPrint (both phases) on the development half of the seen devices, export to ONNX.
+"""Train DeepNetPrint (both phases) on the development half, export to ONNX.
 
-    dnp-train                      # the shipped model: all 12 seen devices, captures 1-10 -> models/
-    dnp-train --cv                 # leave-devices-out validation on the development half, no export
+    dnp-train                      # the shipped model: all 23 devices, captures 1-10, set loss -> models/
+    dnp-train --paper              # the 12-device paper model: seen devices, per-packet losses only
+    dnp-train --cv                 # 5 leave-devices-out folds over the 23 devices, both host scores
     dnp-train --ae-steps 20 --proto-steps 20 --devices Aria,Lightify,HueBridge --out /tmp/m  # smoke run
 
 Phase 1 trains the ConvLSTM autoencoder to reconstruct the distinct packet strings (sampled by the
 square root of their frequency: the ~1000 distinct texts, not 50k duplicate TCP ACKs). Phase 2 trains
 the one-class prototypical network on episodes that mimic the dnp-23 protocol: every training device
-gets a Target prototype from 20 sequenced support packets of one capture, and the first 20 packets
-(plus some random packets) of another capture are queries against every prototype. Two losses: the
-one-class loss on each (query, prototype) pair, and a multi-way loss on the capture score (the mean
-p(Target) over the capture's first 20 packets) across all prototypes, because dnp-23's capture_top1
-is an argmax over fingerprints. Only tool.dataset's SEEN devices and their captures 1-10 are read.
+gets a Target prototype from 20 sequenced support packets of one capture, and packets of other
+captures are queries against every prototype.
+
+`--loss packet` (the paper model): the first 20 packets (plus some random packets) of another
+capture are the queries; two losses, the one-class loss on each (query, prototype) pair and a
+multi-way loss on the capture score (the mean p(Target) over the capture's first 20 packets).
+
+`--loss set` (default): every device also gets 2 query *sets* (hosts) from other captures, 20
+sequenced packets each, perturbed as networks perturb them (packets dropped, locally reordered; see
+query_set). The set score is the product's host score, the cosine of the host's normalised mean
+embedding with the fingerprint's; its loss is a softmax over the fingerprints for each host
+(capture_top1) plus, for each fingerprint, a softmax over every host of the episode with its own
+device's hosts as positives (host ranking, same-vendor hosts among the negatives). The one-class
+loss (weighted) and the capture-score loss are kept on the query sets' packets, so that
+p(Target) stays meaningful, and so is the small reconstruction term.
+
+`--all-devices` (default) reads the development half of all 23 devices, as EVALUATION.md allows a
+product model; `--seen-devices` only tool.dataset's 12 SEEN ones. Captures 11-20 are never read.
 """
 
 from __future__ import annotations

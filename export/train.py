@@ -1,17 +1,31 @@
-"""Train DeepNetPrint (both phases) on the development half of the seen devices, export to ONNX.
+"""Train DeepNetPrint (both phases) on the development half, export to ONNX.
 
-    dnp-train                      # the shipped model: all 12 seen devices, captures 1-10 -> models/
-    dnp-train --cv                 # leave-devices-out validation on the development half, no export
+    dnp-train                      # the shipped model: all 23 devices, captures 1-10, set loss -> models/
+    dnp-train --paper              # the 12-device paper model: seen devices, per-packet losses only
+    dnp-train --cv                 # 5 leave-devices-out folds over the 23 devices, both host scores
     dnp-train --ae-steps 20 --proto-steps 20 --devices Aria,Lightify,HueBridge --out /tmp/m  # smoke run
 
 Phase 1 trains the ConvLSTM autoencoder to reconstruct the distinct packet strings (sampled by the
 square root of their frequency: the ~1000 distinct texts, not 50k duplicate TCP ACKs). Phase 2 trains
 the one-class prototypical network on episodes that mimic the dnp-23 protocol: every training device
-gets a Target prototype from 20 sequenced support packets of one capture, and the first 20 packets
-(plus some random packets) of another capture are queries against every prototype. Two losses: the
-one-class loss on each (query, prototype) pair, and a multi-way loss on the capture score (the mean
-p(Target) over the capture's first 20 packets) across all prototypes, because dnp-23's capture_top1
-is an argmax over fingerprints. Only tool.dataset's SEEN devices and their captures 1-10 are read.
+gets a Target prototype from 20 sequenced support packets of one capture, and packets of other
+captures are queries against every prototype.
+
+`--loss packet` (the paper model): the first 20 packets (plus some random packets) of another
+capture are the queries; two losses, the one-class loss on each (query, prototype) pair and a
+multi-way loss on the capture score (the mean p(Target) over the capture's first 20 packets).
+
+`--loss set` (default): every device also gets 2 query *sets* (hosts) from other captures, 20
+sequenced packets each, perturbed as networks perturb them (packets dropped, locally reordered; see
+query_set). The set score is the product's host score, the cosine of the host's normalised mean
+embedding with the fingerprint's; its loss is a softmax over the fingerprints for each host
+(capture_top1) plus, for each fingerprint, a softmax over every host of the episode with its own
+device's hosts as positives (host ranking, same-vendor hosts among the negatives). The one-class
+loss (weighted) and the capture-score loss are kept on the query sets' packets, so that
+p(Target) stays meaningful, and so is the small reconstruction term.
+
+`--all-devices` (default) reads the development half of all 23 devices, as EVALUATION.md allows a
+product model; `--seen-devices` only tool.dataset's 12 SEEN ones. Captures 11-20 are never read.
 """
 
 from __future__ import annotations
@@ -38,6 +52,16 @@ CV_FOLDS = (
     ("D-LinkWaterSensor", "TP-LinkPlugHS100", "HueBridge", "EdnetGateway"),
     ("D-LinkDoorSensor", "SmarterCoffee", "WeMoLink", "D-LinkCam"),
 )
+# The set-level validation's folds over all 23 devices (development half): every device is held
+# out once, and every held-out device keeps vendor relatives in training (the pairs are split over
+# two folds, the D-Link devices over all five, the sensor group's four over four folds).
+CV23_FOLDS = (
+    ("D-LinkSensor", "D-LinkCam", "EdimaxPlug1101W", "HueSwitch", "Aria"),
+    ("D-LinkSiren", "D-LinkDayCam", "EdimaxPlug2101W", "iKettle2", "Lightify"),
+    ("D-LinkWaterSensor", "D-LinkHomeHub", "SmarterCoffee", "TP-LinkPlugHS110", "EdnetGateway"),
+    ("D-LinkSwitch", "TP-LinkPlugHS100", "HomeMaticPlug", "WeMoLink"),
+    ("D-LinkDoorSensor", "MAXGateway", "Withings", "HueBridge"),
+)
 
 
 @dataclass
@@ -52,6 +76,20 @@ class TrainConfig:
     capture_weight: float = 1.0  # multi-way capture-score loss
     capture_tau: float = 10.0  # temperature of that softmax over capture scores in [0, 1]
     ae_weight: float = 0.1  # reconstruction kept alive in phase 2
+    # Phase 2's loss: "set" scores whole hosts as the product does (the cosine of a host's mean
+    # packet embedding with the fingerprint's mean), on augmented query sets, with the per-packet
+    # losses kept beside it; "packet" is the paper model's episode alone (per-packet and capture-score).
+    loss: str = "set"
+    set_weight: float = 1.0  # the set-level loss (fingerprint -> host set, and host set -> fingerprint)
+    set_tau: float = 15.0  # cosine temperature of the set-level softmaxes
+    packet_weight: float = 1.0  # the per-packet one-class loss, so that p(Target) stays meaningful
+    query_sets: int = 2  # query sets per device and episode, each from another capture
+    drop_prob: float = 0.5  # share of query sets that lose packets (a busy network drops some) ...
+    min_keep: int = 10  # ... keeping at least this many of the 20
+    jitter: float = 2.0  # local reordering: each packet moves by up to about this many places
+    # Train on the development half of all 23 devices (a product model, EVALUATION.md), or of the
+    # 12 seen devices only (the paper's protocol: --seen-devices).
+    all_devices: bool = True
     # One thread: on this shared 2-core machine two torch threads ran 5x slower than one (spinning
     # against the other jobs), and one thread makes the shipped files reproducible bit for bit.
     threads: int = 1
@@ -67,14 +105,19 @@ class Data:
     captures: dict[str, list[np.ndarray]]  # device -> dev captures -> [n packets] indices
 
 
-def load_data(root: Path | None, names: list[str], uses_length: bool, masked: bool = True) -> Data:
+def load_data(
+    root: Path | None, names: list[str], uses_length: bool, masked: bool = True, all_devices: bool = False
+) -> Data:
+    """The development half of `names`; only SEEN devices unless `all_devices` (a product model)."""
     from tool.dataset import SEEN, device_packets, load_devices
     from tool.model import model_input
     from tool.text import packet_text
 
     unknown = [n for n in names if n not in SEEN]
-    if unknown:  # training may read the seen devices only (EVALUATION.md)
-        raise click.UsageError(f"not seen devices: {', '.join(unknown)}")
+    if unknown and not all_devices:
+        # The 12-device (paper) model reads the seen devices only (EVALUATION.md); a product model
+        # may read the development half of all 23 (--all-devices).
+        raise click.UsageError(f"not seen devices: {', '.join(unknown)} (--all-devices reads them)")
     devices = [d for d in load_devices(root) if d.name in names]
     if len(devices) != len(names):
         missing = set(names) - {d.name for d in devices}
@@ -163,6 +206,96 @@ def episode(data: Data, names: list[str], tc: TrainConfig, rng: np.random.Genera
     return np.stack(supports), np.concatenate(q_idx), np.concatenate(q_dev), np.concatenate(q_cap)
 
 
+def query_set(capture: np.ndarray, tc: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """A host as a network shows it: 20 sequenced packets of a capture, perturbed.
+
+    The capture's first 20 packets (as dnp-23 scores a host) or, half the time, a window anywhere in
+    it; packets locally reordered (each moves by up to about `jitter` places, so packets from just
+    past the 20th can come in); and, with probability `drop_prob`, packets lost: between `min_keep`
+    and 20 of them are kept, in order.
+    """
+    start = 0 if rng.random() < 0.5 else int(rng.integers(0, max(1, len(capture) - QUERY_FIRST + 1)))
+    window = capture[start : start + QUERY_FIRST + int(np.ceil(tc.jitter))]
+    if tc.jitter > 0:
+        window = window[np.argsort(np.arange(len(window)) + rng.uniform(0, tc.jitter, len(window)))]
+    window = window[:QUERY_FIRST]
+    if rng.random() < tc.drop_prob and len(window) > tc.min_keep:
+        keep = int(rng.integers(tc.min_keep, len(window) + 1))
+        window = window[np.sort(rng.choice(len(window), size=keep, replace=False))]
+    return window
+
+
+def set_episode(data: Data, names: list[str], tc: TrainConfig, rng: np.random.Generator):
+    """Supports [K, S]; query sets (packet indices, set of each packet, device of each set); random
+    packets of a query capture (indices, device of each) for the per-packet one-class loss."""
+    supports, q_idx, q_set, set_dev, r_idx, r_dev = [], [], [], [], [], []
+    for k, name in enumerate(names):
+        caps = data.captures[name]
+        cs, *cq = rng.choice(len(caps), size=1 + tc.query_sets, replace=False)
+        if rng.random() < tc.first_support:
+            sup = support_sequence(caps, cs, SUPPORT)
+        else:
+            seq = np.concatenate(caps[cs:] + caps[:cs])
+            start = rng.integers(0, max(1, len(seq) - SUPPORT + 1))
+            sup = seq[start : start + SUPPORT]
+        supports.append(np.resize(sup, SUPPORT))
+        for c in cq:
+            q = query_set(caps[c], tc, rng)
+            q_idx.append(q)
+            q_set.append(np.full(len(q), len(set_dev)))
+            set_dev.append(k)
+        rand = rng.choice(caps[cq[0]], size=min(QUERY_RANDOM, len(caps[cq[0]])), replace=False)
+        r_idx.append(rand)
+        r_dev.append(np.full(len(rand), k))
+    return (
+        np.stack(supports), np.concatenate(q_idx), np.concatenate(q_set), np.array(set_dev),
+        np.concatenate(r_idx), np.concatenate(r_dev),
+    )
+
+
+def set_loss(net, ids, data: Data, names: list[str], tc: TrainConfig, rng: np.random.Generator):
+    """One episode's loss for --loss set (see TrainConfig)."""
+    import torch
+    import torch.nn.functional as F
+
+    sup, q_idx, q_set, set_dev, r_idx, r_dev = set_episode(data, names, tc, rng)
+    k, n_sup, n_q = len(names), sup.size, len(q_idx)
+    uniq, inv = np.unique(np.concatenate([sup.ravel(), q_idx, r_idx]), return_inverse=True)
+    z = net.encoder(ids[torch.from_numpy(uniq)])
+    emb = net.embed(z)[torch.from_numpy(inv)]  # [K*S + Q + R, D]
+    e_sup = emb[:n_sup].reshape(k, SUPPORT, -1)
+    e_q, e_r = emb[n_sup : n_sup + n_q], emb[n_sup + n_q :]
+    dev = torch.from_numpy(set_dev)
+    # Per-packet one-class loss: every query-set packet and the random packets against every prototype.
+    protos = net.proto(e_sup)  # [K, D]
+    p_q = net.match(e_q, protos).clamp(1e-6, 1 - 1e-6)  # [Q, K]
+    p_r = net.match(e_r, protos).clamp(1e-6, 1 - 1e-6)
+    p = torch.cat([p_q, p_r])
+    packet_dev = np.concatenate([set_dev[q_set], r_dev])
+    target = torch.from_numpy(packet_dev[:, None] == np.arange(k)[None]).float()
+    bce = F.binary_cross_entropy(p, target, reduction="none")
+    loss = tc.packet_weight * 0.5 * (
+        (bce * target).sum() / target.sum() + (bce * (1 - target)).sum() / (1 - target).sum()
+    )
+    # The old host score (mean p over a host's packets), multi-way over the fingerprints.
+    sets = torch.from_numpy(q_set)
+    members = F.one_hot(sets, len(set_dev)).float()  # [Q, sets]
+    mean_p = (members.T @ p_q) / members.sum(0)[:, None]  # [sets, K]
+    loss = loss + tc.capture_weight * F.cross_entropy(tc.capture_tau * mean_p, dev)
+    # The set score: cosine of the normalised mean embeddings, both ways.
+    host = F.normalize(members.T @ e_q, dim=1)  # [sets, D]
+    fp = F.normalize(e_sup.mean(1), dim=1)  # [K, D]
+    logits = tc.set_tau * host @ fp.T  # [sets, K]
+    to_fp = F.cross_entropy(logits, dev)  # each host -> its fingerprint (capture_top1)
+    own = (dev[None, :] == torch.arange(k)[:, None]).float()  # [K, sets]
+    log_p = F.log_softmax(logits.T, dim=1)  # each fingerprint over every host of the episode
+    to_host = (-(log_p * own).sum(1) / own.sum(1)).mean()  # host ranking, same-vendor hosts included
+    loss = loss + tc.set_weight * 0.5 * (to_fp + to_host)
+    if tc.ae_weight:
+        loss = loss + tc.ae_weight * F.cross_entropy(net.decoder(z), ids[torch.from_numpy(uniq)])
+    return loss
+
+
 def train_prototypes(net, ids, data: Data, tc: TrainConfig, rng: np.random.Generator, log) -> list[float]:
     import torch
     import torch.nn.functional as F
@@ -182,27 +315,30 @@ def train_prototypes(net, ids, data: Data, tc: TrainConfig, rng: np.random.Gener
     )
     losses = []
     for step in range(tc.proto_steps):
-        sup, q_idx, q_dev, q_cap = episode(data, names, tc, rng)
-        uniq, inv = np.unique(np.concatenate([sup.ravel(), q_idx]), return_inverse=True)
-        z = net.encoder(ids[torch.from_numpy(uniq)])  # [U, H*W] the episode's distinct strings
-        emb = net.embed(z)[torch.from_numpy(inv)]  # [K*S + Q, D]
-        k = len(names)
-        protos = net.proto(emb[: k * SUPPORT].reshape(k, SUPPORT, -1))  # [K, D]
-        p = net.match(emb[k * SUPPORT :], protos).clamp(1e-6, 1 - 1e-6)  # [Q, K]
-        target = torch.from_numpy(q_dev[:, None] == np.arange(k)[None]).float()  # [Q, K]
-        # One-class loss, positives and negatives weighted equally.
-        bce = F.binary_cross_entropy(p, target, reduction="none")
-        pos = (bce * target).sum() / target.sum()
-        neg = (bce * (1 - target)).sum() / (1 - target).sum()
-        loss = 0.5 * (pos + neg)
-        # Multi-way loss on the capture scores: the mean p over a capture's first 20 packets.
-        cap = torch.from_numpy(q_cap)
-        onehot = F.one_hot(cap.clamp(min=0), k).float() * (cap >= 0).float()[:, None]  # [Q, K caps]
-        score = (onehot.T @ p) / onehot.sum(0)[:, None]  # [K captures, K prototypes]
-        loss = loss + tc.capture_weight * F.cross_entropy(tc.capture_tau * score, torch.arange(k))
-        if tc.ae_weight:
-            x = ids[torch.from_numpy(uniq)]
-            loss = loss + tc.ae_weight * F.cross_entropy(net.decoder(z), x)
+        if tc.loss == "set":
+            loss = set_loss(net, ids, data, names, tc, rng)
+        else:  # the paper model's episode, unchanged
+            sup, q_idx, q_dev, q_cap = episode(data, names, tc, rng)
+            uniq, inv = np.unique(np.concatenate([sup.ravel(), q_idx]), return_inverse=True)
+            z = net.encoder(ids[torch.from_numpy(uniq)])  # [U, H*W] the episode's distinct strings
+            emb = net.embed(z)[torch.from_numpy(inv)]  # [K*S + Q, D]
+            k = len(names)
+            protos = net.proto(emb[: k * SUPPORT].reshape(k, SUPPORT, -1))  # [K, D]
+            p = net.match(emb[k * SUPPORT :], protos).clamp(1e-6, 1 - 1e-6)  # [Q, K]
+            target = torch.from_numpy(q_dev[:, None] == np.arange(k)[None]).float()  # [Q, K]
+            # One-class loss, positives and negatives weighted equally.
+            bce = F.binary_cross_entropy(p, target, reduction="none")
+            pos = (bce * target).sum() / target.sum()
+            neg = (bce * (1 - target)).sum() / (1 - target).sum()
+            loss = 0.5 * (pos + neg)
+            # Multi-way loss on the capture scores: the mean p over a capture's first 20 packets.
+            cap = torch.from_numpy(q_cap)
+            onehot = F.one_hot(cap.clamp(min=0), k).float() * (cap >= 0).float()[:, None]  # [Q, K caps]
+            score = (onehot.T @ p) / onehot.sum(0)[:, None]  # [K captures, K prototypes]
+            loss = loss + tc.capture_weight * F.cross_entropy(tc.capture_tau * score, torch.arange(k))
+            if tc.ae_weight:
+                x = ids[torch.from_numpy(uniq)]
+                loss = loss + tc.ae_weight * F.cross_entropy(net.decoder(z), x)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -266,6 +402,103 @@ def validate(net, ids, data: Data, held_out: list[str]) -> dict:
     }
 
 
+def validate_set(net, ids, data: Data, held_out: list[str]) -> dict:
+    """dnp-23's host metrics on captures 1-10 of every device in `data`, for the held-out fingerprints.
+
+    Fingerprint: the first 20 packets of capture 1 (support_sequence); hosts: captures 2-10, each
+    its first 20 packets. Two host scores: "mean_p", the mean p(Target) over the host's packets
+    (the paper's), and "set_cos", the cosine of the host's normalised mean embedding with the
+    fingerprint's. host_rank1: for capture position j = 2..10 the devices' j-th captures are the
+    hosts; the share of (held-out fingerprint, j) whose own host ranks first. host_auc: a held-out
+    fingerprint's 9 own hosts against every other device's 9, the mean over fingerprints.
+    capture_top1: each held-out device's hosts, argmax over all fingerprints. packet_auc: p(Target)
+    of every packet of captures 2-10, per held-out fingerprint.
+    """
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import roc_auc_score
+
+    from tool.dataset import SEEN
+
+    names = sorted(data.captures)
+    held = [names.index(n) for n in held_out]
+    positions = range(1, min(len(c) for c in data.captures.values()))  # captures 2..10
+    net.eval()
+    with torch.no_grad():
+        emb = net.embedding(ids)
+        supports = [emb[support_sequence(data.captures[n], 0, SUPPORT)] for n in names]
+        protos = torch.stack([net.proto(s[None])[0] for s in supports])  # [K, D]
+        fp = F.normalize(torch.stack([s.mean(0) for s in supports]), dim=1)
+        # scores[how][device, position, fingerprint]
+        scores = {h: np.zeros((len(names), len(positions), len(names))) for h in ("mean_p", "set_cos")}
+        for d, n in enumerate(names):
+            for j, c in enumerate(positions):
+                e = emb[data.captures[n][c][:QUERY_FIRST]]
+                scores["mean_p"][d, j] = net.match(e, protos).mean(0).numpy()
+                scores["set_cos"][d, j] = (F.normalize(e.mean(0), dim=0) @ fp.T).numpy()
+        all_idx = np.concatenate([data.captures[n][c] for n in names for c in positions])
+        all_dev = np.concatenate(
+            [np.full(len(data.captures[n][c]), d) for d, n in enumerate(names) for c in positions]
+        )
+        p = net.match(emb[all_idx], protos[held]).numpy()  # [P, held]
+    net.train()
+    pairs = list(zip(held, held_out))
+    out: dict = {
+        "packet_auc": {n: float(roc_auc_score(all_dev == t, p[:, i])) for i, (t, n) in enumerate(pairs)}
+    }
+    for how, sc in scores.items():
+        rank1 = {n: float(np.mean(sc[:, :, t].argmax(0) == t)) for t, n in pairs}
+        auc = {}
+        for t, n in pairs:
+            own = np.zeros(sc.shape[:2], dtype=bool)
+            own[t] = True
+            auc[n] = float(roc_auc_score(own.ravel(), sc[:, :, t].ravel()))
+        top1 = {n: float(np.mean(sc[t].argmax(1) == t)) for t, n in pairs}
+        confusions: dict[str, int] = {}
+        for t, n in pairs:
+            for guess in sc[t].argmax(1):
+                if guess != t:
+                    key = f"{n} -> {names[guess]}"
+                    confusions[key] = confusions.get(key, 0) + 1
+        out[how] = {"host_rank1": rank1, "host_auc": auc, "capture_top1": top1, "confusions": confusions}
+    out["seen"] = [n for n in held_out if n in SEEN]
+    return out
+
+
+def summarize_set(per_device: dict) -> dict:
+    """Means over held-out devices (each held out once): all, and the SEEN / unseen split."""
+    from tool.dataset import SEEN
+
+    names = list(per_device["packet_auc"])
+    groups = {
+        "all": names,
+        "seen": [n for n in names if n in SEEN],
+        "unseen": [n for n in names if n not in SEEN],
+    }
+
+    def mean(values: dict, group: list[str]) -> float:
+        return float(np.mean([values[n] for n in group])) if group else float("nan")
+
+    out = {"packet_auc": {g: mean(per_device["packet_auc"], m) for g, m in groups.items()}}
+    for how in ("mean_p", "set_cos"):
+        out[how] = {
+            metric: {g: mean(per_device[how][metric], m) for g, m in groups.items()}
+            for metric in ("host_rank1", "host_auc", "capture_top1")
+        }
+    return out
+
+
+def merge_folds(folds: list[dict]) -> dict:
+    """The per-device results of validate_set over folds, into one validate_set-shaped dict."""
+    merged: dict = {"packet_auc": {}, "mean_p": {}, "set_cos": {}}
+    for f in folds:
+        merged["packet_auc"].update(f["packet_auc"])
+        for how in ("mean_p", "set_cos"):
+            for metric in ("host_rank1", "host_auc", "capture_top1", "confusions"):
+                merged[how].setdefault(metric, {}).update(f[how][metric])
+    return merged
+
+
 def validate_tfidf(root, names: list[str]) -> dict:
     """The training-free reference on the same protocol: char 2-5-gram TF-IDF, cosine to the mean."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -297,8 +530,14 @@ def validate_tfidf(root, names: list[str]) -> dict:
 
 
 # ---- one run ---------------------------------------------------------------------------------------
-def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log, masked: bool = True):
-    """Train on `train_names`; validate on `eval_names` (a superset) if given. (net, ids, data, result)"""
+def run(
+    root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log, masked: bool = True,
+    all_devices: bool = False,
+):
+    """Train on `train_names`; validate on `eval_names` (a superset) if given. (net, ids, data, result)
+
+    With `all_devices`, unseen devices may be read (their development half): a product model.
+    """
     import torch
 
     from export.model import DeepNetPrint
@@ -308,7 +547,7 @@ def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log, mas
     np.random.seed(seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    data = load_data(root, train_names, cfg.uses_length, masked)
+    data = load_data(root, train_names, cfg.uses_length, masked, all_devices)
     ids = torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
     log(f"{len(train_names)} devices, {len(data.strings)} distinct strings, {int(data.counts.sum())} packets")
     net = DeepNetPrint(cfg)
@@ -325,7 +564,7 @@ def run(root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log, mas
         "proto_loss": proto,
     }
     if eval_names:
-        vdata = load_data(root, eval_names, cfg.uses_length, masked)
+        vdata = load_data(root, eval_names, cfg.uses_length, masked, all_devices)
         vids = torch.from_numpy(encode_bytes(vdata.strings, cfg.max_len))
         result["validation"] = validate(net, vids, vdata, [n for n in eval_names if n not in train_names])
     return net, ids, data, result
@@ -367,7 +606,9 @@ def save_model(
             "ae": float(np.mean(result["ae_loss"][-50:] or [0])),
             "proto": float(np.mean(result["proto_loss"][-50:] or [0])),
         },
-        "validation_trained_devices": {k: v for k, v in result["validation"].items() if "trained" in k},
+        "validation_trained_devices": {
+            k: v for k, v in result.get("validation", {}).items() if "trained" in k
+        },
         "onnx_max_abs_diff": err,
         "versions": {
             "torch": torch.__version__,
@@ -378,6 +619,57 @@ def save_model(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return hashes
+
+
+def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_models, report, settings):
+    """--cv --cv-folds dev23: train on pool minus each CV23_FOLDS fold, validate_set on all 23."""
+    import torch
+
+    from tool.dataset import SEEN, UNSEEN
+    from tool.model import encode_bytes
+
+    every = sorted(SEEN + UNSEEN)
+    vdata = load_data(data_dir, every, cfg.uses_length, masked, all_devices=True)  # captures 1-10
+    vids = torch.from_numpy(encode_bytes(vdata.strings, cfg.max_len))
+    folds = []
+    for number, fold in enumerate(CV23_FOLDS, 1):
+        train_names = [n for n in pool if n not in fold]
+        log(f"fold {number}: holding out {', '.join(fold)}; training on {len(train_names)} devices")
+        start = time.time()
+        net, _, data, result = run(data_dir, train_names, None, cfg, tc, seed, log, masked, tc.all_devices)
+        v = validate_set(net, vids, vdata, list(fold))
+        if fold_models:
+            save_model(
+                net, fold_models / f"fold{number}", data, result, train_names, tc, seed,
+                time.time() - start, {"held_out": list(fold)},
+            )
+        s = summarize_set(v)
+        log(
+            f"  held out: set_cos host_rank1 {s['set_cos']['host_rank1']['all']:.3f}"
+            f" capture_top1 {s['set_cos']['capture_top1']['all']:.3f}"
+            f" | mean_p host_rank1 {s['mean_p']['host_rank1']['all']:.3f}"
+            f" capture_top1 {s['mean_p']['capture_top1']['all']:.3f}"
+            f" | packet_auc {s['packet_auc']['all']:.3f}"
+        )
+        folds.append({"held_out": list(fold), "seconds": round(time.time() - start, 1), **v})
+    per_device = merge_folds(folds)
+    summary = summarize_set(per_device)
+    log("held-out fingerprints, 5 folds over the 23 devices (development half, captures 2-10 as hosts)")
+    log(f"{'score':8s} {'host_rank1':>20s} {'host_auc':>20s} {'capture_top1':>20s}   (all / seen / unseen)")
+    for how in ("mean_p", "set_cos"):
+        cells = [
+            " / ".join(f"{summary[how][m][g]:.3f}" for g in ("all", "seen", "unseen"))
+            for m in ("host_rank1", "host_auc", "capture_top1")
+        ]
+        log(f"{how:8s} " + " ".join(f"{c:>20s}" for c in cells))
+    pa = summary["packet_auc"]
+    log(f"packet_auc of p(Target): {pa['all']:.3f} / {pa['seen']:.3f} / {pa['unseen']:.3f}")
+    if report:
+        report.write_text(
+            json.dumps({**settings, "pool": pool, "summary": summary, "per_device": per_device,
+                        "folds": folds}, indent=1)
+        )
+    return summary
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -395,10 +687,34 @@ def save_model(
     help="Where the ONNX files and manifest.json go [default: the repo's models/].",
 )
 @click.option(
-    "--devices", default=None, help="Comma-separated seen devices to train on [default: all 12 seen]."
+    "--devices",
+    default=None,
+    help="Comma-separated devices to train on [default: all 23, or the 12 seen with --seen-devices].",
 )
 @click.option(
-    "--cv", is_flag=True, help="Leave-devices-out validation over 3 folds of the seen devices; no export."
+    "--all-devices/--seen-devices",
+    default=TrainConfig.all_devices,
+    show_default=True,
+    help="Train on the development half of all 23 devices (product model) or of the 12 seen ones only.",
+)
+@click.option(
+    "--paper",
+    is_flag=True,
+    help="The 12-device paper model: --seen-devices --loss packet (with the other defaults).",
+)
+@click.option(
+    "--cv",
+    is_flag=True,
+    help="Leave-devices-out validation on the development half; no export (see --cv-folds).",
+)
+@click.option(
+    "--cv-folds",
+    type=click.Choice(["dev23", "seen3"]),
+    default="dev23",
+    show_default=True,
+    help="dev23: 5 vendor-aware folds over all 23 devices, host metrics of both host scores for the "
+    "held-out fingerprints (training pool: --all-devices or --seen-devices, minus the fold); "
+    "seen3: the model card's 3 folds over the seen devices, capture_top1 of the mean p(Target).",
 )
 @click.option(
     "--tfidf", is_flag=True, help="With --cv: the training-free TF-IDF reference on the same protocol."
@@ -460,16 +776,37 @@ def save_model(
 @click.option("--capture-weight", type=float, default=TrainConfig.capture_weight, show_default=True)
 @click.option("--ae-weight", type=float, default=TrainConfig.ae_weight, show_default=True)
 @click.option(
+    "--loss",
+    type=click.Choice(["set", "packet"]),
+    default=TrainConfig.loss,
+    show_default=True,
+    help="Phase 2: set-level host loss plus the per-packet losses, or the per-packet losses alone (paper).",
+)
+@click.option("--set-weight", type=float, default=TrainConfig.set_weight, show_default=True)
+@click.option("--set-tau", type=float, default=TrainConfig.set_tau, show_default=True)
+@click.option(
+    "--packet-weight",
+    type=float,
+    default=TrainConfig.packet_weight,
+    show_default=True,
+    help="With --loss set: weight of the per-packet one-class loss.",
+)
+@click.option("--drop-prob", type=float, default=TrainConfig.drop_prob, show_default=True)
+@click.option("--jitter", type=float, default=TrainConfig.jitter, show_default=True)
+@click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also write the validation numbers (JSON) here.",
+    help="Also write the validation numbers (JSON) here (with --cv: per fold, per device and summary).",
 )
 def main(
     data_dir,
     out,
     devices,
+    all_devices,
+    paper,
     cv,
+    cv_folds,
     tfidf,
     seed,
     ae_steps,
@@ -486,15 +823,23 @@ def main(
     fold_models,
     capture_weight,
     ae_weight,
+    loss,
+    set_weight,
+    set_tau,
+    packet_weight,
+    drop_prob,
+    jitter,
     report,
 ) -> None:
     """Train the ConvLSTM autoencoder and the prototype head; write models/ (ONNX + manifest)."""
     import torch
 
     from export.model import Config
-    from tool.dataset import SEEN
+    from tool.dataset import SEEN, UNSEEN
 
     torch.set_num_threads(threads)
+    if paper:
+        all_devices, loss = False, "packet"
     if max_len % 16:
         raise click.UsageError("--max-len must be a multiple of 16")
     if not cv and (not masked or fold_models):
@@ -515,8 +860,18 @@ def main(
         threads=threads,
         capture_weight=capture_weight,
         ae_weight=ae_weight,
+        loss=loss,
+        set_weight=set_weight,
+        set_tau=set_tau,
+        packet_weight=packet_weight,
+        drop_prob=drop_prob,
+        jitter=jitter,
+        all_devices=all_devices,
     )
-    names = [n.strip() for n in devices.split(",")] if devices else list(SEEN)
+    if devices:
+        names = [n.strip() for n in devices.split(",")]
+    else:
+        names = sorted(SEEN + UNSEEN) if all_devices else list(SEEN)
     log = click.echo
     settings = {"config": cfg.to_dict(), "train": asdict(tc), "seed": seed, "masked": masked}
     log(json.dumps(settings))
@@ -527,13 +882,18 @@ def main(
         if report:
             report.write_text(json.dumps(result, indent=1))
         return
+    if cv and cv_folds == "dev23":
+        cv_dev23(data_dir, names, cfg, tc, seed, log, masked, fold_models, report, settings)
+        return
     if cv:
         folds = []
         for number, fold in enumerate(CV_FOLDS, 1):
             train_names = [n for n in names if n not in fold]
             log(f"fold: holding out {', '.join(fold)}")
             start = time.time()
-            net, _, data, result = run(data_dir, train_names, names, cfg, tc, seed, log, masked)
+            net, _, data, result = run(
+                data_dir, train_names, names, cfg, tc, seed, log, masked, all_devices
+            )
             if fold_models:
                 save_model(
                     net, fold_models / f"fold{number}", data, result, train_names, tc, seed,
@@ -565,7 +925,7 @@ def main(
 
     out = out or Path(__file__).resolve().parent.parent / "models"
     start = time.time()
-    net, _, data, result = run(data_dir, names, names, cfg, tc, seed, log)
+    net, _, data, result = run(data_dir, names, names, cfg, tc, seed, log, all_devices=all_devices)
     hashes = save_model(net, out, data, result, names, tc, seed, time.time() - start)
     if report:
         report.write_text(

@@ -57,13 +57,85 @@ def test_dnp_train_writes_a_loadable_model_set(data_dir, tmp_path):
     assert p.shape == (5, 1) and np.isfinite(p).all()
 
 
-def test_dnp_train_refuses_unseen_devices(data_dir, tmp_path):
-    # Training may read the seen devices only (EVALUATION.md).
-    done = CliRunner().invoke(
-        main, ["--data", str(data_dir), "--out", str(tmp_path), "--devices", "iKettle2"]
-    )
-    assert done.exit_code == 2 and "not seen devices: iKettle2" in done.output
+def test_dnp_train_refuses_unseen_devices_for_the_paper_model(data_dir, tmp_path):
+    # The 12-device (paper) model reads the seen devices only (EVALUATION.md).
+    for flag in ("--seen-devices", "--paper"):
+        done = CliRunner().invoke(
+            main, ["--data", str(data_dir), "--out", str(tmp_path), "--devices", "iKettle2", flag]
+        )
+        assert done.exit_code == 2 and "not seen devices: iKettle2" in done.output
     assert not any(tmp_path.iterdir())
+
+
+def test_all_devices_reads_the_development_half_of_unseen_devices(data_dir):
+    # A product model may train on captures 1-10 of all 23 devices, never on 11-20.
+    tc = TrainConfig(ae_steps=2, proto_steps=2, ae_batch=8)
+    names = ["iKettle2", "SmarterCoffee", "D-LinkSensor"]
+    _, _, data, _ = run(data_dir, names, None, Config(), tc, seed=0, log=lambda _: None, all_devices=True)
+    assert sorted(data.captures) == sorted(names)
+    assert all(len(caps) == 10 for caps in data.captures.values())
+
+
+def test_the_defaults_train_the_set_loss_on_all_23_devices_and_paper_the_12(data_dir, tmp_path):
+    from tool.dataset import SEEN, UNSEEN
+
+    assert TrainConfig().all_devices and TrainConfig().loss == "set"
+    for flags, loss in (([], "set"), (["--paper"], "packet")):
+        out = tmp_path / loss
+        args = ["--data", str(data_dir), "--out", str(out), "--ae-steps", "1", "--proto-steps", "1", *flags]
+        done = CliRunner().invoke(main, args)
+        assert done.exit_code == 0, done.output
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["train"]["loss"] == loss
+        devices = sorted(SEEN + UNSEEN) if loss == "set" else list(SEEN)
+        assert manifest["training_data"]["devices"] == devices
+
+
+def test_query_sets_keep_between_min_keep_and_20_packets_in_near_order():
+    from export.train import query_set
+
+    tc = TrainConfig(drop_prob=1.0, min_keep=10, jitter=2.0)
+    rng = np.random.default_rng(0)
+    capture = np.arange(100)
+    for _ in range(200):
+        q = query_set(capture, tc, rng)
+        assert 10 <= len(q) <= 20 and len(set(q)) == len(q)
+        assert np.all(np.diff(q) > -3)  # a local reordering, not a shuffle
+    short = query_set(np.arange(7), TrainConfig(drop_prob=1.0), rng)
+    assert sorted(short) == list(range(7))  # a short host keeps what it has
+
+
+def test_set_loss_trains_and_separates_the_episode_s_hosts(data_dir):
+    # The set loss: supports, query sets from other captures, both softmaxes; it falls in training.
+    from export.train import set_episode
+
+    torch.set_num_threads(1)
+    tc = TrainConfig(ae_steps=40, proto_steps=60, ae_batch=32, loss="set")
+    _, _, data, result = run(data_dir, DEVICES, None, Config(), tc, seed=0, log=lambda _: None)
+    episode = set_episode(data, sorted(data.captures), tc, np.random.default_rng(1))
+    sup, q_idx, q_set, set_dev, r_idx, r_dev = episode
+    assert sup.shape == (4, 20) and list(set_dev) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert len(q_idx) == len(q_set) and set(q_set) == set(range(8)) and len(r_idx) == len(r_dev)
+    proto = result["proto_loss"]
+    assert np.mean(proto[-10:]) < np.mean(proto[:10])
+
+
+def test_set_level_cv_holds_out_every_device_once(data_dir, tmp_path):
+    from export.train import CV23_FOLDS
+    from tool.dataset import SEEN, UNSEEN
+
+    held = [n for fold in CV23_FOLDS for n in fold]
+    assert sorted(held) == sorted(SEEN + UNSEEN)  # each of the 23 exactly once
+    report = tmp_path / "cv.json"
+    args = ["--data", str(data_dir), "--cv", "--ae-steps", "1", "--proto-steps", "1", "--report", str(report)]
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0, done.output
+    assert "set_cos" in done.output and "mean_p" in done.output
+    cv = json.loads(report.read_text())
+    assert sorted(cv["per_device"]["packet_auc"]) == sorted(held)
+    for how in ("mean_p", "set_cos"):
+        for metric in ("host_rank1", "host_auc", "capture_top1"):
+            assert 0 <= cv["summary"][how][metric]["all"] <= 1
 
 
 def test_dnp_train_builds_the_2d_convlstm(data_dir, tmp_path):
@@ -98,7 +170,7 @@ def test_cv_fold_models_are_calibrated_on_their_held_out_devices(data_dir, tmp_p
     from export.train import CV_FOLDS
 
     folds = tmp_path / "folds"
-    args = ["--data", str(data_dir), "--cv", "--fold-models", str(folds)]
+    args = ["--data", str(data_dir), "--cv", "--cv-folds", "seen3", "--fold-models", str(folds)]
     done = CliRunner().invoke(main, [*args, "--ae-steps", "2", "--proto-steps", "2"])
     assert done.exit_code == 0, done.output
     held = [json.loads((folds / f"fold{i}" / "manifest.json").read_text())["held_out"] for i in (1, 2, 3)]

@@ -166,17 +166,23 @@ def test_unmasked_training_is_for_validation_only(data_dir, tmp_path):
 
 
 def test_cv_fold_models_are_calibrated_on_their_held_out_devices(data_dir, tmp_path):
-    from export.calibrate import cv_host_scores
-    from export.train import CV_FOLDS
+    from export.calibrate import measure
+    from export.train import CV23_FOLDS
 
     folds = tmp_path / "folds"
-    args = ["--data", str(data_dir), "--cv", "--cv-folds", "seen3", "--fold-models", str(folds)]
+    args = ["--data", str(data_dir), "--cv", "--fold-models", str(folds)]
     done = CliRunner().invoke(main, [*args, "--ae-steps", "2", "--proto-steps", "2"])
     assert done.exit_code == 0, done.output
-    held = [json.loads((folds / f"fold{i}" / "manifest.json").read_text())["held_out"] for i in (1, 2, 3)]
-    assert held == [list(f) for f in CV_FOLDS]
-    scores, positive, correct = cv_host_scores(folds, str(data_dir))["first20"]
-    # Each seen device is held out once: its 9 dev captures 2-10 are its positives, one per capture.
-    assert int(positive.sum()) == 12 * 9 and len(correct) == 12 * 9
-    assert len(scores) == len(positive) and len(scores) % 4 == 0  # 4 held-out fingerprints per host
-    assert ((scores >= 0) & (scores <= 1)).all()
+    held = [
+        json.loads((folds / f"fold{i}" / "manifest.json").read_text())["held_out"] for i in (1, 2, 3, 4, 5)
+    ]
+    assert held == [list(f) for f in CV23_FOLDS]
+    result = measure(folds, str(data_dir), "set")
+    # Every device is held out once: 23 fingerprints, each counted only by the fold that never saw it.
+    assert result["fingerprints"] == 23
+    for rate in result["verdict"].values():
+        assert 0 <= rate["false_match_rate"] <= 1 and 0 <= rate["miss_rate"] <= 1
+    # Each fold model's cohort is made of its own training devices: never of the ones it holds out.
+    for i, fold in enumerate(CV23_FOLDS, 1):
+        cohort = json.loads((folds / f"fold{i}" / "cohort.json").read_text())
+        assert not set(cohort["devices"]) & set(fold) and len(cohort["devices"]) == 23 - len(fold)

@@ -1,11 +1,12 @@
 """Write the cohort that calibrates dnp-scan's verdicts: `python -m export.cohort [--models DIR]`.
 
-The cohort (tool/cohort.py) is the set vectors of windows of 20 consecutive packets of the devices
-the model was trained on, from their development captures only (captures 1-10; the test half is
-never read). Every capture gives its first window and then one every 20 packets, at most
-MAX_WINDOWS per capture so that a chatty device does not outweigh a quiet one; windows whose vector
-repeats another of the same device are kept once. No torch: the vectors come from the shipped ONNX
-encoder through the runtime's own code, so the cohort is what dnp-scan computes.
+The cohort (tool/cohort.py) is windows of 20 consecutive packets of the devices the model was
+trained on, from their development captures only (captures 1-10; the test half is never read), as
+indexes into a table of their distinct packet embeddings. Every capture gives its first window and
+then one every 20 packets, at most MAX_WINDOWS per capture so that a chatty device does not
+outweigh a quiet one; windows that repeat another of the same device are kept once. No torch: the
+embeddings come from the shipped ONNX encoder through the runtime's own code, so the cohort is what
+dnp-scan computes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tool.constants import PACKETS
 MAX_WINDOWS = 40  # windows per capture
 
 
-def windows(packets: list, size: int = PACKETS, limit: int = MAX_WINDOWS) -> list[list]:
+def windows_of(packets: list, size: int = PACKETS, limit: int = MAX_WINDOWS) -> list[list]:
     """Consecutive, non-overlapping windows of `size` packets from the start; a short capture is one."""
     if len(packets) < size:
         return [packets] if len(packets) >= 5 else []
@@ -33,7 +34,7 @@ def build(model_dir: str | None, data: str | None, devices: list[str] | None = N
     """The cohort of a model folder, as the JSON object cohort.json holds."""
     from tool.dataset import device_packets, load_devices
     from tool.model import Model
-    from tool.scan import host_vectors
+    from tool.scan import host_packets_embedded
 
     model = Model.load(model_dir)
     names = devices or list(model.manifest["training_data"]["devices"])
@@ -41,16 +42,20 @@ def build(model_dir: str | None, data: str | None, devices: list[str] | None = N
     for d in chosen:
         d.captures = d.dev_captures  # the development half only
     packets = device_packets(chosen)
-    vectors: list[np.ndarray] = []
+    table: dict[tuple[float, ...], int] = {}
+    windows: list[list[int]] = []
     groups: list[int] = []
     for g, d in enumerate(chosen):
-        hosts = [w for capture in packets[d.name].per_capture for w in windows(capture)]
-        if not hosts:
-            continue
-        found = np.round(host_vectors(model, hosts, None), 5)
-        distinct = np.unique(found, axis=0)
-        vectors.extend(distinct)
-        groups.extend([g] * len(distinct))
+        hosts = [w for capture in packets[d.name].per_capture for w in windows_of(capture)]
+        kept: set[tuple[int, ...]] = set()
+        for embedded in host_packets_embedded(model, hosts, None) if hosts else []:
+            rows = []
+            for vector in np.round(embedded, 5):
+                rows.append(table.setdefault(tuple(vector.tolist()), len(table)))
+            if tuple(rows) not in kept:  # a window that repeats another of the device's counts once
+                kept.add(tuple(rows))
+                windows.append(rows)
+                groups.append(g)
     return {
         "format": COHORT_FORMAT,
         "encoder_sha256": model.encoder_sha256,
@@ -59,7 +64,8 @@ def build(model_dir: str | None, data: str | None, devices: list[str] | None = N
         "data": "development half (captures 1-10) of the devices the model was trained on, windows of "
         f"{PACKETS} consecutive device packets, at most {MAX_WINDOWS} per capture, repeats dropped",
         "groups": groups,
-        "vectors": [[float(x) for x in v] for v in vectors],
+        "windows": windows,
+        "embeddings": [list(v) for v in table],
     }
 
 
@@ -79,7 +85,7 @@ def main(models: str | None, data: str | None) -> None:
     path = Path(models) if models else models_dir()
     text = json.dumps(cohort, separators=(",", ":")) + "\n"
     write_atomic(path / COHORT, text)
-    click.echo(f"{path / COHORT}: {len(cohort['vectors'])} cohort hosts of {len(cohort['devices'])} devices")
+    click.echo(f"{path / COHORT}: {len(cohort['windows'])} cohort hosts of {len(cohort['devices'])} devices")
 
 
 if __name__ == "__main__":

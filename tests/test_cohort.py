@@ -9,15 +9,25 @@ import pytest
 
 from tool.cohort import Cohort
 from tool.fingerprint import Fingerprint
-from tool.model import Model, set_vector
+from tool.model import Model, chamfer, set_similarity, set_vector, unit
+
+
+class _Set:
+    """What the cohort reads of a fingerprint: its packets' embeddings and their mean direction."""
+
+    def __init__(self, packets):
+        self.packets = unit(np.asarray(packets, float))
+        self.vector = unit(self.packets.sum(axis=0))
 
 
 def _cohort(vectors, groups) -> Cohort:
-    return Cohort(np.asarray(vectors, float), np.asarray(groups), 20, "0" * 64)
+    # One packet per cohort host: then every set score is the cosine of the two packets.
+    table = np.asarray(vectors, float)
+    return Cohort(table, [np.array([i]) for i in range(len(table))], np.asarray(groups), 20, "0" * 64)
 
 
 def test_false_match_weighs_every_cohort_device_the_same_and_leaves_out_the_nearest():
-    fp = np.array([[1.0, 0.0]])
+    fp = [_Set([[1.0, 0.0]])]
     # Device 0 is the fingerprint's own type (left out); device 1 gave 3 windows, device 2 one.
     angles = {0: [0.0, 0.05], 1: [0.5, 1.0, 1.5], 2: [0.3]}
     vectors, groups = [], []
@@ -35,11 +45,30 @@ def test_false_match_weighs_every_cohort_device_the_same_and_leaves_out_the_near
 
 def test_false_match_is_monotone_in_the_score():
     rng = np.random.default_rng(0)
-    cohort = _cohort(rng.normal(size=(300, 8)), rng.integers(0, 6, 300))
-    fps = rng.normal(size=(3, 8))
+    cohort = _cohort(unit(rng.normal(size=(300, 8))), rng.integers(0, 6, 300))
+    fps = [_Set(rng.normal(size=(5, 8))) for _ in range(3)]
     scores = np.sort(rng.uniform(-1, 1, size=(50, 3)), axis=0)
     rates = cohort.false_match(fps, scores)
     assert (np.diff(rates, axis=0) <= 1e-12).all() and ((0 <= rates) & (rates <= 1)).all()
+
+
+def test_cohort_scores_its_windows_as_the_scan_scores_a_host():
+    rng = np.random.default_rng(1)
+    table = unit(rng.normal(size=(40, 8)))
+    windows = [rng.choice(40, size=int(n), replace=False) for n in rng.integers(5, 21, 30)]
+    cohort = Cohort(table, windows, np.arange(30) % 3, 20, "0" * 64)
+    fps = [_Set(rng.normal(size=(20, 8))), _Set(rng.normal(size=(7, 8)))]
+    expected = [[set_similarity(table[w], f.packets) for f in fps] for w in windows]
+    assert cohort.scores(fps) == pytest.approx(np.asarray(expected))
+
+
+def test_set_similarity_is_one_for_the_same_set_and_counts_repeats():
+    rng = np.random.default_rng(2)
+    a = unit(rng.normal(size=(4, 8)))
+    assert set_similarity(a, a) == pytest.approx(1.0)
+    # The same kinds of packet in other numbers: Chamfer alone would tie, the mean part does not.
+    more = np.concatenate([a, a[:1], a[:1], a[:1]])
+    assert chamfer(more, a) == pytest.approx(1.0) and set_similarity(more, a) < 1.0
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +79,9 @@ def model() -> Model:
 def test_shipped_cohort_matches_the_shipped_encoder(model):
     cohort = Cohort.load(model)
     assert cohort is not None and len(cohort) >= 1000
-    assert cohort.vectors.shape[1] == model.embedding_dim
-    assert np.allclose(np.linalg.norm(cohort.vectors, axis=1), 1.0, atol=1e-3)
+    assert cohort.table.shape[1] == model.embedding_dim
+    assert np.allclose(np.linalg.norm(cohort.table, axis=1), 1.0, atol=1e-3)
+    assert all(1 <= len(w) <= cohort.packets for w in cohort.windows)
 
 
 def test_each_device_finds_its_own_enrollment_capture_first(devices, model, tmp_path):

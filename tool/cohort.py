@@ -6,9 +6,11 @@ fingerprint is therefore compared with a cohort of other devices' hosts, and a h
 reported with its **false-match rate**: the share of cohort hosts that reach it. A verdict at
 `--max-false-match 0.001` is a score that one cohort host in a thousand reaches.
 
-The cohort is `cohort.json` beside the model: set vectors (`tool.model.set_vector`) of windows of
-`packets` consecutive packets from the training devices' development captures, each with the index
-of its device (`group`), and the encoder hash it was computed with. `python -m export.cohort` writes it.
+The cohort is `cohort.json` beside the model: windows of `packets` consecutive packets from the
+training devices' development captures, each a list of indexes into a table of distinct packet
+embeddings, with the index of its device (`group`) and the encoder hash it was computed with.
+`python -m export.cohort` writes it. A window is scored as a host is (tool.model.set_similarity for
+`set`, the cosine of the mean embeddings for `set-all`).
 
 A fingerprint of a device type the model was trained on has its own type in the cohort, which would
 count the device's own traffic as false matches. The cohort group nearest the fingerprint (highest
@@ -19,12 +21,14 @@ its closest relative, and the held-out measurements in the model card include th
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from tool.fingerprint import Fingerprint
     from tool.model import Model
 
 COHORT = "cohort.json"
@@ -37,15 +41,17 @@ class CohortError(Exception):
 
 @dataclass
 class Cohort:
-    """Set vectors of other devices' hosts [C, E], their device groups [C], and their window size."""
+    """Other devices' hosts: a table of distinct packet embeddings [D, E], each host's packets as
+    indexes into it, the device group of each host [C], and the window size."""
 
-    vectors: np.ndarray
+    table: np.ndarray
+    windows: list[np.ndarray]
     groups: np.ndarray
     packets: int
     encoder_sha256: str
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.windows)
 
     @classmethod
     def load(cls, model: Model) -> Cohort | None:
@@ -55,40 +61,58 @@ class Cohort:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            vectors = np.asarray(data["vectors"], dtype=np.float64)
+            table = np.asarray(data["embeddings"], dtype=np.float64)
+            windows = [np.asarray(w, dtype=np.intp) for w in data["windows"]]
             groups = np.asarray(data["groups"], dtype=np.int64)
             packets = int(data["packets"])
             sha = str(data["encoder_sha256"])
             ok = data.get("format") == COHORT_FORMAT
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CohortError(f"{path}: not a DeepNetPrint cohort ({e!r})") from None
-        if (
-            not ok
-            or vectors.ndim != 2
-            or vectors.shape[1] != model.embedding_dim
-            or len(groups) != len(vectors)
-        ):
+        shaped = table.ndim == 2 and table.shape[1] == model.embedding_dim and len(groups) == len(windows)
+        indexed = all(len(w) and w.min() >= 0 and w.max() < len(table) for w in windows)
+        if not ok or not shaped or not indexed:
             raise CohortError(f"{path}: not a DeepNetPrint cohort for this model")
-        if len(np.unique(groups)) < 2 or not np.isfinite(vectors).all():
+        if len(np.unique(groups)) < 2 or not np.isfinite(table).all():
             raise CohortError(f"{path}: a cohort needs at least two device groups of finite vectors")
         if sha != model.encoder_sha256:
             raise CohortError(
                 f"{path}: computed with encoder {sha[:12]}, the model is {model.encoder_sha256[:12]}: "
                 "run python -m export.cohort"
             )
-        return cls(vectors, groups, packets, sha)
+        return cls(table, windows, groups, packets, sha)
 
-    def scores(self, fingerprints: np.ndarray) -> np.ndarray:
-        """Every cohort host's set score for each fingerprint vector [K, E]: [C, K]."""
-        from tool.model import set_score
+    def scores(self, fingerprints: Sequence[Fingerprint], how: str = "set") -> np.ndarray:
+        """Every cohort host's host score (`set` or `set-all`) for each fingerprint: [C, K]."""
+        from tool.model import CHAMFER_WEIGHT, unit
 
-        return set_score(self.vectors, fingerprints)
+        out = np.zeros((len(self.windows), len(fingerprints)))
+        if how == "set-all":
+            means = unit(np.stack([self.table[w].sum(axis=0) for w in self.windows]))
+            return means @ np.stack([f.vector for f in fingerprints]).T
+        # Chamfer similarity, all windows at once: pad them to one length, masking the padding.
+        width = max(len(w) for w in self.windows)
+        index = np.zeros((len(self.windows), width), dtype=np.intp)
+        valid = np.zeros((len(self.windows), width), dtype=bool)
+        for c, w in enumerate(self.windows):
+            index[c, : len(w)] = w
+            valid[c, : len(w)] = True
+        means = unit(np.stack([self.table[w].sum(axis=0) for w in self.windows]))
+        for k, f in enumerate(fingerprints):
+            sims = (self.table @ f.packets.T)[index]  # [C, width, S]
+            best_support = np.where(valid, sims.max(axis=2), 0.0).sum(axis=1) / valid.sum(axis=1)
+            best_host = np.where(valid[:, :, None], sims, -np.inf).max(axis=1).mean(axis=1)
+            mean = means @ f.vector
+            out[:, k] = CHAMFER_WEIGHT * 0.5 * (best_support + best_host) + (1 - CHAMFER_WEIGHT) * mean
+        return out
 
-    def impostors(self, fingerprints: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def impostors(
+        self, fingerprints: Sequence[Fingerprint], how: str = "set"
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each fingerprint, the cohort hosts that count as other devices: (scores ascending, the
         weight of each). Every cohort device weighs the same, however many windows it gave, so the
         rate is "the share of other devices' hosts", not the share of the chattiest device's windows."""
-        scores = self.scores(fingerprints)
+        scores = self.scores(fingerprints, how)
         names = np.unique(self.groups)
         out = []
         for k in range(scores.shape[1]):
@@ -101,12 +125,14 @@ class Cohort:
             out.append((column[keep][order], weights[order]))
         return out
 
-    def false_match(self, fingerprints: np.ndarray, host_scores: np.ndarray) -> np.ndarray:
+    def false_match(
+        self, fingerprints: Sequence[Fingerprint], host_scores: np.ndarray, how: str = "set"
+    ) -> np.ndarray:
         """Each host score's false-match rate [H, K]: the weighted share of impostor cohort hosts at or
-        above it (0 when none reaches it)."""
+        above it (0 when none reaches it). `how` is the host score the scores are (set or set-all)."""
         host_scores = np.atleast_2d(np.asarray(host_scores, dtype=np.float64))
         out = np.empty_like(host_scores)
-        for k, (impostors, weights) in enumerate(self.impostors(fingerprints)):
+        for k, (impostors, weights) in enumerate(self.impostors(fingerprints, how)):
             # Weight at or above each score: the total less what lies strictly below.
             above = np.r_[np.cumsum(weights[::-1])[::-1], 0.0]
             below = np.searchsorted(impostors, host_scores[:, k] - 1e-9, side="left")

@@ -108,7 +108,7 @@ class ModelScorer:
     def false_match(self, states: Sequence[Any], scores: np.ndarray) -> np.ndarray | None:
         if self.cohort is None:
             return None
-        return self.cohort.false_match(np.asarray([s.vector for s in states]), scores)
+        return self.cohort.false_match(states, scores, self.host_score)
 
     def models(self) -> dict[str, str]:
         from tool.cohort import COHORT

@@ -68,6 +68,15 @@ class Fingerprint:
     embeddings: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
+    def packets(self) -> np.ndarray:
+        """The support packets' embeddings [S, E], each of length 1: the set the set score reads."""
+        from tool.model import unit
+
+        if self.embeddings is None:
+            raise FingerprintError(f"fingerprint {self.name!r} has not been checked against a model")
+        return unit(self.embeddings)
+
+    @property
     def vector(self) -> np.ndarray:
         """The fingerprint's set vector [E] (tool.model.set_vector of its support packets)."""
         from tool.model import set_vector

@@ -182,9 +182,11 @@ def score_packets(model: Model, packets: Sequence[Packet], fingerprints: Sequenc
     return Matcher(model, fingerprints).score(list(packets))
 
 
-def host_vectors(model: Model, hosts: Sequence[Sequence[Packet]], host_packets: int | None) -> np.ndarray:
-    """The set vector (tool.model.set_vector) of each host's first `host_packets` packets (None: all),
-    [H, E]; a host without packets gets the zero vector. Each distinct model input is encoded once."""
+def host_packets_embedded(
+    model: Model, hosts: Sequence[Sequence[Packet]], host_packets: int | None
+) -> list[np.ndarray]:
+    """The embeddings [n, E] of each host's first `host_packets` packets (None: all), each of length 1;
+    each distinct model input is encoded once."""
     from tool.model import unit
 
     keys: dict[Hashable, int] = {}
@@ -201,12 +203,17 @@ def host_vectors(model: Model, hosts: Sequence[Sequence[Packet]], host_packets: 
                 inputs.append((text, p.length))
             row.append(keys[key])
         rows.append(row)
-    embedded = model.embed([t for t, _ in inputs], [n for _, n in inputs]).astype(np.float64)
-    sums = np.zeros((len(hosts), model.embedding_dim))
-    for h, row in enumerate(rows):
-        if row:
-            sums[h] = embedded[row].sum(axis=0)
-    return unit(sums)
+    embedded = unit(model.embed([t for t, _ in inputs], [n for _, n in inputs]))
+    return [embedded[row] if row else np.zeros((0, model.embedding_dim)) for row in rows]
+
+
+def host_vectors(model: Model, hosts: Sequence[Sequence[Packet]], host_packets: int | None) -> np.ndarray:
+    """The set vector (tool.model.set_vector) of each host's first `host_packets` packets (None: all),
+    [H, E]; a host without packets gets the zero vector."""
+    from tool.model import unit
+
+    sums = [e.sum(axis=0) for e in host_packets_embedded(model, hosts, host_packets)]
+    return unit(np.asarray(sums).reshape(len(hosts), model.embedding_dim))
 
 
 def host_scores(
@@ -221,12 +228,18 @@ def host_scores(
     Each sequence stands for one host's packets in capture order; `how` is one of HOST_SCORES ("set"
     and "first20" read the first `host_packets` of them). A host without packets scores 0.
     """
+    from tool.model import set_similarity
+
     if how not in HOST_SCORES:
         raise ValueError(f"host score must be one of {HOST_SCORES}")
     every = how in ("set-all", "mean")
-    if how in SET_SCORES:
-        vectors = host_vectors(model, hosts, None if every else host_packets)
-        return vectors @ np.asarray([f.vector for f in fingerprints]).T
+    if how == "set":
+        sets = host_packets_embedded(model, hosts, host_packets)
+        return np.asarray([[set_similarity(h, f.packets) for f in fingerprints] for h in sets]).reshape(
+            len(hosts), len(fingerprints)
+        )
+    if how == "set-all":
+        return host_vectors(model, hosts, None) @ np.asarray([f.vector for f in fingerprints]).T
     matcher = Matcher(model, fingerprints)
     out = np.zeros((len(hosts), len(fingerprints)), dtype=np.float64)
     for h, packets in enumerate(hosts):
@@ -255,6 +268,7 @@ class Verdict:
     threshold: float | None  # raw host score, when given (or when no cohort calibrates the score)
     max_false_match: float | None  # the share of cohort hosts allowed to reach a match
     cohort: Cohort | None
+    how: str = "set"  # the host score the cohort's hosts are scored by
 
     def describe(self) -> str:
         if self.threshold is not None:
@@ -320,11 +334,12 @@ def verdict_rule(
     scores (default MAX_FALSE_MATCH), else the fallback threshold (the paper's p(Target) scores, or a
     model that ships no cohort)."""
     if threshold is not None:
-        return Verdict(float(threshold), None, None)
+        return Verdict(float(threshold), None, None, host_score)
     cohort = Cohort.load(model) if host_score in SET_SCORES else None
     if cohort is None:
-        return Verdict(FALLBACK_THRESHOLD, None, None)
-    return Verdict(None, MAX_FALSE_MATCH if max_false_match is None else float(max_false_match), cohort)
+        return Verdict(FALLBACK_THRESHOLD, None, None, host_score)
+    rate = MAX_FALSE_MATCH if max_false_match is None else float(max_false_match)
+    return Verdict(None, rate, cohort, host_score)
 
 
 def scan(
@@ -376,6 +391,7 @@ def scan(
     # indexed by host number and grow by whole chunks: a numpy call per chunk, not per packet, is what
     # keeps the scan as fast as tshark.
     sums = np.zeros((64, width), dtype=np.float64)
+    firsts: dict[int, list[np.ndarray]] = {}  # for "set": each host's first host_packets embeddings
     best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
     best_keys: set[tuple] = set()
     total = 0
@@ -410,6 +426,9 @@ def scan(
         values = (embedded if use_set else probs).astype(np.float64)
         # np.add.at adds in packet order, so every sum equals the packet-by-packet one.
         np.add.at(sums, rows[mask], values[mask])
+        if host_score == "set":  # the set score reads the packets themselves, not only their sum
+            for i in np.flatnonzero(mask).tolist():
+                firsts.setdefault(index[i], []).append(embedded[i])
         tops = probs.max(axis=1)
         floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
         for i in np.flatnonzero(tops > floor).tolist():
@@ -432,7 +451,7 @@ def scan(
             for packet, row in zip(batch, probs):
                 on_packet(packet, row)
     ordered = list(hosts.values())
-    scores = _host_scores(sums[: len(ordered)], ordered, fingerprints, host_score, use_all)
+    scores = _host_scores(sums[: len(ordered)], firsts, ordered, fingerprints, host_score, use_all)
     return ScanResult(
         capture=str(capture),
         fingerprints=[
@@ -453,14 +472,26 @@ def scan(
 
 
 def _host_scores(
-    sums: np.ndarray, hosts: list[Host], fingerprints: Sequence[Fingerprint], how: str, use_all: bool
+    sums: np.ndarray,
+    firsts: dict[int, list[np.ndarray]],
+    hosts: list[Host],
+    fingerprints: Sequence[Fingerprint],
+    how: str,
+    use_all: bool,
 ) -> np.ndarray:
-    """Each host's score for each fingerprint [H, K] from its per-host sums."""
-    from tool.model import set_score
+    """Each host's score for each fingerprint [H, K] from its per-host sums or first packets."""
+    from tool.model import set_score, set_similarity, unit
 
     if not hosts:
         return np.zeros((0, len(fingerprints)))
-    if how in SET_SCORES:
+    if how == "set":
+        return np.asarray(
+            [
+                [set_similarity(unit(np.asarray(firsts[h.number])), f.packets) for f in fingerprints]
+                for h in hosts
+            ]
+        )
+    if how == "set-all":
         return set_score(sums, np.asarray([f.vector for f in fingerprints]))
     counts = np.asarray([h.packets if use_all else h.first_count for h in hosts], dtype=np.float64)
     return sums / counts[:, None]
@@ -489,7 +520,7 @@ def _rank_hosts(
 ) -> list[dict[str, Any]]:
     false_match = None
     if rule.cohort is not None and len(hosts):
-        false_match = rule.cohort.false_match(np.asarray([f.vector for f in fingerprints]), scores)
+        false_match = rule.cohort.false_match(fingerprints, scores, rule.how)
     best = best_fingerprint(scores, false_match)
     rows = []
     for h, host in enumerate(hosts):

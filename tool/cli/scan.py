@@ -34,7 +34,7 @@ def _verdict_help() -> str:
         from tool.cohort import COHORT
         from tool.model import models_dir
 
-        hosts = len(json.loads((models_dir() / COHORT).read_text())["vectors"])
+        hosts = len(json.loads((models_dir() / COHORT).read_text())["windows"])
         return f"{hosts} cohort hosts ship with the model"
     except Exception:
         return "no cohort ships with this model: the verdict falls back to --threshold 0.5"

@@ -284,7 +284,9 @@ def test_sidecar_names_its_capture_and_old_sidecars_still_read(tmp_path):
     path = tmp_path / "s.csv"
     write_sidecar(path, [(1, 0.25, "cam", 0.5)], identity)
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert lines[0].startswith("#deepnetprint frames=401 first=") and lines[1] == ",".join(SIDECAR_HEADER)
+    assert lines[0].startswith(f"#deepnetprint frames={len(times)} first=") and lines[1] == ",".join(
+        SIDECAR_HEADER
+    )
     assert sidecar_identity(path) == identity
     assert read_sidecar(path) == read_sidecar(path, identity) == {1: (0.25, "cam", 0.5)}
     # Another capture's sidecar is refused, in one line that says whose it is.

@@ -91,7 +91,7 @@ def test_ethernet_hosts_keep_their_mac_key(captures, camera_fp, clean_env, tmp_p
 def test_cooked_capture_keys_hosts_by_the_sll_source(captures, camera_fp, clean_env, tmp_path):
     eth, _, _ = _scan(captures["eth"], camera_fp, clean_env, tmp_path)
     report, rows, stdout = _scan(captures["sll"], camera_fp, clean_env, tmp_path)
-    # Before: one host "" holding all 401 packets, with a verdict.
+    # Before: one host "" holding all the packets, with a verdict.
     assert len(report["hosts"]) == len(eth["hosts"]) > 1
     assert {h["host"]: h["packets"] for h in report["hosts"]} == {
         h["mac"]: h["packets"] for h in eth["hosts"]

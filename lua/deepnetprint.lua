@@ -18,7 +18,7 @@
 -- matching host), custom column `%Cus:deepnetprint.match`.
 --
 -- Where the sidecar path comes from (the first that is set):
---   the preference deepnetprint.scores_file (Preferences > Protocols > DeepNetPrint, or
+--   the preference deepnetprint.scores_file (Preferences > Protocols > DEEPNETPRINT, or
 --     tshark -o deepnetprint.scores_file:PATH);
 --   the script argument scores=PATH (tshark -X lua_script:deepnetprint.lua -X lua_script1:scores=PATH);
 --   the environment variable DNP_SCORES.

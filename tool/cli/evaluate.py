@@ -288,30 +288,18 @@ def _print_tables(report: dict[str, Any]) -> None:
 
     curves = report.get("curves")
     if curves:
-        t = table("learning curves: capture_top1 / host_rank1 with n enrollment and m query packets")
-        t.add_column("packets", no_wrap=True)
-        for n in curves["enroll_packets"]:
-            t.add_column(f"n={n}, m=20", justify="right")
-        t.add_row(
-            "enrollment",
-            *(
-                f"{_fmt(v['capture_top1'])} / {_fmt(v['host_rank1'])}"
-                for v in curves["enroll_packets"].values()
-            ),
-        )
-        console.print(t)
-        t = table("")
-        t.add_column("packets", no_wrap=True)
-        for m in curves["query_packets"]:
-            t.add_column(f"n=20, m={m}", justify="right")
-        t.add_row(
-            "query",
-            *(
-                f"{_fmt(v['capture_top1'])} / {_fmt(v['host_rank1'])}"
-                for v in curves["query_packets"].values()
-            ),
-        )
-        console.print(t)
+        title = "learning curves: capture_top1 / host_rank1 with n enrollment and m query packets"
+        for key, row, column, title in (
+            ("enroll_packets", "enrollment", "n={}, m=20", title),
+            ("query_packets", "query", "n=20, m={}", ""),
+        ):
+            t = table(title)
+            t.add_column("packets", no_wrap=True)
+            for x in curves[key]:
+                t.add_column(column.format(x), justify="right")
+            cells = [f"{_fmt(v['capture_top1'])} / {_fmt(v['host_rank1'])}" for v in curves[key].values()]
+            t.add_row(row, *cells)
+            console.print(t)
         console.print()
 
     t = table("capture_top1 per device (n: test captures)")

@@ -288,9 +288,9 @@ def _print_tables(report: dict[str, Any]) -> None:
 
     curves = report.get("curves")
     if curves:
-        title = "learning curves: capture_top1 / host_rank1 with n enrollment and m query packets"
+        heading = "learning curves: capture_top1 / host_rank1 with n enrollment and m query packets"
         for key, row, column, title in (
-            ("enroll_packets", "enrollment", "n={}, m=20", title),
+            ("enroll_packets", "enrollment", "n={}, m=20", heading),
             ("query_packets", "query", "n=20, m={}", ""),
         ):
             t = table(title)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,35 @@ def test_each_device_finds_its_own_enrollment_capture_first(devices, model, tmp_
 def test_set_vector_is_the_normalised_mean():
     vectors = np.array([[3.0, 0.0], [0.0, 4.0]])
     assert set_vector(vectors) == pytest.approx(np.array([1.5, 2.0]) / 2.5)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"format": "deepnetprint-cohort"}',
+        "not json",
+        '{"format": "deepnetprint-cohort", "embeddings": [[1]]}',
+    ],
+)
+def test_damaged_cohort_is_one_line_and_exit_2(tmp_path, clean_env, content):
+    import shutil
+
+    from conftest import run_command
+    from tool.model import models_dir
+
+    models = tmp_path / "models"
+    shutil.copytree(models_dir(), models, ignore=shutil.ignore_patterns("__pycache__", "*.py", "README.md"))
+    (models / "cohort.json").write_text(content)
+    demo = Path(__file__).resolve().parent.parent / "examples"
+    fp = tmp_path / "camera.fp"
+    mac = (demo / "camera.mac").read_text().strip()
+    enrolled = run_command(
+        "dnp-enroll", str(demo / "enroll-camera.pcap"), "--mac", mac, "-o", str(fp), "--models", str(models),
+        "--quiet", env=clean_env,
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    done = run_command(
+        "dnp-scan", str(demo / "demo.pcapng"), "-f", str(fp), "--models", str(models), env=clean_env
+    )
+    assert done.returncode == 2 and "cohort" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

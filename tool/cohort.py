@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tool.model import ModelError
+
 if TYPE_CHECKING:
     from tool.fingerprint import Fingerprint
     from tool.model import Model
@@ -35,8 +37,9 @@ COHORT = "cohort.json"
 COHORT_FORMAT = "deepnetprint-cohort"
 
 
-class CohortError(Exception):
-    """A cohort file that is damaged or made with another encoder (one line for the user)."""
+class CohortError(ModelError):
+    """A cohort file that is damaged or made with another encoder (one line for the user): a cohort is
+    part of the model set, so the commands report it as they report a damaged model."""
 
 
 @dataclass

@@ -10,10 +10,10 @@
 --
 -- Fields (a contract with the analyst: filters, columns and `tshark -e` use them; never rename them):
 --   deepnetprint         the protocol: present on every scored frame
---   deepnetprint.match   double: the best fingerprint's match probability, in [0, 1]
+--   deepnetprint.match   double: the best fingerprint's match probability, in [0, 1] (3 decimals)
 --   deepnetprint.target  string: that fingerprint's name
 --   deepnetprint.host_match  double: the score of the packet's sending host for its best fingerprint
---                        (dnp-scan's host score, in [-1, 1]): the same on every packet of a host
+--                        (dnp-scan's host score, in [-1, 1], 3 decimals): the same on every packet of a host
 -- e.g. display filter `deepnetprint.match > 0.9`, `deepnetprint.host_match > 0.95` (every packet of a
 -- matching host), custom column `%Cus:deepnetprint.match`.
 --
@@ -474,6 +474,13 @@ function deepnetprint.init()
     end
 end
 
+-- A score as the fields show it: 3 decimals. Wireshark prints a double with 15 significant digits,
+-- which a column of scores does not need; a filter then compares what the column shows. The sidecar
+-- keeps every digit for tools that want them.
+local function shown(x)
+    return math.floor(x * 1000 + 0.5) / 1000
+end
+
 function deepnetprint.dissector(tvb, pinfo, tree)
     local frame = pinfo.number
     if frame > max_seen then
@@ -491,11 +498,11 @@ function deepnetprint.dissector(tvb, pinfo, tree)
     -- and a tree.visible test about 1.5 s. So the subtree keeps its plain name and the fields carry
     -- the values.
     local item = tree:add(deepnetprint)
-    item:add(f_match, score)
+    item:add(f_match, shown(score))
     item:add(f_target, targets[frame])
     local host = hosts[frame]
     if host ~= nil then
-        item:add(f_host, host)
+        item:add(f_host, shown(host))
     end
 end
 

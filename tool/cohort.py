@@ -1,7 +1,7 @@
 """The cohort: other devices' traffic, shipped with the model, that turns a host score into a verdict.
 
-A raw set score (a cosine) does not mean the same for every fingerprint: a device whose join
-traffic looks like everybody's scores high against every host. As speaker verification does, each
+A raw set score does not mean the same for every fingerprint: a device whose join traffic looks
+like everybody's scores high against every host. As speaker verification does, each
 fingerprint is therefore compared with a cohort of other devices' hosts, and a host's score is
 reported with its **false-match rate**: the share of cohort hosts that reach it. A verdict at
 `--max-false-match 0.001` is a score that one cohort host in a thousand reaches.

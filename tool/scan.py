@@ -235,7 +235,8 @@ def host_scores(
     every = how in ("set-all", "mean")
     if how == "set":
         sets = host_packets_embedded(model, hosts, host_packets)
-        return np.asarray([[set_similarity(h, f.packets) for f in fingerprints] for h in sets]).reshape(
+        supports = [f.packets for f in fingerprints]
+        return np.asarray([[set_similarity(h, s) for s in supports] for h in sets]).reshape(
             len(hosts), len(fingerprints)
         )
     if how == "set-all":
@@ -298,12 +299,6 @@ class ScanResult:
     def matched(self) -> bool:
         """True when some host gets a verdict for some fingerprint."""
         return any(h["verdict"] is not None for h in self.hosts)
-
-    def host(self, mac: str) -> dict[str, Any] | None:
-        """The host row of a source MAC (or, without Ethernet, of a host's address), or None."""
-        if not hasattr(self, "_by_mac"):
-            self._by_mac = {h["host"]: h for h in self.hosts}
-        return self._by_mac.get(mac)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -387,9 +382,9 @@ def scan(
     use_set = host_score in SET_SCORES
     use_all = host_score in ("set-all", "mean")
     width = model.embedding_dim if use_set else len(names)
-    # Per-host sums (of embeddings for the set scores, of p(Target) for the paper's) live in arrays
+    # Per-host sums (of embeddings for set-all, of p(Target) for the paper's scores) live in arrays
     # indexed by host number and grow by whole chunks: a numpy call per chunk, not per packet, is what
-    # keeps the scan as fast as tshark.
+    # keeps the scan as fast as tshark. "set" reads each host's first packets themselves instead.
     sums = np.zeros((64, width), dtype=np.float64)
     firsts: dict[int, list[np.ndarray]] = {}  # for "set": each host's first host_packets embeddings
     best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
@@ -423,12 +418,13 @@ def scan(
             sums = _grown(sums, 2 * len(hosts))
         rows = np.asarray(index, dtype=np.intp)
         mask = np.asarray(counted, dtype=bool)
-        values = (embedded if use_set else probs).astype(np.float64)
-        # np.add.at adds in packet order, so every sum equals the packet-by-packet one.
-        np.add.at(sums, rows[mask], values[mask])
-        if host_score == "set":  # the set score reads the packets themselves, not only their sum
+        if host_score == "set":  # at most host_packets packets a host: a short loop, not a sum
             for i in np.flatnonzero(mask).tolist():
                 firsts.setdefault(index[i], []).append(embedded[i])
+        else:
+            values = (embedded if use_set else probs).astype(np.float64)
+            # np.add.at adds in packet order, so every sum equals the packet-by-packet one.
+            np.add.at(sums, rows[mask], values[mask])
         tops = probs.max(axis=1)
         floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
         for i in np.flatnonzero(tops > floor).tolist():
@@ -485,11 +481,9 @@ def _host_scores(
     if not hosts:
         return np.zeros((0, len(fingerprints)))
     if how == "set":
+        supports = [f.packets for f in fingerprints]
         return np.asarray(
-            [
-                [set_similarity(unit(np.asarray(firsts[h.number])), f.packets) for f in fingerprints]
-                for h in hosts
-            ]
+            [[set_similarity(unit(np.asarray(firsts[h.number])), s) for s in supports] for h in hosts]
         )
     if how == "set-all":
         return set_score(sums, np.asarray([f.vector for f in fingerprints]))

@@ -114,3 +114,20 @@ def _ip_lengths(path: Path) -> list[str]:
         check=True,
     ).stdout
     return out.splitlines()
+
+
+def not_a_file(kind: str, path: Path, too_large: int) -> Path:
+    """What an input path may be instead of a readable file of sane size: "/dev/zero", "fifo",
+    "folder", or "too large" (a sparse file of `too_large` bytes, no disk used). Returns the path."""
+    if kind == "/dev/zero":
+        return Path("/dev/zero")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "too large":
+        with open(path, "wb") as f:
+            f.truncate(too_large)
+    else:
+        raise ValueError(f"no such kind of path: {kind!r}")
+    return path

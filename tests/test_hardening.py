@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, enroll_device, run_command
+from conftest import ROOT, enroll_device, not_a_file, run_command
 from tool.dataset import Device
 
 TIMEOUT = 120
@@ -218,19 +218,12 @@ def test_every_output_has_the_umask_mode(umask, capture, fingerprint, device, tm
 )
 def test_fingerprint_that_is_no_file_or_a_bomb(kind, capture, tmp_path, clean_env):
     path = tmp_path / "bad.fp"
-    if kind == "/dev/zero":
-        path = "/dev/zero"
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "folder":
-        path.mkdir()
-    elif kind == "too large":
-        with open(path, "wb") as f:
-            f.truncate(5 << 20)
-    elif kind == "nested lists":
+    if kind == "nested lists":
         path.write_text("[" * 1000 + "]" * 1000)
-    else:
+    elif kind == "nested objects":
         path.write_text('{"a":' * 100000 + "1" + "}" * 100000)
+    else:
+        path = not_a_file(kind, path, 5 << 20)
     done = run_command("dnp-scan", str(capture), "-f", str(path), env=clean_env, timeout=60)
     message = one_line_error(done)
     assert str(path) in message

@@ -17,7 +17,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT, enroll_device, run_command
+from conftest import ROOT, enroll_device, not_a_file, run_command
 from tool.annotate import comment_text, read_sidecar, write_sidecar
 from tool.capture import read_packets
 
@@ -273,16 +273,7 @@ def test_bad_sidecar_gives_one_message_and_dissection_goes_on(capture, frames, e
 @pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "folder", "too large"])
 def test_sidecar_that_is_no_regular_file_gives_one_message(kind, capture, frames, env, tmp_path):
     """/dev/zero would fill memory, a FIFO would hang tshark, a folder would read as garbage."""
-    path = tmp_path / "scores.csv"
-    if kind == "/dev/zero":
-        path = "/dev/zero"
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "folder":
-        path.mkdir()
-    else:
-        with open(path, "wb") as f:
-            f.truncate((256 << 20) + 1)  # sparse: one byte over the plugin's limit, no disk used
+    path = not_a_file(kind, tmp_path / "scores.csv", (256 << 20) + 1)  # one byte over the plugin's limit
     expected = {"too large": "larger than 256 MB", "folder": "is a folder"}.get(kind, "not a regular file")
     done = tshark(capture, *FIELD_ARGS, env=env, scores=path)
     assert_shows(fields(done), frames, {})

@@ -63,12 +63,6 @@ def test_confusions_count_only_mistakes_most_frequent_first():
     assert metrics.confusions(["a"], ["a"]) == []
 
 
-def test_capture_score_is_the_mean_over_the_first_packets_only():
-    scores = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.2, 0.4], [0.4, 0.0]])
-    out = metrics.capture_scores(scores, [(0, 3), (3, 5)], first=2)
-    np.testing.assert_allclose(out, [[0.5, 0.5], [0.3, 0.2]])
-
-
 def _hand_made() -> Evaluation:
     names = ["Aria", "TP-LinkPlugHS100", "TP-LinkPlugHS110", "iKettle2"]
     splits = {"Aria": "seen", "TP-LinkPlugHS100": "seen", "TP-LinkPlugHS110": "unseen", "iKettle2": "unseen"}

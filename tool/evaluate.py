@@ -275,9 +275,7 @@ def evaluate_scorer(data: ProtocolData, scorer: Scorer, curves: bool = False) ->
     index = {name: i for i, name in enumerate(names)}
     packets: list[Packet] = []
     labels: list[int] = []
-    bounds: list[tuple[int, int]] = []
     for test in data.tests:
-        bounds.append((len(packets), len(packets) + len(test.packets)))
         packets.extend(test.packets)
         labels.extend([index[test.device]] * len(test.packets))
     scores = np.asarray(scorer.score(packets, states), dtype=np.float64)
@@ -373,10 +371,9 @@ def host_metrics(ev: Evaluation) -> dict[str, Any]:
         "host_auc": by_split(per_fp_auc),
     }
     if ev.self_scores is not None:
-        report["self_rank1"] = _number(float(np.mean(metrics.self_rank1(ev.self_scores))))
-        report["self_rank1_misses"] = [
-            n for n, r in zip(ev.names, metrics.self_rank1(ev.self_scores)) if r < 1.0
-        ]
+        own_first = metrics.self_rank1(ev.self_scores)
+        report["self_rank1"] = _number(float(np.mean(own_first)))
+        report["self_rank1_misses"] = [n for n, r in zip(ev.names, own_first) if r < 1.0]
     if ev.capture_false_match is not None:
         matched = ev.capture_false_match <= MAX_FALSE_MATCH
         verdict: dict[str, Any] = {"max_false_match": MAX_FALSE_MATCH, "threshold": None}

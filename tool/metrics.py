@@ -115,19 +115,6 @@ def nanmean(values: Sequence[float]) -> float:
     return float(np.mean(defined)) if defined else math.nan
 
 
-def capture_scores(packet_scores: np.ndarray, bounds: Sequence[tuple[int, int]], first: int) -> np.ndarray:
-    """Each capture's score per fingerprint: the mean over its first `first` packets' rows.
-
-    `bounds[i] = (start, stop)` are capture i's rows in `packet_scores` [N, K]; returns [C, K].
-    """
-    out = np.full((len(bounds), packet_scores.shape[1]), np.nan)
-    for i, (start, stop) in enumerate(bounds):
-        stop = min(stop, start + first)
-        if stop > start:
-            out[i] = packet_scores[start:stop].mean(axis=0)
-    return out
-
-
 def rank1(own: float, others: Sequence[float] | np.ndarray) -> float:
     """1 when `own` beats every other score, 0 when one beats it; a tie with t others counts 1/(t+1),
     the chance that a random tie-break puts `own` first (identical traffic is a coin, not a win).

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tool.dataset import load_devices, read_captures  # noqa: E402
+from tool.evaluation.dataset import load_devices, read_captures  # noqa: E402
 from tool.model import BATCH, Model  # noqa: E402
 from tool.scan import memo_info  # noqa: E402
 from tool.text import packet_text  # noqa: E402

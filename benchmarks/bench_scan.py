@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tool.dataset import load_devices  # noqa: E402
+from tool.evaluation.dataset import load_devices  # noqa: E402
 
 TSHARK_FIELDS = ["-e", "frame.number", "-e", "eth.src", "-e", "_ws.col.Protocol", "-e", "_ws.col.Info"]
 ENROLL_DEVICE = "D-LinkCam"

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from tool.capture import read_packets
-from tool.dataset import load_devices
+from tool.evaluation.dataset import load_devices
 
 HERE = Path(__file__).resolve().parent
 CAMERA = "D-LinkDayCam"  # an unseen device type: the model never trained on it

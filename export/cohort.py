@@ -32,7 +32,7 @@ def windows_of(packets: list, size: int = PACKETS, limit: int = MAX_WINDOWS) -> 
 
 def build(model_dir: str | None, data: str | None, devices: list[str] | None = None) -> dict:
     """The cohort of a model folder, as the JSON object cohort.json holds."""
-    from tool.dataset import device_packets, load_devices
+    from tool.evaluation.dataset import device_packets, load_devices
     from tool.model import Model
     from tool.scan import host_packets_embedded
 
@@ -78,13 +78,13 @@ def build(model_dir: str | None, data: str | None, devices: list[str] | None = N
 )
 def main(models: str | None, data: str | None) -> None:
     """Compute the model's cohort from its training devices and write it beside the model."""
-    from tool.fingerprint import write_atomic
+    from tool.files import write_text_atomic
     from tool.model import models_dir
 
     cohort = build(models, data)
     path = Path(models) if models else models_dir()
     text = json.dumps(cohort, separators=(",", ":")) + "\n"
-    write_atomic(path / COHORT, text)
+    write_text_atomic(path / COHORT, text)
     click.echo(f"{path / COHORT}: {len(cohort['windows'])} cohort hosts of {len(cohort['devices'])} devices")
 
 

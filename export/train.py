@@ -25,7 +25,7 @@ loss (weighted) and the capture-score loss are kept on the query sets' packets, 
 p(Target) stays meaningful, and so is the small reconstruction term.
 
 `--all-devices` (default) reads the development half of all 23 devices, as EVALUATION.md allows a
-product model; `--seen-devices` only tool.dataset's 12 SEEN ones. Captures 11-20 are never read.
+product model; `--seen-devices` only tool.evaluation.dataset's 12 SEEN ones. Captures 11-20 are never read.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def load_data(
     root: Path | None, names: list[str], uses_length: bool, masked: bool = True, all_devices: bool = False
 ) -> Data:
     """The development half of `names`; only SEEN devices unless `all_devices` (a product model)."""
-    from tool.dataset import SEEN, device_packets, load_devices
+    from tool.evaluation.dataset import SEEN, device_packets, load_devices
     from tool.model import model_input
     from tool.text import packet_text
 
@@ -248,8 +248,12 @@ def set_episode(data: Data, names: list[str], tc: TrainConfig, rng: np.random.Ge
         r_idx.append(rand)
         r_dev.append(np.full(len(rand), k))
     return (
-        np.stack(supports), np.concatenate(q_idx), np.concatenate(q_set), np.array(set_dev),
-        np.concatenate(r_idx), np.concatenate(r_dev),
+        np.stack(supports),
+        np.concatenate(q_idx),
+        np.concatenate(q_set),
+        np.array(set_dev),
+        np.concatenate(r_idx),
+        np.concatenate(r_dev),
     )
 
 
@@ -274,8 +278,10 @@ def set_loss(net, ids, data: Data, names: list[str], tc: TrainConfig, rng: np.ra
     packet_dev = np.concatenate([set_dev[q_set], r_dev])
     target = torch.from_numpy(packet_dev[:, None] == np.arange(k)[None]).float()
     bce = F.binary_cross_entropy(p, target, reduction="none")
-    loss = tc.packet_weight * 0.5 * (
-        (bce * target).sum() / target.sum() + (bce * (1 - target)).sum() / (1 - target).sum()
+    loss = (
+        tc.packet_weight
+        * 0.5
+        * ((bce * target).sum() / target.sum() + (bce * (1 - target)).sum() / (1 - target).sum())
     )
     # The old host score (mean p over a host's packets), multi-way over the fingerprints.
     sets = torch.from_numpy(q_set)
@@ -418,7 +424,7 @@ def validate_set(net, ids, data: Data, held_out: list[str]) -> dict:
     import torch.nn.functional as F
     from sklearn.metrics import roc_auc_score
 
-    from tool.dataset import SEEN
+    from tool.evaluation.dataset import SEEN
 
     names = sorted(data.captures)
     held = [names.index(n) for n in held_out]
@@ -467,7 +473,7 @@ def validate_set(net, ids, data: Data, held_out: list[str]) -> dict:
 
 def summarize_set(per_device: dict) -> dict:
     """Means over held-out devices (each held out once): all, and the SEEN / unseen split."""
-    from tool.dataset import SEEN
+    from tool.evaluation.dataset import SEEN
 
     names = list(per_device["packet_auc"])
     groups = {
@@ -531,7 +537,14 @@ def validate_tfidf(root, names: list[str]) -> dict:
 
 # ---- one run ---------------------------------------------------------------------------------------
 def run(
-    root, train_names, eval_names, cfg, tc: TrainConfig, seed: int, log, masked: bool = True,
+    root,
+    train_names,
+    eval_names,
+    cfg,
+    tc: TrainConfig,
+    seed: int,
+    log,
+    masked: bool = True,
     all_devices: bool = False,
 ):
     """Train on `train_names`; validate on `eval_names` (a superset) if given. (net, ids, data, result)
@@ -571,8 +584,15 @@ def run(
 
 
 def save_model(
-    net, out: Path, data: Data, result: dict, names: list[str], tc: TrainConfig, seed: int,
-    seconds: float, extra: dict | None = None,
+    net,
+    out: Path,
+    data: Data,
+    result: dict,
+    names: list[str],
+    tc: TrainConfig,
+    seed: int,
+    seconds: float,
+    extra: dict | None = None,
 ) -> dict[str, str]:
     """Export the ONNX files, check them against torch, and write manifest.json; their sha256."""
     import onnx
@@ -625,7 +645,7 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     """--cv --cv-folds dev23: train on pool minus each CV23_FOLDS fold, validate_set on all 23."""
     import torch
 
-    from tool.dataset import SEEN, UNSEEN
+    from tool.evaluation.dataset import SEEN, UNSEEN
     from tool.model import encode_bytes
 
     every = sorted(SEEN + UNSEEN)
@@ -640,8 +660,15 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
         v = validate_set(net, vids, vdata, list(fold))
         if fold_models:
             save_model(
-                net, fold_models / f"fold{number}", data, result, train_names, tc, seed,
-                time.time() - start, {"held_out": list(fold)},
+                net,
+                fold_models / f"fold{number}",
+                data,
+                result,
+                train_names,
+                tc,
+                seed,
+                time.time() - start,
+                {"held_out": list(fold)},
             )
         s = summarize_set(v)
         log(
@@ -666,8 +693,10 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     log(f"packet_auc of p(Target): {pa['all']:.3f} / {pa['seen']:.3f} / {pa['unseen']:.3f}")
     if report:
         report.write_text(
-            json.dumps({**settings, "pool": pool, "summary": summary, "per_device": per_device,
-                        "folds": folds}, indent=1)
+            json.dumps(
+                {**settings, "pool": pool, "summary": summary, "per_device": per_device, "folds": folds},
+                indent=1,
+            )
         )
     return summary
 
@@ -678,7 +707,7 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     "data_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="IoT Sentinel data folder [default: tool.dataset.default_data_dir()].",
+    help="IoT Sentinel data folder [default: tool.evaluation.dataset.default_data_dir()].",
 )
 @click.option(
     "--out",
@@ -771,7 +800,7 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     "--fold-models",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="With --cv: also export each fold's model to DIR/fold1..3 (for python -m export.calibrate --cv).",
+    help="With --cv: export each fold's model to DIR/fold1..3 (for python -m tool.evaluation.calibrate).",
 )
 @click.option("--capture-weight", type=float, default=TrainConfig.capture_weight, show_default=True)
 @click.option("--ae-weight", type=float, default=TrainConfig.ae_weight, show_default=True)
@@ -835,7 +864,7 @@ def main(
     import torch
 
     from export.model import Config
-    from tool.dataset import SEEN, UNSEEN
+    from tool.evaluation.dataset import SEEN, UNSEEN
 
     torch.set_num_threads(threads)
     if paper:
@@ -891,13 +920,18 @@ def main(
             train_names = [n for n in names if n not in fold]
             log(f"fold: holding out {', '.join(fold)}")
             start = time.time()
-            net, _, data, result = run(
-                data_dir, train_names, names, cfg, tc, seed, log, masked, all_devices
-            )
+            net, _, data, result = run(data_dir, train_names, names, cfg, tc, seed, log, masked, all_devices)
             if fold_models:
                 save_model(
-                    net, fold_models / f"fold{number}", data, result, train_names, tc, seed,
-                    time.time() - start, {"held_out": list(fold)},
+                    net,
+                    fold_models / f"fold{number}",
+                    data,
+                    result,
+                    train_names,
+                    tc,
+                    seed,
+                    time.time() - start,
+                    {"held_out": list(fold)},
                 )
             v = result["validation"]
             log(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tool.dataset import default_data_dir, load_devices
+from tool.evaluation.dataset import default_data_dir, load_devices
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def run_command(name: str, *args: str, env: dict[str, str] | None = None, timeou
     module = {
         "dnp-enroll": "tool.cli.enroll",
         "dnp-scan": "tool.cli.scan",
-        "dnp-eval": "tool.cli.evaluate",
+        "dnp-eval": "tool.evaluation.cli",
         "dnp-plugin": "tool.cli.plugin",
     }[name]
     code = f"import {module} as m; m.main()"

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tool.capture import CaptureError, read_many, read_packets
-from tool.dataset import device_packets, read_captures
+from tool.evaluation.dataset import device_packets, read_captures
 
 
 def capinfos_count(path) -> int:

@@ -1,4 +1,4 @@
-"""export.ceiling: the separability of same-vendor devices' first 20 packets, without a model."""
+"""tool.evaluation.ceiling: the separability of same-vendor devices' first 20 packets, without a model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections import Counter
 
 from click.testing import CliRunner
 
-from export.ceiling import enroll_accuracy, main, oracle_accuracy, vote
+from tool.evaluation.ceiling import enroll_accuracy, main, oracle_accuracy, vote
 
 
 def c(*pairs: tuple[int, str]) -> Counter:

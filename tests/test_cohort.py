@@ -88,7 +88,7 @@ def test_shipped_cohort_matches_the_shipped_encoder(model):
 def test_each_device_finds_its_own_enrollment_capture_first(devices, model, tmp_path):
     """self_rank1 = 1 through the real scan: every device's enrollment capture(s), merged with the
     others' (one device of each pair that shares a MAC), and its own host first for its own fingerprint."""
-    from tool.dataset import device_packets
+    from tool.evaluation.dataset import device_packets
     from tool.scan import scan
 
     shared_mac = {"D-LinkHomeHub", "HueSwitch"}  # each shares a MAC with another device (data README)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.conftest import run_command
-from tool.baselines import (
+from tool.evaluation.baselines import (
     SENTINEL_FEATURES,
     evaluate_ngram,
     evaluate_sentinel,
@@ -17,7 +17,7 @@ from tool.baselines import (
     sentinel_fingerprint,
     sentinel_packets,
 )
-from tool.evaluate import load_protocol, summarise
+from tool.evaluation.protocol import load_protocol, summarise
 from tool.model import MANIFEST, models_dir
 
 # Seen and unseen devices, two same-vendor pairs among them, and one that enrolls across captures.

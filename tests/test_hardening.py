@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from conftest import ROOT, enroll_device, not_a_file, run_command
-from tool.dataset import Device
+from tool.evaluation.dataset import Device
 
 TIMEOUT = 120
 

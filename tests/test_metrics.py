@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from tool import metrics
-from tool.evaluate import Evaluation, summarise
+from tool.evaluation import metrics
+from tool.evaluation.protocol import Evaluation, summarise
 
 
 def test_auc_counts_a_tie_between_a_positive_and_a_negative_as_one_half():

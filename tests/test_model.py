@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tool.dataset import device_packets
+from tool.evaluation.dataset import device_packets
 from tool.model import Model, ModelError, encode_bytes, model_input, models_dir
 from tool.text import packet_text
 

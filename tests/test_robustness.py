@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT, enroll_device, rewrite_addresses, run_command
 from tool.capture import read_packets
-from tool.dataset import read_captures
+from tool.evaluation.dataset import read_captures
 from tool.scan import memo_info
 from tool.text import packet_text
 

@@ -241,22 +241,49 @@ def test_bad_capture_gives_one_line_and_no_output(devices, fingerprints, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pcap"]
 
 
-def test_python_api_scans_without_torch(merged, fingerprints, clean_env):
-    code = (
-        "import sys, json\n"
+# What a scan must not load: training (torch, export/) and the evaluation beside the runtime.
+NOT_RUNTIME = ("torch", "export", "tool.evaluation", "sklearn", "matplotlib")
+LOADED = (
+    "import sys, json\n"
+    "def loaded():\n"
+    f"    return sorted(m for m in sys.modules if m.split('.')[0] in {NOT_RUNTIME!r}\n"
+    f"                  or m.startswith('tool.evaluation'))\n"
+)
+
+
+def test_python_api_scans_without_torch_or_the_evaluation(merged, fingerprints, clean_env):
+    code = LOADED + (
         "from tool.fingerprint import load\n"
         "from tool.model import Model\n"
         "from tool.scan import scan\n"
         "m = Model.load()\n"
         f"r = scan({str(merged)!r}, [load({str(fingerprints['Withings'])!r}, m)], m)\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'top': r.hosts[0]['mac']}))\n"
+        "print(json.dumps({'loaded': loaded(), 'top': r.hosts[0]['mac']}))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env, timeout=300
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["torch"] is False
+    assert result["loaded"] == []
+
+
+def test_dnp_scan_with_every_output_loads_no_evaluation_module(merged, fingerprints, clean_env, tmp_path):
+    out = tmp_path
+    args = [str(merged), "-f", str(fingerprints["Withings"]), "--json", str(out / "r.json")]
+    args += ["--csv", str(out / "p.csv"), "--annotate", str(out / "a.csv"), "--pcapng", str(out / "c.pcapng")]
+    code = LOADED + (
+        "import atexit\n"
+        f"atexit.register(lambda: open({str(out / 'loaded.json')!r}, 'w').write(json.dumps(loaded())))\n"
+        "import tool.cli.scan as m\n"
+        "m.main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=clean_env, timeout=300
+    )
+    assert done.returncode in (0, 1), done.stderr
+    assert (out / "c.pcapng").stat().st_size > 0
+    assert json.loads((out / "loaded.json").read_text()) == []
 
 
 def test_fingerprint_round_trips_through_json(fingerprints):

@@ -77,7 +77,7 @@ def test_all_devices_reads_the_development_half_of_unseen_devices(data_dir):
 
 
 def test_the_defaults_train_the_set_loss_on_all_23_devices_and_paper_the_12(data_dir, tmp_path):
-    from tool.dataset import SEEN, UNSEEN
+    from tool.evaluation.dataset import SEEN, UNSEEN
 
     assert TrainConfig().all_devices and TrainConfig().loss == "set"
     for flags, loss in (([], "set"), (["--paper"], "packet")):
@@ -122,7 +122,7 @@ def test_set_loss_trains_and_separates_the_episode_s_hosts(data_dir):
 
 def test_set_level_cv_holds_out_every_device_once(data_dir, tmp_path):
     from export.train import CV23_FOLDS
-    from tool.dataset import SEEN, UNSEEN
+    from tool.evaluation.dataset import SEEN, UNSEEN
 
     held = [n for fold in CV23_FOLDS for n in fold]
     assert sorted(held) == sorted(SEEN + UNSEEN)  # each of the 23 exactly once
@@ -166,8 +166,8 @@ def test_unmasked_training_is_for_validation_only(data_dir, tmp_path):
 
 
 def test_cv_fold_models_are_calibrated_on_their_held_out_devices(data_dir, tmp_path):
-    from export.calibrate import measure
     from export.train import CV23_FOLDS
+    from tool.evaluation.calibrate import measure
 
     folds = tmp_path / "folds"
     args = ["--data", str(data_dir), "--cv", "--fold-models", str(folds)]

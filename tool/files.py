@@ -1,4 +1,5 @@
-"""Every file the tool writes goes through here: one atomic writer, and the checks on output paths.
+"""Every file the tool writes goes through here: one atomic writer, the checks on output paths, and
+the sha256 of a file that model manifests and fingerprints record.
 
 An investigator's folder holds evidence. So an output path is checked before any work: it must not
 be a device, a FIFO or a folder (as root, replacing /dev/null with a regular file breaks the
@@ -13,6 +14,7 @@ into place only on commit; on any failure or interrupt it removes the temporary 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import stat
@@ -173,6 +175,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write text to `path` atomically, with the user's umask."""
     with atomic_output(path) as f:
         f.write(text)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's content, read a block at a time: what manifests and fingerprints record."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _identity(path: str) -> tuple[str, tuple[int, int] | None]:

@@ -131,7 +131,9 @@ class Fingerprint:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the fingerprint atomically: a reader never sees half a file."""
-        write_atomic(Path(path), self.to_json())
+        from tool.files import write_text_atomic
+
+        write_text_atomic(path, self.to_json())
 
     def check_model(self, model: Model) -> None:
         """Refuse a fingerprint made with another model, or whose prototype the model disowns."""
@@ -165,13 +167,6 @@ def _embed(model: Model, support: Sequence[SupportPacket]) -> np.ndarray:
 def _digest(payload: dict[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same folder and a rename."""
-    from tool.files import write_text_atomic
-
-    write_text_atomic(path, text)
 
 
 def _require(cond: bool, what: str) -> None:
@@ -315,7 +310,7 @@ def enroll(
     >>> fp.save("cam.fp")                                              # doctest: +SKIP
     """
     from tool.capture import read_packets
-    from tool.dataset import sha256_file
+    from tool.files import sha256_file
     from tool.model import Model
 
     captures = [capture] if isinstance(capture, (str, os.PathLike)) else list(capture)

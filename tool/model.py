@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tool.dataset import sha256_file
+from tool.files import sha256_file
 
 MANIFEST = "manifest.json"
 ENCODER = "encoder.onnx"

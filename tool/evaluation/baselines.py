@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from tool.capture import CaptureError, Packet, concatenate, tshark_path
-from tool.dataset import cache_dir, sha256_file
-from tool.evaluate import Evaluation, ProtocolData
+from tool.evaluation.dataset import cache_dir
+from tool.evaluation.protocol import Evaluation, ProtocolData
+from tool.files import sha256_file
 from tool.text import packet_text
 
 SEED = 0
@@ -99,7 +100,7 @@ def ngram_fit_texts(data: ProtocolData) -> list[str]:
 
 def evaluate_ngram(data: ProtocolData) -> Evaluation:
     """The n-gram matcher on the protocol, its idf fitted on the seen devices' development half."""
-    from tool.evaluate import evaluate_scorer
+    from tool.evaluation.protocol import evaluate_scorer
 
     start = time.perf_counter()
     texts = ngram_fit_texts(data)

@@ -1,6 +1,6 @@
-"""The verdict measured on fingerprints no model trained on: `python -m export.calibrate --cv DIR`.
+"""The verdict measured on fingerprints no model trained on: `python -m tool.evaluation.calibrate --cv DIR`.
 
-    dnp-train --cv --fold-models folds/ && python -m export.calibrate --cv folds/
+    dnp-train --cv --fold-models folds/ && python -m tool.evaluation.calibrate --cv folds/
 
 Reads only the development half (captures 1-10) of the data, as EVALUATION.md asks for choosing
 settings. Each fold model of `dnp-train --cv --fold-models` gets the cohort its own training
@@ -25,9 +25,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tool import metrics
 from tool.cohort import COHORT
 from tool.constants import HOST_SCORES, SET_SCORES
+from tool.evaluation import metrics
 
 RATES = (0.0001, 0.001, 0.003, 0.01, 0.03, 0.1)
 
@@ -43,8 +43,8 @@ def fold_dirs(folds: Path) -> list[Path]:
 def measure(folds: Path, data: str | None, host_score: str) -> dict:
     """Held-out figures of one host score, pooled over the fold models."""
     from export.cohort import build
-    from tool.evaluate import ModelScorer, evaluate_scorer, load_protocol
-    from tool.fingerprint import write_atomic
+    from tool.evaluation.protocol import ModelScorer, evaluate_scorer, load_protocol
+    from tool.files import write_text_atomic
 
     protocol = load_protocol(data, half="dev")
     ranks: list[float] = []
@@ -57,7 +57,7 @@ def measure(folds: Path, data: str | None, host_score: str) -> dict:
         held = [n for n in manifest["held_out"] if n in protocol.names]
         if host_score in SET_SCORES and not (directory / COHORT).is_file():
             # The fold model's own cohort, from its own training devices, as dnp-train ships one.
-            write_atomic(directory / COHORT, json.dumps(build(str(directory), data)) + "\n")
+            write_text_atomic(directory / COHORT, json.dumps(build(str(directory), data)) + "\n")
         scorer = ModelScorer(directory, host_score=host_score)
         ev = evaluate_scorer(protocol, scorer)
         names = ev.names
@@ -117,9 +117,9 @@ def main(folds: Path, data: str | None, json_path: str | None) -> None:
                 f"{v['false_match_rate']:.4f}  miss_rate {v['miss_rate']:.4f}"
             )
     if json_path:
-        from tool.fingerprint import write_atomic
+        from tool.files import write_text_atomic
 
-        write_atomic(Path(json_path), json.dumps(results, indent=1) + "\n")
+        write_text_atomic(Path(json_path), json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """How far the first 20 packets can tell same-vendor devices apart: a ceiling for capture_top1.
 
-    python -m export.ceiling [--data DIR]
+    python -m tool.evaluation.ceiling [--data DIR]
 
 dnp-23 decides a capture from its first 20 device packets. When two devices of one vendor send
 the same texts with the same frame lengths there, no method that reads those packets can tell
@@ -26,7 +26,7 @@ import click
 import numpy as np
 
 from tool.capture import Packet
-from tool.dataset import ENROLL_PACKETS, device_packets, load_devices
+from tool.evaluation.dataset import ENROLL_PACKETS, device_packets, load_devices
 from tool.text import packet_text
 
 GROUPS = (

@@ -78,7 +78,13 @@ def command(
     Devices outside the 12 seen by training count as unseen. A device with fewer than 11
     captures is tested on the captures after those its enrollment used.
     """
-    from tool.evaluate import EvaluationError, ModelScorer, evaluate_scorer, load_protocol, summarise
+    from tool.evaluation.protocol import (
+        EvaluationError,
+        ModelScorer,
+        evaluate_scorer,
+        load_protocol,
+        summarise,
+    )
 
     started = time.perf_counter()
     status = _Status(json_path == "-")
@@ -131,7 +137,7 @@ def command(
     if protocol.empty_tests:
         report["empty_test_captures"] = protocol.empty_tests
     if plot_dir:
-        from tool.plots import write_host_plots, write_plots
+        from tool.evaluation.plots import write_host_plots, write_plots
 
         figures = write_plots(evaluations, plot_dir) + write_host_plots(evaluations[0], report, plot_dir)
         report["figures"] = [str(p) for p in figures]
@@ -146,17 +152,17 @@ def command(
         sys.stdout.write(text)
         return 0
     if json_path:
-        from tool.fingerprint import write_atomic
+        from tool.files import write_text_atomic
 
-        write_atomic(Path(json_path), text)
+        write_text_atomic(Path(json_path), text)
     _print_tables(report)
     return 0
 
 
 def _check_data(data: str | None) -> None:
     from tool.capture import CaptureError
-    from tool.dataset import load_devices
-    from tool.evaluate import EvaluationError
+    from tool.evaluation.dataset import load_devices
+    from tool.evaluation.protocol import EvaluationError
 
     try:
         load_devices(data)
@@ -167,7 +173,7 @@ def _check_data(data: str | None) -> None:
 
 
 def _default_data() -> Path:
-    from tool.dataset import default_data_dir
+    from tool.evaluation.dataset import default_data_dir
 
     return default_data_dir().resolve()
 
@@ -180,7 +186,7 @@ def _need(module: str, option: str) -> None:
 
 
 def _run_baselines(protocol: Any, status: _Status) -> list[Any]:
-    from tool.baselines import evaluate_ngram, evaluate_sentinel
+    from tool.evaluation.baselines import evaluate_ngram, evaluate_sentinel
 
     status.say("n-gram baseline")
     ngram = evaluate_ngram(protocol)

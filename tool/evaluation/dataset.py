@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tool.capture import FIELDS, TSHARK_PREFS, CaptureError, Packet, read_many, tshark_path
+from tool.files import sha256_file
 
 SEEN = (
     "Aria",
@@ -131,14 +132,6 @@ def load_devices(root: str | os.PathLike | None = None) -> list[Device]:
     if not devices:
         raise CaptureError(f"{root}: no device folders with _iotdevice-mac.txt")
     return devices
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_dir(kind: str, extracted: Sequence[str]) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tool import metrics
-from tool.evaluate import Evaluation
+from tool.evaluation import metrics
+from tool.evaluation.protocol import Evaluation
 
 SEEN_COLOUR = "#1f77b4"
 UNSEEN_COLOUR = "#d62728"

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tool import metrics
 from tool.capture import Packet
 from tool.constants import MAX_FALSE_MATCH, PACKETS, SET_SCORES
-from tool.dataset import DEV_CAPTURES, ENROLL_PACKETS, Device, DevicePackets, brand, sha256_file
+from tool.evaluation import metrics
+from tool.evaluation.dataset import DEV_CAPTURES, ENROLL_PACKETS, Device, DevicePackets, brand
+from tool.files import sha256_file
 
 if TYPE_CHECKING:
     from tool.model import Model
@@ -181,7 +182,7 @@ def load_protocol(root: str | os.PathLike | None = None, half: str = "test") -> 
     """Read a data folder the dnp-23 way: every device's enrollment packets and test captures
     (half="dev": the development half's captures after enrollment stand in for the test half)."""
     from tool.capture import CaptureError
-    from tool.dataset import device_packets, load_devices
+    from tool.evaluation.dataset import device_packets, load_devices
 
     if half not in ("test", "dev"):
         raise ValueError(f"half is test or dev, got {half!r}")

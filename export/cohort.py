@@ -18,7 +18,7 @@ import click
 import numpy as np
 
 from tool.cohort import COHORT, COHORT_FORMAT
-from tool.constants import PACKETS
+from tool.constants import MIN_PACKETS, PACKETS
 
 MAX_WINDOWS = 40  # windows per capture
 
@@ -26,7 +26,7 @@ MAX_WINDOWS = 40  # windows per capture
 def windows_of(packets: list, size: int = PACKETS, limit: int = MAX_WINDOWS) -> list[list]:
     """Consecutive, non-overlapping windows of `size` packets from the start; a short capture is one."""
     if len(packets) < size:
-        return [packets] if len(packets) >= 5 else []
+        return [packets] if len(packets) >= MIN_PACKETS else []
     return [packets[i : i + size] for i in range(0, len(packets) - size + 1, size)][:limit]
 
 

@@ -40,10 +40,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from tool.constants import PACKETS
+
 # ---- settings (the shipped model uses these defaults) ------------------------------------------
 SEED = 1337
-SUPPORT = 20  # packets in a prototype's support sequence (the dnp-23 enrollment)
-QUERY_FIRST = 20  # a query capture's first packets: its dnp-23 capture score
 QUERY_RANDOM = 12  # plus random packets of the capture, for the packet-level one-class loss
 # Leave-devices-out folds over the 12 seen devices, each holding out devices whose vendor
 # relatives stay in training, as the real unseen devices have relatives among the seen ones.
@@ -192,13 +192,13 @@ def episode(data: Data, names: list[str], tc: TrainConfig, rng: np.random.Genera
         caps = data.captures[name]
         cs, cq = rng.choice(len(caps), size=2, replace=False)
         if rng.random() < tc.first_support:
-            sup = support_sequence(caps, cs, SUPPORT)
+            sup = support_sequence(caps, cs, PACKETS)
         else:  # a window anywhere in the capture: more variety in the prototypes
             seq = np.concatenate(caps[cs:] + caps[:cs])
-            start = rng.integers(0, max(1, len(seq) - SUPPORT + 1))
-            sup = seq[start : start + SUPPORT]
-        supports.append(np.resize(sup, SUPPORT))  # short devices repeat their sequence
-        first = caps[cq][:QUERY_FIRST]
+            start = rng.integers(0, max(1, len(seq) - PACKETS + 1))
+            sup = seq[start : start + PACKETS]
+        supports.append(np.resize(sup, PACKETS))  # short devices repeat their sequence
+        first = caps[cq][:PACKETS]
         rand = rng.choice(caps[cq], size=min(QUERY_RANDOM, len(caps[cq])), replace=False)
         q_idx += [first, rand]
         q_dev += [np.full(len(first) + len(rand), k)]
@@ -214,11 +214,11 @@ def query_set(capture: np.ndarray, tc: TrainConfig, rng: np.random.Generator) ->
     past the 20th can come in); and, with probability `drop_prob`, packets lost: between `min_keep`
     and 20 of them are kept, in order.
     """
-    start = 0 if rng.random() < 0.5 else int(rng.integers(0, max(1, len(capture) - QUERY_FIRST + 1)))
-    window = capture[start : start + QUERY_FIRST + int(np.ceil(tc.jitter))]
+    start = 0 if rng.random() < 0.5 else int(rng.integers(0, max(1, len(capture) - PACKETS + 1)))
+    window = capture[start : start + PACKETS + int(np.ceil(tc.jitter))]
     if tc.jitter > 0:
         window = window[np.argsort(np.arange(len(window)) + rng.uniform(0, tc.jitter, len(window)))]
-    window = window[:QUERY_FIRST]
+    window = window[:PACKETS]
     if rng.random() < tc.drop_prob and len(window) > tc.min_keep:
         keep = int(rng.integers(tc.min_keep, len(window) + 1))
         window = window[np.sort(rng.choice(len(window), size=keep, replace=False))]
@@ -233,12 +233,12 @@ def set_episode(data: Data, names: list[str], tc: TrainConfig, rng: np.random.Ge
         caps = data.captures[name]
         cs, *cq = rng.choice(len(caps), size=1 + tc.query_sets, replace=False)
         if rng.random() < tc.first_support:
-            sup = support_sequence(caps, cs, SUPPORT)
+            sup = support_sequence(caps, cs, PACKETS)
         else:
             seq = np.concatenate(caps[cs:] + caps[:cs])
-            start = rng.integers(0, max(1, len(seq) - SUPPORT + 1))
-            sup = seq[start : start + SUPPORT]
-        supports.append(np.resize(sup, SUPPORT))
+            start = rng.integers(0, max(1, len(seq) - PACKETS + 1))
+            sup = seq[start : start + PACKETS]
+        supports.append(np.resize(sup, PACKETS))
         for c in cq:
             q = query_set(caps[c], tc, rng)
             q_idx.append(q)
@@ -267,7 +267,7 @@ def set_loss(net, ids, data: Data, names: list[str], tc: TrainConfig, rng: np.ra
     uniq, inv = np.unique(np.concatenate([sup.ravel(), q_idx, r_idx]), return_inverse=True)
     z = net.encoder(ids[torch.from_numpy(uniq)])
     emb = net.embed(z)[torch.from_numpy(inv)]  # [K*S + Q + R, D]
-    e_sup = emb[:n_sup].reshape(k, SUPPORT, -1)
+    e_sup = emb[:n_sup].reshape(k, PACKETS, -1)
     e_q, e_r = emb[n_sup : n_sup + n_q], emb[n_sup + n_q :]
     dev = torch.from_numpy(set_dev)
     # Per-packet one-class loss: every query-set packet and the random packets against every prototype.
@@ -329,8 +329,8 @@ def train_prototypes(net, ids, data: Data, tc: TrainConfig, rng: np.random.Gener
             z = net.encoder(ids[torch.from_numpy(uniq)])  # [U, H*W] the episode's distinct strings
             emb = net.embed(z)[torch.from_numpy(inv)]  # [K*S + Q, D]
             k = len(names)
-            protos = net.proto(emb[: k * SUPPORT].reshape(k, SUPPORT, -1))  # [K, D]
-            p = net.match(emb[k * SUPPORT :], protos).clamp(1e-6, 1 - 1e-6)  # [Q, K]
+            protos = net.proto(emb[: k * PACKETS].reshape(k, PACKETS, -1))  # [K, D]
+            p = net.match(emb[k * PACKETS :], protos).clamp(1e-6, 1 - 1e-6)  # [Q, K]
             target = torch.from_numpy(q_dev[:, None] == np.arange(k)[None]).float()  # [Q, K]
             # One-class loss, positives and negatives weighted equally.
             bce = F.binary_cross_entropy(p, target, reduction="none")
@@ -374,13 +374,13 @@ def validate(net, ids, data: Data, held_out: list[str]) -> dict:
         emb = net.embedding(ids)  # [U, D] every distinct string once
         names = sorted(data.captures)
         protos = torch.stack(
-            [net.proto(emb[support_sequence(data.captures[n], 0, SUPPORT)][None])[0] for n in names]
+            [net.proto(emb[support_sequence(data.captures[n], 0, PACKETS)][None])[0] for n in names]
         )
         hits: dict[str, list[bool]] = {n: [] for n in names}
         confusions: dict[str, int] = {}
         for t, name in enumerate(names):
             for cap in data.captures[name][1:]:
-                score = net.match(emb[cap[:QUERY_FIRST]], protos).mean(0)  # [K]
+                score = net.match(emb[cap[:PACKETS]], protos).mean(0)  # [K]
                 hits[name].append(int(score.argmax()) == t)
                 if not hits[name][-1]:
                     key = f"{name} -> {names[int(score.argmax())]}"
@@ -432,14 +432,14 @@ def validate_set(net, ids, data: Data, held_out: list[str]) -> dict:
     net.eval()
     with torch.no_grad():
         emb = net.embedding(ids)
-        supports = [emb[support_sequence(data.captures[n], 0, SUPPORT)] for n in names]
+        supports = [emb[support_sequence(data.captures[n], 0, PACKETS)] for n in names]
         protos = torch.stack([net.proto(s[None])[0] for s in supports])  # [K, D]
         fp = F.normalize(torch.stack([s.mean(0) for s in supports]), dim=1)
         # scores[how][device, position, fingerprint]
         scores = {h: np.zeros((len(names), len(positions), len(names))) for h in ("mean_p", "set_cos")}
         for d, n in enumerate(names):
             for j, c in enumerate(positions):
-                e = emb[data.captures[n][c][:QUERY_FIRST]]
+                e = emb[data.captures[n][c][:PACKETS]]
                 scores["mean_p"][d, j] = net.match(e, protos).mean(0).numpy()
                 scores["set_cos"][d, j] = (F.normalize(e.mean(0), dim=0) @ fp.T).numpy()
         all_idx = np.concatenate([data.captures[n][c] for n in names for c in positions])
@@ -515,13 +515,11 @@ def validate_tfidf(root, names: list[str]) -> dict:
     vectors = vectorizer.fit_transform(data.strings)  # idf over the distinct dev texts of these devices
     names = sorted(data.captures)
     protos = np.stack(
-        [np.asarray(vectors[support_sequence(data.captures[n], 0, SUPPORT)].mean(0)).ravel() for n in names]
+        [np.asarray(vectors[support_sequence(data.captures[n], 0, PACKETS)].mean(0)).ravel() for n in names]
     )
     protos /= np.linalg.norm(protos, axis=1, keepdims=True)
     hits = {
-        n: [
-            int((vectors[cap[:QUERY_FIRST]] @ protos.T).mean(0).argmax()) == t for cap in data.captures[n][1:]
-        ]
+        n: [int((vectors[cap[:PACKETS]] @ protos.T).mean(0).argmax()) == t for cap in data.captures[n][1:]]
         for t, n in enumerate(names)
     }
     all_idx = np.concatenate([c for n in names for c in data.captures[n][1:]])

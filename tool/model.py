@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tool.constants import MIN_PACKETS
 from tool.files import sha256_file
 
 MANIFEST = "manifest.json"
@@ -131,7 +132,7 @@ class Model:
                 raise ModelError(f"{directory / name}: onnxruntime cannot load it: {first}") from None
         encoder, head = sessions
         dim = int(cfg["embed_dim"])
-        _, scale = head.run(None, {"support": np.zeros((5, dim), np.float32)})
+        _, scale = head.run(None, {"support": np.zeros((MIN_PACKETS, dim), np.float32)})
         return cls(directory, manifest, encoder, head, float(scale))
 
     def key(self, text: str, length: int) -> Hashable:
@@ -150,10 +151,12 @@ class Model:
         return out
 
     def prototype(self, support: np.ndarray) -> np.ndarray:
-        """The Target prototype [E] of S sequenced support embeddings [S, E] (S >= 5)."""
+        """The Target prototype [E] of S sequenced support embeddings [S, E] (S >= MIN_PACKETS, 5)."""
         support = np.asarray(support, dtype=np.float32)
-        if support.ndim != 2 or support.shape[1] != self.embedding_dim or len(support) < 5:
-            raise ValueError(f"support must be [S >= 5, {self.embedding_dim}], got {list(support.shape)}")
+        if support.ndim != 2 or support.shape[1] != self.embedding_dim or len(support) < MIN_PACKETS:
+            raise ValueError(
+                f"support must be [S >= {MIN_PACKETS}, {self.embedding_dim}], got {list(support.shape)}"
+            )
         return self._head.run(None, {"support": support})[0]
 
     def match(self, queries: np.ndarray, prototypes: np.ndarray) -> np.ndarray:

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from tool.model import Model
 
 CHUNK = 4096
-HOST_PACKETS = PACKETS
 MAX_HOST_IPS = 8
 TOP_PACKETS = 10
 # Past this many memo entries the memo starts again: a capture of unique texts (random payloads,
@@ -221,7 +220,7 @@ def host_scores(
     hosts: Sequence[Sequence[Packet]],
     fingerprints: Sequence[Fingerprint],
     how: str = "set",
-    host_packets: int = HOST_PACKETS,
+    host_packets: int = PACKETS,
 ) -> np.ndarray:
     """The host score of each packet sequence for each fingerprint, [H, K], as dnp-scan computes it.
 
@@ -345,7 +344,7 @@ def scan(
     threshold: float | None = None,
     max_false_match: float | None = None,
     host_score: str = "set",
-    host_packets: int = HOST_PACKETS,
+    host_packets: int = PACKETS,
     display_filter: str | None = None,
     fingerprint_files: Sequence[str] | None = None,
     on_packet: PacketSink | None = None,

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 import click
 
 from tool.cli.common import require_stdout, run
-from tool.constants import HOST_SCORES, MAX_FALSE_MATCH, SET_SCORES
-from tool.constants import PACKETS as HOST_PACKETS
+from tool.constants import HOST_SCORES, MAX_FALSE_MATCH, PACKETS, SET_SCORES
 from tool.report import PacketRow
 
 EXAMPLE = """
@@ -91,7 +90,7 @@ def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 @click.option(
     "--host-packets",
     type=click.IntRange(1),
-    default=HOST_PACKETS,
+    default=PACKETS,
     show_default=True,
     help="How many of a host's first packets the set and first20 scores read.",
 )

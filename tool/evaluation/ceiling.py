@@ -26,7 +26,8 @@ import click
 import numpy as np
 
 from tool.capture import Packet
-from tool.evaluation.dataset import ENROLL_PACKETS, device_packets, load_devices
+from tool.constants import PACKETS
+from tool.evaluation.dataset import device_packets, load_devices
 from tool.text import packet_text
 
 GROUPS = (
@@ -40,7 +41,7 @@ TEST_CAPTURES = 10  # dnp-23 tests each device on 10 captures
 
 def first_packets(packets: list[Packet]) -> Counter:
     """What the model reads of a capture, as a multiset: (frame length, text) of its first 20."""
-    return Counter((p.length, packet_text(p.protocol, p.info)) for p in packets[:ENROLL_PACKETS])
+    return Counter((p.length, packet_text(p.protocol, p.info)) for p in packets[:PACKETS])
 
 
 def shared(a: Counter, b: Counter) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tool.capture import FIELDS, TSHARK_PREFS, CaptureError, Packet, read_many, tshark_path
+from tool.constants import PACKETS
 from tool.files import sha256_file
 
 SEEN = (
@@ -64,7 +65,6 @@ BRANDS = {
 BRAND_PREFIXES = {"D-Link": "D-Link", "EdimaxPlug": "Edimax", "TP-Link": "TP-Link"}
 
 DEV_CAPTURES = 10  # captures 1-10 of each device are the development half, 11-20 the test half
-ENROLL_PACKETS = 20
 # Relative to the working folder, not to this file: after `pip install .` this file lives in
 # site-packages, where no data set is.
 DEFAULT_DATA = Path("..") / "shared" / "data" / "iot-sentinel"
@@ -212,7 +212,7 @@ class DevicePackets:
     device: Device
     per_capture: list[list[Packet]] = field(default_factory=list)
 
-    def enrollment(self, count: int = ENROLL_PACKETS) -> list[Packet]:
+    def enrollment(self, count: int = PACKETS) -> list[Packet]:
         """The first `count` packets of capture 1, continuing into capture 2, ... if short."""
         out: list[Packet] = []
         for packets in self.per_capture:

@@ -25,14 +25,13 @@ import numpy as np
 from tool.capture import Packet
 from tool.constants import MAX_FALSE_MATCH, PACKETS, SET_SCORES
 from tool.evaluation import metrics
-from tool.evaluation.dataset import DEV_CAPTURES, ENROLL_PACKETS, Device, DevicePackets, brand
+from tool.evaluation.dataset import DEV_CAPTURES, Device, DevicePackets, brand
 from tool.files import sha256_file
 
 if TYPE_CHECKING:
     from tool.model import Model
 
 PROTOCOL = "dnp-23"
-CAPTURE_PACKETS = PACKETS  # a test capture is scored by the host score over its first 20 device packets
 THRESHOLD = 0.5  # packet_balanced_accuracy's p(Target) threshold (docs/evaluation.md, metric 3)
 ENROLL_CURVE = (5, 10, 20, 50, 100)  # docs/evaluation.md, metric 7
 QUERY_CURVE = (1, 5, 20, 50, None)  # None: all the capture's device packets
@@ -201,10 +200,10 @@ def load_protocol(root: str | os.PathLike | None = None, half: str = "test") -> 
     hosts: dict[str, list[Packet]] = {}
     for device in devices:
         dp = packets[device.name]
-        enrollment[device.name] = dp.enrollment(ENROLL_PACKETS)
+        enrollment[device.name] = dp.enrollment(PACKETS)
         if not enrollment[device.name]:
             raise EvaluationError(f"{device.name}: no packet from {device.mac} in its captures to enroll")
-        used = _enrollment_captures(dp.per_capture, ENROLL_PACKETS)
+        used = _enrollment_captures(dp.per_capture, PACKETS)
         hosts[device.name] = [p for capture in dp.per_capture[:used] for p in capture]
         indices = tested_captures(device, used, half)
         development[device.name] = dp.per_capture[: indices[0] if indices else len(dp.per_capture)]
@@ -258,7 +257,7 @@ def learning_curves(data: ProtocolData, scorer: Scorer) -> dict[str, dict[str, d
     for n in ENROLL_CURVE:
         states = [scorer.enroll(name, data.packets[name].enrollment(n)) for name in names]
         out["enroll_packets"][str(n)] = _capture_numbers(
-            data, np.asarray(scorer.host_scores(captures, states, CAPTURE_PACKETS), dtype=np.float64)
+            data, np.asarray(scorer.host_scores(captures, states, PACKETS), dtype=np.float64)
         )
     states = [scorer.enroll(name, data.enrollment[name]) for name in names]
     for m in QUERY_CURVE:
@@ -285,7 +284,7 @@ def evaluate_scorer(data: ProtocolData, scorer: Scorer, curves: bool = False) ->
             f"{scorer.name}: scores of shape {scores.shape}, expected {(len(packets), len(names))}"
         )
     per_capture = np.asarray(
-        scorer.host_scores([t.packets for t in data.tests], states, CAPTURE_PACKETS), dtype=np.float64
+        scorer.host_scores([t.packets for t in data.tests], states, PACKETS), dtype=np.float64
     )
     predicted = [names[int(i)] for i in per_capture.argmax(axis=1)]
     hosts = [data.enrollment_hosts.get(name) or data.enrollment[name] for name in names]
@@ -301,7 +300,7 @@ def evaluate_scorer(data: ProtocolData, scorer: Scorer, curves: bool = False) ->
         models=scorer.models(),
         capture_positions=[t.position for t in data.tests],
         capture_false_match=scorer.false_match(states, per_capture),
-        self_scores=np.asarray(scorer.host_scores(hosts, states, CAPTURE_PACKETS), dtype=np.float64),
+        self_scores=np.asarray(scorer.host_scores(hosts, states, PACKETS), dtype=np.float64),
         curves=learning_curves(data, scorer) if curves else {},
         host_score=getattr(scorer, "host_score", "set"),
         seconds=time.perf_counter() - start,

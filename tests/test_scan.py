@@ -101,6 +101,39 @@ def test_csv_has_one_row_per_packet_with_proper_quoting(full_scan, merged):
     assert any("," in row[5] for row in rows[1:])  # Info texts with commas survived the round trip
 
 
+def test_python_api_writes_what_dnp_scan_writes(full_scan, merged, fingerprints, tmp_path):
+    from tool.fingerprint import load
+    from tool.model import Model
+    from tool.outputs import ScanOutputs
+    from tool.scan import scan
+
+    report, csv_path, _ = full_scan
+    model = Model.load()
+    files = [str(p) for p in fingerprints.values()]
+    outputs = ScanOutputs(merged, csv=tmp_path / "p.csv", json=tmp_path / "r.json")
+    try:
+        result = scan(
+            merged, [load(p, model) for p in files], model, threshold=0, fingerprint_files=files,
+            on_packet=outputs.on_packet,
+        )  # fmt: skip
+        assert not (tmp_path / "p.csv").exists()  # nothing is in place before the commit
+        outputs.commit(result)
+    finally:
+        outputs.discard()
+    assert (tmp_path / "p.csv").read_bytes() == csv_path.read_bytes()
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "r.json"]
+
+
+def test_outputs_discarded_leave_nothing(merged, tmp_path):
+    from tool.outputs import ScanOutputs
+
+    paths = {"csv": tmp_path / "p.csv", "annotate": tmp_path / "a.csv", "pcapng": tmp_path / "c.pcapng"}
+    with ScanOutputs(merged, **paths):
+        pass  # a scan that failed: no commit
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tables_name_the_hosts_and_distinct_best_packets(full_scan, devices):
     _, _, done = full_scan
     assert "Hosts in merged.pcapng" in done.stdout and "Best-matching packets" in done.stdout

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from tool.files import OutputError, atomic_output
+from tool.outputs import score_text
 
 SIDECAR_HEADER = ("frame", "score", "target", "host_match")
 OLD_SIDECAR_HEADER = SIDECAR_HEADER[:3]
@@ -174,8 +175,9 @@ def write_sidecar_to(out: IO[str], rows: Iterable[tuple], identity: CaptureIdent
         if frame in seen:
             raise ValueError(f"frame {frame} is listed twice")
         seen.add(frame)
-        # repr keeps every digit of the float, so the plugin shows exactly what dnp-scan computed.
-        writer.writerow((frame, repr(score), target, "" if host_match is None else repr(host_match)))
+        # Every digit of the float, so the plugin shows exactly what dnp-scan computed.
+        host = "" if host_match is None else score_text(host_match, None)
+        writer.writerow((frame, score_text(score, None), target, host))
 
 
 def sidecar_identity(path: str | os.PathLike) -> CaptureIdentity | None:
@@ -264,8 +266,8 @@ def comment_text(score: float, target: str, host_match: float | None = None) -> 
     """The packet comment of a scored packet: `deepnetprint.match=0.9312 target=cam host_match=0.9871`."""
     # One line: Wireshark shows a comment's line breaks, and a filter on it should not need to know.
     target = " ".join(target.splitlines())
-    host = "" if host_match is None else f" host_match={host_match:.4f}"
-    return f"{COMMENT_PREFIX}{score:.4f} target={target}{host}"
+    host = "" if host_match is None else f" host_match={score_text(host_match, 4)}"
+    return f"{COMMENT_PREFIX}{score_text(score, 4)} target={target}{host}"
 
 
 def _pad4(n: int) -> int:

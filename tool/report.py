@@ -1,4 +1,4 @@
-"""Reports of a scan: rich tables for a person, CSV rows for a spreadsheet.
+"""Reports of a scan for a person: rich tables (the files a scan writes are tool/outputs.py).
 
 Every string in a table comes from a capture or a fingerprint someone else made, so it goes in as
 rich Text (see `cell`): shown, never interpreted as markup, emoji codes or terminal commands.
@@ -6,11 +6,8 @@ rich Text (see `cell`): shown, never interpreted as markup, emoji codes or termi
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -19,7 +16,6 @@ if TYPE_CHECKING:
     from tool.fingerprint import Fingerprint
     from tool.scan import ScanResult
 
-CSV_HEADER = ("frame", "time", "eth_src", "eth_dst", "protocol", "info")
 # The hosts table's first column, by what a scan keyed its hosts on (Packet.host_kind).
 HOST_HEADERS = {"mac": "MAC", "sll": "host (SLL source MAC)", "ip": "host (IP source)"}
 
@@ -51,50 +47,6 @@ def console(**kwargs: object) -> Console:
             raise BrokenPipeError(32, "Broken pipe")
 
     return _Console(markup=False, emoji=False, highlight=False, **kwargs)  # type: ignore[arg-type]
-
-
-@dataclass
-class PacketRow:
-    """One scored packet as the per-packet outputs (CSV, sidecar, pcapng comment) write it."""
-
-    frame: int
-    time: float
-    eth_src: str
-    eth_dst: str
-    protocol: str
-    info: str
-    probabilities: list[float]  # p(Target) for each fingerprint, in the scan's order
-    names: list[str]  # the fingerprints' names, in the same order
-    host_match: float | None  # the sending host's score for its best fingerprint
-
-    def sidecar(self) -> tuple[int, float, str, float | None]:
-        """(frame, best p(Target), that fingerprint's name, host_match): the Wireshark sidecar's row."""
-        best = max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
-        host = None if self.host_match is None else min(1.0, max(-1.0, self.host_match))
-        return self.frame, self.probabilities[best], self.names[best], host
-
-
-class PacketCsv:
-    """One row per packet: frame, time, addresses, protocol, Info, one p(Target) column per
-    fingerprint (named by it), then host_match: the sending host's score for its best fingerprint."""
-
-    def __init__(self, handle: IO[str], names: Sequence[str]):
-        self.writer = csv.writer(handle, lineterminator="\n")
-        self.writer.writerow([*CSV_HEADER, *names, "host_match"])
-
-    def write(self, row: PacketRow) -> None:
-        self.writer.writerow(
-            [
-                row.frame,
-                f"{row.time:.6f}",
-                row.eth_src,
-                row.eth_dst,
-                row.protocol,
-                row.info,
-                *(f"{p:.6f}" for p in row.probabilities),
-                "" if row.host_match is None else f"{row.host_match:.6f}",
-            ]
-        )
 
 
 def _fmt(score: float) -> str:

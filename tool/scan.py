@@ -511,6 +511,8 @@ def _rank_hosts(
     fingerprints: Sequence[Fingerprint],
     rule: Verdict,
 ) -> list[dict[str, Any]]:
+    from tool.outputs import score_value
+
     false_match = None
     if rule.cohort is not None and len(hosts):
         false_match = rule.cohort.false_match(fingerprints, scores, rule.how)
@@ -530,12 +532,12 @@ def _rank_hosts(
             "host_kind": host.kind,
             "ips": host.ips,
             "packets": host.packets,
-            "match": {n: round(float(s), 6) for n, s in zip(names, scores[h])},
+            "match": {n: score_value(s) for n, s in zip(names, scores[h])},
         }
         if false_match is not None:
-            row["false_match"] = {n: round(float(f), 6) for n, f in zip(names, false_match[h])}
+            row["false_match"] = {n: score_value(f) for n, f in zip(names, false_match[h])}
         row["best"] = names[k]
-        row["score"] = round(float(scores[h, k]), 6)
+        row["score"] = score_value(scores[h, k])
         row["verdict"] = names[k] if matched else None
         rows.append(row)
     rows.sort(
@@ -545,15 +547,6 @@ def _rank_hosts(
 
 
 def _packet_row(packet: Packet, probs: np.ndarray, names: list[str]) -> dict[str, Any]:
-    best = int(np.argmax(probs))
-    return {
-        "frame": packet.frame,
-        "time": packet.time,
-        "eth_src": packet.eth_src,
-        "host": packet.host,
-        "protocol": packet.protocol,
-        "length": packet.length,
-        "info": packet.info,
-        "target": names[best],
-        "probability": round(float(probs[best]), 6),
-    }
+    from tool.outputs import PacketRow
+
+    return PacketRow.of(packet, probs, names).top_packet()

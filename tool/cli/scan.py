@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
-import tempfile
 import warnings
-from collections.abc import Iterator
 
 import click
 
 from tool.cli.common import require_stdout, run
 from tool.constants import HOST_SCORES, MAX_FALSE_MATCH, PACKETS, SET_SCORES
-from tool.report import PacketRow
 
 EXAMPLE = """
 Examples:
@@ -145,7 +141,7 @@ def command(
     host gets a verdict, 1 when none does, 2 on error, 141 when the reader of stdout stops early
     (`| head`). Output files are written only when the scan completes, all of them together.
     """
-    from tool.files import AtomicFile, check_outputs, commit_all
+    from tool.files import check_outputs
 
     if threshold is not None and max_false_match is not None:
         raise click.UsageError("give --threshold or --max-false-match, not both")
@@ -162,7 +158,8 @@ def command(
 
     from tool.fingerprint import load
     from tool.model import Model
-    from tool.report import PacketCsv, console, print_scan
+    from tool.outputs import ScanOutputs
+    from tool.report import console, print_scan
     from tool.scan import scan
 
     model = Model.load(models)
@@ -172,35 +169,20 @@ def command(
         raise click.UsageError(
             f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll"
         )
-    pending: list[AtomicFile] = []
-    spool = None
+    # Every output is a temporary file beside its destination from the start, so a folder that turns
+    # unwritable fails now, and all of them are renamed into place together at the end.
+    outputs = ScanOutputs(
+        capture,
+        csv=csv_path,
+        annotate=annotate,
+        pcapng=pcapng,
+        json=json_path if json_path != "-" else None,
+    )
     try:
-        # Every output is a temporary file beside its destination from the start, so a folder that
-        # turns unwritable fails now, and all of them are renamed into place together at the end.
-        outputs = {
-            key: AtomicFile(path, mode, **kw)
-            for key, path, mode, kw in (
-                ("csv", csv_path, "w", {"newline": ""}),
-                ("annotate", annotate, "w", {"newline": ""}),
-                ("pcapng", pcapng, "wb", {}),
-                ("json", json_path if json_path != "-" else None, "w", {}),
-            )
-            if path
-        }
-        pending.extend(outputs.values())
-        if csv_path or annotate or pcapng:
-            # Per-packet rows wait in a spool file until the hosts' scores are known (they join every
-            # row as host_match); memory stays flat however long the capture.
-            spool = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
-        spool_writer = csv.writer(spool, lineterminator="\n") if spool else None
         progress = _progress(quiet)
 
         def on_packet(packet, probs) -> None:  # noqa: ANN001 - called per packet, kept lean
-            if spool_writer:
-                spool_writer.writerow(
-                    (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.host,
-                     packet.protocol, packet.info, *map(repr, probs.tolist()))
-                )  # fmt: skip
+            outputs.on_packet(packet, probs)
             if progress is not None and packet.frame % 1024 == 0:
                 progress.update(packet.frame)
 
@@ -225,55 +207,21 @@ def command(
             progress.stop()
         for w in held:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-        cut = any(issubclass(w.category, CaptureTruncated) for w in held)
         if result.packets == 0:
             raise click.ClickException(
                 f"no packet matches the filter {display_filter!r} in {capture}"
                 if display_filter
                 else f"{capture}: the capture holds no packets"
             )
-        if spool is not None:
-            from tool.annotate import CaptureIdentity, write_commented_pcapng_to, write_sidecar_to
-
-            if csv_path:
-                packet_csv = PacketCsv(outputs["csv"].handle, names)
-                for row in _spooled(spool, result, names):
-                    packet_csv.write(row)
-            if annotate:
-                rows = (r.sidecar() for r in _spooled(spool, result, names))
-                # The sidecar names its capture, so the plugin shows no scores on another one (a
-                # scores file saved as a Wireshark preference applies to every capture opened later).
-                write_sidecar_to(outputs["annotate"].handle, rows, CaptureIdentity.of(capture))
-            if pcapng:
-                rows = (r.sidecar() for r in _spooled(spool, result, names))
-                write_commented_pcapng_to(
-                    capture, outputs["pcapng"].handle, rows, out_name=pcapng, allow_cut=cut
-                )
-        if "json" in outputs:
-            outputs["json"].handle.write(result.to_json())
-        commit_all(pending)
+        outputs.commit(result, cut=any(issubclass(w.category, CaptureTruncated) for w in held))
     finally:
-        for f in pending:
-            f.discard()
-        if spool is not None:
-            spool.close()
+        outputs.discard()
     if json_path == "-":
         sys.stdout.write(result.to_json())
     elif not quiet:
         # A pipe gets no terminal width: a wide fixed one keeps Info texts on one line for grep.
         print_scan(console(width=None if sys.stdout.isatty() else 200), result)
     return 0 if result.matched else 1
-
-
-def _spooled(spool, result, names: list[str]) -> Iterator[PacketRow]:  # noqa: ANN001 - a text file
-    """The spooled packets, each with its host's score for the host's best fingerprint."""
-    spool.seek(0)
-    hosts = {h["host"]: h["score"] for h in result.hosts}
-    for frame, time, src, dst, host, protocol, info, *probs in csv.reader(spool):
-        probabilities = [float(p) for p in probs]
-        yield PacketRow(
-            int(frame), float(time), src, dst, protocol, info, probabilities, names, hosts.get(host)
-        )
 
 
 class _Progress:

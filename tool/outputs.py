@@ -1,0 +1,231 @@
+"""The files a scan writes, from one row schema: per-packet CSV, Wireshark sidecar, commented pcapng, JSON.
+
+One scored packet is one `PacketRow` (declared once below, a comment per field); every per-packet
+output is written from it, and every score is written by `score_text`. A scan's outputs follow a
+small life cycle, the same for dnp-scan and for a Python caller:
+
+    >>> outputs = ScanOutputs("suspect.pcap", csv="packets.csv", annotate="suspect.scores.csv")
+    >>> try:
+    ...     result = scan("suspect.pcap", fingerprints, model, on_packet=outputs.on_packet)
+    ...     outputs.commit(result)        # every file written, then all renamed into place together
+    ... finally:
+    ...     outputs.discard()             # whatever was not committed goes; nothing half-written stays
+
+Each output is a temporary file beside its destination from the start (so an unwritable folder fails
+before the scan, not after it); the scored packets wait in a spool file until the hosts' scores are
+known, since every row carries its host's score (`host_match`), so memory stays flat however long
+the capture. `tool.files.check_outputs` refuses, before any of this, paths that must not be written.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from tool.files import AtomicFile, commit_all
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from tool.capture import Packet
+    from tool.scan import ScanResult
+
+SCORE_DIGITS = 6  # decimals of a score in the CSV and the JSON report
+CSV_HEADER = ("frame", "time", "eth_src", "eth_dst", "protocol", "info")
+
+
+def score_text(score: float, digits: int | None = SCORE_DIGITS) -> str:
+    """A score as the outputs write it: `digits` decimals (the CSV: 6, a pcapng comment: 4), or with
+    None every digit of the float (the sidecar, so the plugin shows exactly what dnp-scan computed)."""
+    return repr(float(score)) if digits is None else f"{score:.{digits}f}"
+
+
+def score_value(score: float) -> float:
+    """A score as the JSON report holds it: a float rounded to SCORE_DIGITS decimals."""
+    return round(float(score), SCORE_DIGITS)
+
+
+@dataclass
+class PacketRow:
+    """One scored packet, as every per-packet output (CSV, sidecar, pcapng comment, the JSON report's
+    best packets) writes it. The field names are the outputs' column and key names: a contract."""
+
+    frame: int  # the 1-based number Wireshark gives the frame in its capture file
+    time: float  # frame.time_epoch, seconds
+    eth_src: str  # the Ethernet source ("" where the link has none)
+    eth_dst: str  # the Ethernet destination
+    host: str  # the sending host's address (Packet.host): the key of the report's host rows
+    protocol: str  # tshark's Protocol column
+    length: int  # the frame length
+    info: str  # tshark's Info column, unmasked
+    probabilities: list[float]  # p(Target) for each fingerprint, in the scan's order
+    names: list[str]  # the fingerprints' names, in the same order
+    host_match: float | None = None  # the sending host's score for its best fingerprint
+
+    @classmethod
+    def of(cls, packet: Packet, probs: np.ndarray | Sequence[float], names: list[str]) -> PacketRow:
+        return cls(
+            packet.frame, packet.time, packet.eth_src, packet.eth_dst, packet.host, packet.protocol,
+            packet.length, packet.info, [float(p) for p in probs], names,
+        )  # fmt: skip
+
+    @property
+    def best(self) -> int:
+        """The index of the fingerprint this packet matches best."""
+        return max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
+
+    def sidecar(self) -> tuple[int, float, str, float | None]:
+        """(frame, best p(Target), that fingerprint's name, host_match): the Wireshark sidecar's row."""
+        best = self.best
+        host = None if self.host_match is None else min(1.0, max(-1.0, self.host_match))
+        return self.frame, self.probabilities[best], self.names[best], host
+
+    def csv(self) -> list[object]:
+        """The --csv row: CSV_HEADER's fields, one p(Target) per fingerprint, then host_match."""
+        return [
+            self.frame, f"{self.time:.6f}", self.eth_src, self.eth_dst, self.protocol, self.info,
+            *(score_text(p) for p in self.probabilities),
+            "" if self.host_match is None else score_text(self.host_match),
+        ]  # fmt: skip
+
+    def top_packet(self) -> dict[str, Any]:
+        """The JSON report's row of a best-matching packet."""
+        best = self.best
+        return {
+            "frame": self.frame,
+            "time": self.time,
+            "eth_src": self.eth_src,
+            "host": self.host,
+            "protocol": self.protocol,
+            "length": self.length,
+            "info": self.info,
+            "target": self.names[best],
+            "probability": score_value(self.probabilities[best]),
+        }
+
+
+class PacketCsv:
+    """One row per packet: frame, time, addresses, protocol, Info, one p(Target) column per
+    fingerprint (named by it), then host_match: the sending host's score for its best fingerprint."""
+
+    def __init__(self, handle: IO[str], names: Sequence[str]):
+        self.writer = csv.writer(handle, lineterminator="\n")
+        self.writer.writerow([*CSV_HEADER, *names, "host_match"])
+
+    def write(self, row: PacketRow) -> None:
+        self.writer.writerow(row.csv())
+
+
+class _Spool:
+    """Scored packets waiting for their hosts' scores, in a temporary file: every digit of each
+    probability kept (repr), so the outputs write exactly what the scan computed."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
+        self.writer = csv.writer(self.file, lineterminator="\n")
+
+    def write(self, packet: Packet, probs: np.ndarray) -> None:
+        self.writer.writerow(
+            (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.host,
+             packet.protocol, packet.length, packet.info, *map(repr, probs.tolist()))
+        )  # fmt: skip
+
+    def rows(self, names: list[str], host_match: dict[str, float]) -> Iterator[PacketRow]:
+        """The spooled packets, each with its host's score for the host's best fingerprint."""
+        self.file.seek(0)
+        for frame, time, src, dst, host, protocol, length, info, *probs in csv.reader(self.file):
+            yield PacketRow(
+                int(frame), float(time), src, dst, host, protocol, int(length), info,
+                [float(p) for p in probs], names, host_match.get(host),
+            )  # fmt: skip
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class ScanOutputs:
+    """The files one scan writes (any of --csv, --annotate, --pcapng, --json); see the module docstring.
+
+    `capture` is the capture being scanned (the sidecar names it, the pcapng copies it); a path left
+    None is not written. The JSON report here is a file; dnp-scan prints `--json -` itself.
+    """
+
+    def __init__(
+        self,
+        capture: str | os.PathLike,
+        *,
+        csv: str | os.PathLike | None = None,
+        annotate: str | os.PathLike | None = None,
+        pcapng: str | os.PathLike | None = None,
+        json: str | os.PathLike | None = None,
+    ):
+        self.capture = capture
+        self.paths = {"csv": csv, "annotate": annotate, "pcapng": pcapng, "json": json}
+        self.files: dict[str, AtomicFile] = {}
+        self.spool: _Spool | None = None
+        try:
+            for key, mode, kw in (
+                ("csv", "w", {"newline": ""}),
+                ("annotate", "w", {"newline": ""}),
+                ("pcapng", "wb", {}),
+                ("json", "w", {}),
+            ):
+                if self.paths[key]:
+                    self.files[key] = AtomicFile(self.paths[key], mode, **kw)  # type: ignore[arg-type]
+            if csv or annotate or pcapng:
+                self.spool = _Spool()
+        except BaseException:
+            self.discard()
+            raise
+
+    def on_packet(self, packet: Packet, probs: np.ndarray) -> None:
+        """Hand to `tool.scan.scan(on_packet=...)`: each packet, as it is scored."""
+        if self.spool is not None:
+            self.spool.write(packet, probs)
+
+    def commit(self, result: ScanResult, cut: bool = False) -> None:
+        """Write every output from the finished scan and rename them all into place together.
+
+        `cut`: the capture was cut short inside a packet (tool.capture.CaptureTruncated); the pcapng
+        copy then holds the whole frames before the cut, as the scan scored them.
+        """
+        names = [f["name"] for f in result.fingerprints]
+        host_match = {h["host"]: h["score"] for h in result.hosts}
+        if self.spool is not None:
+            from tool.annotate import CaptureIdentity, write_commented_pcapng_to, write_sidecar_to
+
+            if "csv" in self.files:
+                packet_csv = PacketCsv(self.files["csv"].handle, names)
+                for row in self.spool.rows(names, host_match):
+                    packet_csv.write(row)
+            if "annotate" in self.files:
+                rows = (r.sidecar() for r in self.spool.rows(names, host_match))
+                # The sidecar names its capture, so the plugin shows no scores on another one (a
+                # scores file saved as a Wireshark preference applies to every capture opened later).
+                identity = CaptureIdentity.of(self.capture)
+                write_sidecar_to(self.files["annotate"].handle, rows, identity)
+            if "pcapng" in self.files:
+                rows = (r.sidecar() for r in self.spool.rows(names, host_match))
+                out = self.paths["pcapng"]
+                handle = self.files["pcapng"].handle
+                write_commented_pcapng_to(self.capture, handle, rows, out_name=out, allow_cut=cut)  # type: ignore[arg-type]
+        if "json" in self.files:
+            self.files["json"].handle.write(result.to_json())
+        commit_all(self.files.values())
+
+    def discard(self) -> None:
+        """Remove every output not committed, and the spool; safe to call more than once."""
+        for f in self.files.values():
+            f.discard()
+        if self.spool is not None:
+            self.spool.close()
+
+    def __enter__(self) -> ScanOutputs:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.discard()

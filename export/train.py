@@ -34,13 +34,16 @@ import json
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import click
 import numpy as np
 
+from export.model import Config
 from tool.constants import PACKETS
+from tool.evaluation import metrics
+from tool.files import write_text_atomic
 
 # ---- settings (the shipped model uses these defaults) ------------------------------------------
 SEED = 1337
@@ -148,14 +151,9 @@ def load_data(
 
 def support_sequence(captures: list[np.ndarray], start_capture: int, count: int) -> np.ndarray:
     """The first `count` packets from a capture on, continuing into the next ones (dnp-23 enrollment)."""
-    out: list[np.ndarray] = []
-    n = 0
-    for c in captures[start_capture:] + captures[:start_capture]:
-        out.append(c[: count - n])
-        n += len(out[-1])
-        if n >= count:
-            break
-    return np.concatenate(out)
+    from tool.evaluation.dataset import enrollment_sequence
+
+    return np.asarray(enrollment_sequence(captures, count, start_capture), dtype=np.int64)
 
 
 # ---- phase 1: autoencoder ------------------------------------------------------------------------
@@ -367,7 +365,6 @@ def validate(net, ids, data: Data, held_out: list[str]) -> dict:
     the training devices (their captures 2-10 were training data: optimistic), and packet AUC.
     """
     import torch
-    from sklearn.metrics import roc_auc_score
 
     net.eval()
     with torch.no_grad():
@@ -391,7 +388,7 @@ def validate(net, ids, data: Data, held_out: list[str]) -> dict:
             [np.full(len(c), t) for t, n in enumerate(names) for c in data.captures[n][1:]]
         )
         p = net.match(emb[all_idx], protos).numpy()  # [P, K]
-        auc = {n: float(roc_auc_score(all_dev == t, p[:, t])) for t, n in enumerate(names)}
+        auc = {n: float(metrics.roc_auc(p[:, t], all_dev == t)) for t, n in enumerate(names)}
     net.train()
 
     def mean(values: list) -> float:
@@ -422,7 +419,6 @@ def validate_set(net, ids, data: Data, held_out: list[str]) -> dict:
     """
     import torch
     import torch.nn.functional as F
-    from sklearn.metrics import roc_auc_score
 
     from tool.evaluation.dataset import SEEN
 
@@ -450,7 +446,7 @@ def validate_set(net, ids, data: Data, held_out: list[str]) -> dict:
     net.train()
     pairs = list(zip(held, held_out))
     out: dict = {
-        "packet_auc": {n: float(roc_auc_score(all_dev == t, p[:, i])) for i, (t, n) in enumerate(pairs)}
+        "packet_auc": {n: float(metrics.roc_auc(p[:, i], all_dev == t)) for i, (t, n) in enumerate(pairs)}
     }
     for how, sc in scores.items():
         rank1 = {n: float(np.mean(sc[:, :, t].argmax(0) == t)) for t, n in pairs}
@@ -458,7 +454,7 @@ def validate_set(net, ids, data: Data, held_out: list[str]) -> dict:
         for t, n in pairs:
             own = np.zeros(sc.shape[:2], dtype=bool)
             own[t] = True
-            auc[n] = float(roc_auc_score(own.ravel(), sc[:, :, t].ravel()))
+            auc[n] = float(metrics.roc_auc(sc[:, :, t].ravel(), own.ravel()))
         top1 = {n: float(np.mean(sc[t].argmax(1) == t)) for t, n in pairs}
         confusions: dict[str, int] = {}
         for t, n in pairs:
@@ -507,11 +503,11 @@ def merge_folds(folds: list[dict]) -> dict:
 
 def validate_tfidf(root, names: list[str]) -> dict:
     """The training-free reference on the same protocol: char 2-5-gram TF-IDF, cosine to the mean."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.metrics import roc_auc_score
+    from tool.evaluation.baselines import ngram_vectorizer
 
     data = load_data(root, names, uses_length=False)
-    vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 5), lowercase=False)
+    # Case kept, unlike dnp-eval's n-gram baseline: the model card's figure was measured so.
+    vectorizer = ngram_vectorizer(lowercase=False)
     vectors = vectorizer.fit_transform(data.strings)  # idf over the distinct dev texts of these devices
     names = sorted(data.captures)
     protos = np.stack(
@@ -525,7 +521,7 @@ def validate_tfidf(root, names: list[str]) -> dict:
     all_idx = np.concatenate([c for n in names for c in data.captures[n][1:]])
     all_dev = np.concatenate([np.full(len(c), t) for t, n in enumerate(names) for c in data.captures[n][1:]])
     p = vectors[all_idx] @ protos.T
-    auc = [roc_auc_score(all_dev == t, p[:, t]) for t in range(len(names))]
+    auc = [metrics.roc_auc(p[:, t], all_dev == t) for t in range(len(names))]
     return {
         "capture_top1": float(np.mean([h for n in names for h in hits[n]])),
         "packet_auc": float(np.mean(auc)),
@@ -635,7 +631,7 @@ def save_model(
             "python": platform.python_version(),
         },
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return hashes
 
 
@@ -690,13 +686,77 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     pa = summary["packet_auc"]
     log(f"packet_auc of p(Target): {pa['all']:.3f} / {pa['seen']:.3f} / {pa['unseen']:.3f}")
     if report:
-        report.write_text(
+        write_text_atomic(
+            report,
             json.dumps(
                 {**settings, "pool": pool, "summary": summary, "per_device": per_device, "folds": folds},
                 indent=1,
-            )
+            ),
         )
     return summary
+
+
+# The settings dnp-train exposes, each an option named after its field, whose type and default are the
+# dataclass's (TrainConfig above, the network's Config in export/model.py): declared once, there.
+SETTINGS: tuple[tuple[type, str, dict], ...] = (
+    (TrainConfig, "all_devices", {
+        "flag": "--all-devices/--seen-devices",
+        "help": "Train on the development half of all 23 devices (product model) or of the 12 seen "
+        "ones only.",
+    }),
+    (TrainConfig, "ae_steps", {}),
+    (TrainConfig, "proto_steps", {}),
+    (TrainConfig, "threads", {}),
+    (Config, "hidden", {"help": "ConvLSTM channels H."}),
+    (Config, "max_len", {"help": "Bytes read per packet (multiple of 16)."}),
+    (Config, "uses_length", {
+        "flag": "--length/--no-length", "help": "Prepend the frame length to the text the model reads.",
+    }),
+    (Config, "readout", {
+        "choices": ["last", "all"],
+        "help": "f_phi reads the ConvLSTM's last hidden state, or the hidden states of all its steps.",
+    }),
+    (Config, "normalize", {
+        "flag": "--normalize/--no-normalize",
+        "help": "Put f_phi's output on the unit sphere (the learned scale sets the sharpness).",
+    }),
+    (Config, "proto_net", {
+        "flag": "--proto-net/--mean-proto",
+        "help": "Time-series prototype network over the support sequence, or the plain mean.",
+    }),
+    (Config, "conv", {
+        "choices": ["1d", "2d"],
+        "help": "ConvLSTM convolutions along each 16-character chunk, or over it as a 4 x 4 map (the "
+        "paper's 2-D).",
+    }),
+    (TrainConfig, "capture_weight", {}),
+    (TrainConfig, "ae_weight", {}),
+    (TrainConfig, "loss", {
+        "choices": ["set", "packet"],
+        "help": "Phase 2: set-level host loss plus the per-packet losses, or the per-packet losses alone "
+        "(paper).",
+    }),
+    (TrainConfig, "set_weight", {}),
+    (TrainConfig, "set_tau", {}),
+    (TrainConfig, "packet_weight", {"help": "With --loss set: weight of the per-packet one-class loss."}),
+    (TrainConfig, "drop_prob", {}),
+    (TrainConfig, "jitter", {}),
+)  # fmt: skip
+
+
+def setting_options(command):
+    """Add a click option for each of SETTINGS to `command`, its default taken from the dataclass."""
+    for cls, name, extra in reversed(SETTINGS):
+        default = getattr(cls, name)
+        kw = {"default": default, "show_default": True}
+        if "help" in extra:
+            kw["help"] = extra["help"]
+        if "choices" in extra:
+            kw["type"] = click.Choice(extra["choices"])
+        elif "flag" not in extra:
+            kw["type"] = type(default)
+        command = click.option(extra.get("flag", "--" + name.replace("_", "-")), name, **kw)(command)
+    return command
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -717,12 +777,6 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     "--devices",
     default=None,
     help="Comma-separated devices to train on [default: all 23, or the 12 seen with --seen-devices].",
-)
-@click.option(
-    "--all-devices/--seen-devices",
-    default=TrainConfig.all_devices,
-    show_default=True,
-    help="Train on the development half of all 23 devices (product model) or of the 12 seen ones only.",
 )
 @click.option(
     "--paper",
@@ -747,46 +801,6 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     "--tfidf", is_flag=True, help="With --cv: the training-free TF-IDF reference on the same protocol."
 )
 @click.option("--seed", type=int, default=SEED, show_default=True)
-@click.option("--ae-steps", type=int, default=TrainConfig.ae_steps, show_default=True)
-@click.option("--proto-steps", type=int, default=TrainConfig.proto_steps, show_default=True)
-@click.option("--threads", type=int, default=TrainConfig.threads, show_default=True)
-@click.option("--hidden", type=int, default=16, show_default=True, help="ConvLSTM channels H.")
-@click.option(
-    "--max-len", type=int, default=128, show_default=True, help="Bytes read per packet (multiple of 16)."
-)
-@click.option(
-    "--length/--no-length",
-    "uses_length",
-    default=True,
-    show_default=True,
-    help="Prepend the frame length to the text the model reads.",
-)
-@click.option(
-    "--readout",
-    type=click.Choice(["last", "all"]),
-    default="all",
-    show_default=True,
-    help="f_phi reads the ConvLSTM's last hidden state, or the hidden states of all its steps.",
-)
-@click.option(
-    "--normalize/--no-normalize",
-    default=True,
-    show_default=True,
-    help="Put f_phi's output on the unit sphere (the learned scale sets the sharpness).",
-)
-@click.option(
-    "--proto-net/--mean-proto",
-    default=False,
-    show_default=True,
-    help="Time-series prototype network over the support sequence, or the plain mean.",
-)
-@click.option(
-    "--conv",
-    type=click.Choice(["1d", "2d"]),
-    default="1d",
-    show_default=True,
-    help="ConvLSTM convolutions along each 16-character chunk, or over it as a 4 x 4 map (the paper's 2-D).",
-)
 @click.option(
     "--mask/--no-mask",
     "masked",
@@ -800,101 +814,32 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     default=None,
     help="With --cv: export each fold's model to DIR/fold1..3 (for python -m tool.evaluation.calibrate).",
 )
-@click.option("--capture-weight", type=float, default=TrainConfig.capture_weight, show_default=True)
-@click.option("--ae-weight", type=float, default=TrainConfig.ae_weight, show_default=True)
-@click.option(
-    "--loss",
-    type=click.Choice(["set", "packet"]),
-    default=TrainConfig.loss,
-    show_default=True,
-    help="Phase 2: set-level host loss plus the per-packet losses, or the per-packet losses alone (paper).",
-)
-@click.option("--set-weight", type=float, default=TrainConfig.set_weight, show_default=True)
-@click.option("--set-tau", type=float, default=TrainConfig.set_tau, show_default=True)
-@click.option(
-    "--packet-weight",
-    type=float,
-    default=TrainConfig.packet_weight,
-    show_default=True,
-    help="With --loss set: weight of the per-packet one-class loss.",
-)
-@click.option("--drop-prob", type=float, default=TrainConfig.drop_prob, show_default=True)
-@click.option("--jitter", type=float, default=TrainConfig.jitter, show_default=True)
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Also write the validation numbers (JSON) here (with --cv: per fold, per device and summary).",
 )
+@setting_options
 def main(
-    data_dir,
-    out,
-    devices,
-    all_devices,
-    paper,
-    cv,
-    cv_folds,
-    tfidf,
-    seed,
-    ae_steps,
-    proto_steps,
-    threads,
-    hidden,
-    max_len,
-    uses_length,
-    readout,
-    normalize,
-    proto_net,
-    conv,
-    masked,
-    fold_models,
-    capture_weight,
-    ae_weight,
-    loss,
-    set_weight,
-    set_tau,
-    packet_weight,
-    drop_prob,
-    jitter,
-    report,
+    data_dir, out, devices, paper, cv, cv_folds, tfidf, seed, masked, fold_models, report, **options
 ) -> None:
     """Train the ConvLSTM autoencoder and the prototype head; write models/ (ONNX + manifest)."""
     import torch
 
-    from export.model import Config
     from tool.evaluation.dataset import SEEN, UNSEEN
 
-    torch.set_num_threads(threads)
+    cfg = Config(**{n: options.pop(n) for _, n, _ in SETTINGS if n in Config.__dataclass_fields__})
+    tc = TrainConfig(**options)
     if paper:
-        all_devices, loss = False, "packet"
-    if max_len % 16:
+        tc = replace(tc, all_devices=False, loss="packet")
+    all_devices = tc.all_devices
+    torch.set_num_threads(tc.threads)
+    if cfg.max_len % 16:
         raise click.UsageError("--max-len must be a multiple of 16")
     if not cv and (not masked or fold_models):
         # The runtime always masks, so an unmasked model must never be exported as a shippable one.
         raise click.UsageError("--no-mask and --fold-models go with --cv")
-    cfg = Config(
-        max_len=max_len,
-        hidden=hidden,
-        uses_length=uses_length,
-        proto_net=proto_net,
-        readout=readout,
-        normalize=normalize,
-        conv=conv,
-    )
-    tc = TrainConfig(
-        ae_steps=ae_steps,
-        proto_steps=proto_steps,
-        threads=threads,
-        capture_weight=capture_weight,
-        ae_weight=ae_weight,
-        loss=loss,
-        set_weight=set_weight,
-        set_tau=set_tau,
-        packet_weight=packet_weight,
-        drop_prob=drop_prob,
-        jitter=jitter,
-        all_devices=all_devices,
-    )
     if devices:
         names = [n.strip() for n in devices.split(",")]
     else:
@@ -907,7 +852,7 @@ def main(
         result = validate_tfidf(data_dir, names)
         log(f"TF-IDF capture_top1 {result['capture_top1']:.3f}  packet_auc {result['packet_auc']:.3f}")
         if report:
-            report.write_text(json.dumps(result, indent=1))
+            write_text_atomic(report, json.dumps(result, indent=1))
         return
     if cv and cv_folds == "dev23":
         cv_dev23(data_dir, names, cfg, tc, seed, log, masked, fold_models, report, settings)
@@ -952,7 +897,7 @@ def main(
             f"{summary['packet_auc_heldout']:.3f}  trained capture_top1 {summary['capture_top1_trained']:.3f}"
         )
         if report:
-            report.write_text(json.dumps({**settings, "cv": summary, "folds": folds}, indent=1))
+            write_text_atomic(report, json.dumps({**settings, "cv": summary, "folds": folds}, indent=1))
         return
 
     out = out or Path(__file__).resolve().parent.parent / "models"
@@ -960,8 +905,8 @@ def main(
     net, _, data, result = run(data_dir, names, names, cfg, tc, seed, log, all_devices=all_devices)
     hashes = save_model(net, out, data, result, names, tc, seed, time.time() - start)
     if report:
-        report.write_text(
-            json.dumps({**settings, **{k: v for k, v in result.items() if "loss" not in k}}, indent=1)
+        write_text_atomic(
+            report, json.dumps({**settings, **{k: v for k, v in result.items() if "loss" not in k}}, indent=1)
         )
     files = ", ".join(f"{n} {h[:12]}" for n, h in hashes.items())
     log(f"wrote {out} in {time.time() - start:.0f} s: {files}")

@@ -35,6 +35,14 @@ from tool.text import packet_text
 SEED = 0
 
 
+def ngram_vectorizer(lowercase: bool = True) -> Any:
+    """The n-gram reference's char 2-5-gram TF-IDF, not yet fitted; scikit-learn's defaults otherwise
+    (lower-casing, smoothed idf, l2 rows): the protocol names none."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(analyzer="char", ngram_range=(2, 5), lowercase=lowercase, dtype=np.float64)
+
+
 class NgramScorer:
     """Cosine between a packet's char 2-5-gram TF-IDF vector and a device's mean enrollment vector."""
 
@@ -42,10 +50,7 @@ class NgramScorer:
 
     def __init__(self, fit_texts: Sequence[str]):
         """`fit_texts`: the packet texts the vocabulary and idf are learnt from (the dev half)."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        # scikit-learn's defaults otherwise (lower-casing, smoothed idf, l2 rows): the protocol names none.
-        self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(2, 5), dtype=np.float64)
+        self.vectorizer = ngram_vectorizer()
         self.vectorizer.fit(list(fit_texts))
 
     def _vectors(self, packets: Sequence[Packet]) -> Any:

@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from tool.capture import FIELDS, TSHARK_PREFS, CaptureError, Packet, read_many, tshark_path
 from tool.constants import PACKETS
@@ -70,6 +71,7 @@ DEV_CAPTURES = 10  # captures 1-10 of each device are the development half, 11-2
 DEFAULT_DATA = Path("..") / "shared" / "data" / "iot-sentinel"
 
 _CAPTURE_RE = re.compile(r"Setup-([A-Za-z]+)-(\d+)-")
+T = TypeVar("T")
 
 
 def brand(device: str) -> str:
@@ -214,12 +216,18 @@ class DevicePackets:
 
     def enrollment(self, count: int = PACKETS) -> list[Packet]:
         """The first `count` packets of capture 1, continuing into capture 2, ... if short."""
-        out: list[Packet] = []
-        for packets in self.per_capture:
-            out.extend(packets[: count - len(out)])
-            if len(out) >= count:
-                break
-        return out
+        return enrollment_sequence(self.per_capture, count)
+
+
+def enrollment_sequence(captures: Sequence[Sequence[T]], count: int = PACKETS, start: int = 0) -> list[T]:
+    """The dnp-23 enrollment: the first `count` packets of capture `start`, continuing into the next
+    captures (after the last, the first ones) while it is short. Items may be packets or their indices."""
+    out: list[T] = []
+    for packets in [*captures[start:], *captures[:start]]:
+        out.extend(packets[: count - len(out)])
+        if len(out) >= count:
+            break
+    return out
 
 
 def device_packets(devices: Sequence[Device], use_cache: bool = True) -> dict[str, DevicePackets]:

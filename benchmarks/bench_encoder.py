@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tool.evaluation.dataset import load_devices, read_captures  # noqa: E402
 from tool.model import BATCH, Model  # noqa: E402
-from tool.scan import memo_info  # noqa: E402
-from tool.text import packet_text  # noqa: E402
+from tool.text import memo_info, packet_text  # noqa: E402
 
 
 def distinct_inputs(model: Model) -> tuple[list[str], list[int], int]:

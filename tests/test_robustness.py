@@ -18,8 +18,7 @@ import pytest
 from conftest import ROOT, enroll_device, rewrite_addresses, run_command
 from tool.capture import read_packets
 from tool.evaluation.dataset import read_captures
-from tool.scan import memo_info
-from tool.text import packet_text
+from tool.text import memo_info, packet_text
 
 # Test-half captures of several vendors: DHCP, ARP, mDNS, SSDP, HTTP, TLS, NTP between them.
 IN_CAPTURE = ["D-LinkCam", "HueBridge", "Withings", "D-LinkSensor", "TP-LinkPlugHS110", "Aria", "MAXGateway"]

@@ -9,11 +9,9 @@ kept.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import json
-import re
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from tool.capture import Packet, read_packets
 from tool.cohort import Cohort
 from tool.constants import FALLBACK_THRESHOLD, HOST_SCORES, MAX_FALSE_MATCH, PACKETS, SET_SCORES
 from tool.fingerprint import Fingerprint
-from tool.text import mask_ports, packet_text
+from tool.text import memo_info, packet_text
 
 if TYPE_CHECKING:
     from tool.model import Model
@@ -36,43 +34,6 @@ TOP_PACKETS = 10
 # Past this many memo entries the memo starts again: a capture of unique texts (random payloads,
 # session tokens in URLs) must not grow memory with its length. 2**16 entries are ~40 MB at most.
 MEMO_LIMIT = 1 << 16
-
-# Per-connection numbers that packet_text masks anyway: TCP counters, and the port pair that opens
-# a TCP or UDP Info. Blanking them before the memo lookup turns the merged data set's 105,000
-# distinct raw Infos into 7,900 memo keys, so packet_text runs once per key, not once per packet.
-# A counter is blanked only where it is a whole token (no '.', ':' or '-' after it), so no address
-# pattern that packet_text applies before its counter rule can have read those digits; leading
-# ports are masked by packet_text's own rule. tests/test_robustness.py checks on every packet of the
-# data set that packet_text of the blanked Info is packet_text of the raw one.
-# The counter's name is checked behind the '=' so that the replacement is a literal string: re
-# calls back into Python for a template or a function, once per counter, 421,000 times here.
-_COUNTERS_RE = re.compile(
-    r"=(?:(?<=\bSeq=)|(?<=\bAck=)|(?<=\bWin=)|(?<=\bSLE=)|(?<=\bSRE=)|(?<=\bTSval=)|(?<=\bTSecr=))"
-    r"\d+(?![\w.:-])"
-)
-_LEADING_PORTS_RE = re.compile(r"(\d{1,5}) (→|->) (\d{1,5})\b")
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def _masked_ports(head: str) -> str:
-    match = _LEADING_PORTS_RE.match(head)
-    assert match is not None
-    return mask_ports(match)
-
-
-def memo_info(info: str) -> str:
-    """The Info with per-connection numbers blanked: packet_text(p, memo_info(i)) == packet_text(p, i).
-
-    >>> memo_info("49158 → 80 [ACK] Seq=17735 Ack=1670 Win=14048 Len=0")
-    'EPORT → 80 [ACK] Seq=0 Ack=0 Win=0 Len=0'
-    """
-    if info[:1].isdigit():
-        m = _LEADING_PORTS_RE.match(info)
-        if m is not None:
-            info = _masked_ports(m.group(0)) + info[m.end() :]
-    if "=" in info:
-        info = _COUNTERS_RE.sub("=0", info)
-    return info
 
 
 class Matcher:

@@ -11,6 +11,7 @@ mDNS names (model numbers included), multicast groups a device joins, payload le
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -31,8 +32,10 @@ _IP6_RE = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\
 _IP4_RE = re.compile(r"(?<![\w.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\w]|\.\d)")
 _HEX_RE = re.compile(r"\b0x[0-9A-Fa-f]{3,}\b")
 # TCP counters that restart at random values on every connection.
-_COUNTER_RE = re.compile(r"\b(Seq|Ack|Win|TSval|TSecr|SLE|SRE)=\d+")
-_PORTS_RE = re.compile(r"\b(\d{1,5}) (→|->) (\d{1,5})\b")
+_COUNTERS = ("Seq", "Ack", "Win", "TSval", "TSecr", "SLE", "SRE")
+_COUNTER_RE = re.compile(rf"\b({'|'.join(_COUNTERS)})=\d+")
+_PORTS = r"(\d{1,5}) (→|->) (\d{1,5})\b"  # the port pair that opens a TCP or UDP Info
+_PORTS_RE = re.compile(r"\b" + _PORTS)
 # A trailing run of hex digits on a host-name label, as in dcs-935l5b0e or Lightify-017b5f6b:
 # units derive these from their MAC or serial, so they tell one unit from another, not a type.
 _UNIT_RE = re.compile(r"(?<=[A-Za-z0-9-])([0-9A-Fa-f]{4,})(?=$|[.\s,\"'_)])")
@@ -153,3 +156,38 @@ def packet_text(protocol: str, info: str) -> str:
     'DHCP\\tDHCP Discover - Transaction ID 0xID'
     """
     return f"{protocol.strip()}\t{mask_info(info)}"
+
+
+# Per-connection numbers that packet_text masks anyway: TCP counters, and the port pair that opens
+# a TCP or UDP Info. Blanking them before the memo lookup turns the merged data set's 105,000
+# distinct raw Infos into 7,900 memo keys, so packet_text runs once per key, not once per packet.
+# A counter is blanked only where it is a whole token (no '.', ':' or '-' after it), so no address
+# pattern that packet_text applies before its counter rule can have read those digits; leading
+# ports are masked by packet_text's own rule. tests/test_robustness.py checks on every packet of the
+# data set that packet_text of the blanked Info is packet_text of the raw one.
+# The counter's name is checked behind the '=' so that the replacement is a literal string: re
+# calls back into Python for a template or a function, once per counter, 421,000 times here.
+_COUNTERS_RE = re.compile("=(?:" + "|".join(rf"(?<=\b{c}=)" for c in _COUNTERS) + r")\d+(?![\w.:-])")
+_LEADING_PORTS_RE = re.compile(_PORTS)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _masked_ports(head: str) -> str:
+    match = _LEADING_PORTS_RE.match(head)
+    assert match is not None
+    return mask_ports(match)
+
+
+def memo_info(info: str) -> str:
+    """The Info with per-connection numbers blanked: packet_text(p, memo_info(i)) == packet_text(p, i).
+
+    >>> memo_info("49158 → 80 [ACK] Seq=17735 Ack=1670 Win=14048 Len=0")
+    'EPORT → 80 [ACK] Seq=0 Ack=0 Win=0 Len=0'
+    """
+    if info[:1].isdigit():
+        m = _LEADING_PORTS_RE.match(info)
+        if m is not None:
+            info = _masked_ports(m.group(0)) + info[m.end() :]
+    if "=" in info:
+        info = _COUNTERS_RE.sub("=0", info)
+    return info

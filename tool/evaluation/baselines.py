@@ -14,8 +14,6 @@ scikit-learn is imported inside the functions that need it (the optional extra "
 
 from __future__ import annotations
 
-import csv
-import os
 import subprocess
 import tempfile
 import time
@@ -27,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from tool.capture import CaptureError, Packet, concatenate, tshark_path
-from tool.evaluation.dataset import cache_dir
+from tool.evaluation.dataset import cached_extraction
 from tool.evaluation.protocol import Evaluation, ProtocolData
-from tool.files import sha256_file
 from tool.text import packet_text
 
 SEED = 0
@@ -232,29 +229,8 @@ def _run_tshark_fields(paths: Sequence[Path]) -> list[list[list[str]]]:
 
 def sentinel_packets(paths: Sequence[Path], use_cache: bool = True) -> dict[Path, list[SentinelPacket]]:
     """IoT Sentinel's fields of every packet of each capture, cached by the capture's sha256."""
-    paths = list(dict.fromkeys(Path(p) for p in paths))
-    cache = cache_dir("sentinel", SENTINEL_FIELDS)
-    rows: dict[Path, list[list[str]]] = {}
-    missing: list[tuple[Path, Path]] = []
-    for path in paths:
-        entry = cache / f"{sha256_file(path)}.tsv"
-        if use_cache and entry.exists():
-            with open(entry, newline="", encoding="utf-8") as f:
-                rows[path] = list(csv.reader(f, delimiter="\t"))
-        else:
-            missing.append((path, entry))
-    if missing:
-        fresh = _run_tshark_fields([p for p, _ in missing])
-        if use_cache:
-            cache.mkdir(parents=True, exist_ok=True)
-        for (path, entry), found in zip(missing, fresh):
-            rows[path] = found
-            if use_cache:
-                tmp = entry.with_suffix(".tmp")
-                with open(tmp, "w", newline="", encoding="utf-8") as f:
-                    csv.writer(f, delimiter="\t", lineterminator="\n").writerows(found)
-                os.replace(tmp, entry)
-    return {p: [_parse_sentinel(r) for r in rows[p]] for p in paths}
+    rows = cached_extraction("sentinel", SENTINEL_FIELDS, paths, _run_tshark_fields, list, list, use_cache)
+    return {p: [_parse_sentinel(r) for r in found] for p, found in rows.items()}
 
 
 def _port_class(port: int | None) -> int:

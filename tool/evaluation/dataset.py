@@ -14,14 +14,14 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from tool.capture import FIELDS, TSHARK_PREFS, CaptureError, Packet, read_many, tshark_path
 from tool.constants import PACKETS
-from tool.files import sha256_file
+from tool.files import atomic_output, sha256_file
 
 SEEN = (
     "Aria",
@@ -152,59 +152,62 @@ def cache_dir(kind: str, extracted: Sequence[str]) -> Path:
     return Path(base) / kind / key
 
 
-def _write_cache(path: Path, packets: Iterable[Packet]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        for p in packets:
-            w.writerow(
-                [
-                    p.frame,
-                    repr(p.time),
-                    p.eth_src,
-                    p.eth_dst,
-                    p.ip_src,
-                    p.ip_dst,
-                    p.length,
-                    p.protocol,
-                    p.info,
-                ]
-            )
-    os.replace(tmp, path)
+def cached_extraction(
+    kind: str,
+    extracted: Sequence[str],
+    paths: Sequence[Path],
+    extract: Callable[[list[Path]], list[list[T]]],
+    to_row: Callable[[T], Sequence[object]],
+    from_row: Callable[[list[str]], T],
+    use_cache: bool = True,
+) -> dict[Path, list[T]]:
+    """What `extract` gives for each capture, cached as tab-separated rows under the capture's sha256.
 
-
-def _read_cache(path: Path) -> list[Packet]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return [
-            Packet(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8])
-            for r in csv.reader(f, delimiter="\t")
-        ]
-
-
-def read_captures(paths: Sequence[Path], use_cache: bool = True) -> dict[Path, list[Packet]]:
-    """All packets of each capture, from the cache where it has them, else one tshark run."""
+    `extract(paths)` reads the captures the cache lacks, all in one go (one tshark run), and returns
+    each one's items in order; `to_row` / `from_row` turn an item into a cache row and back.
+    """
     paths = list(dict.fromkeys(Path(p) for p in paths))
-    result: dict[Path, list[Packet]] = {}
+    result: dict[Path, list[T]] = {}
     missing: list[tuple[Path, Path]] = []
-    cache = cache_dir("extract", [*FIELDS, *TSHARK_PREFS])
+    cache = cache_dir(kind, extracted)
     if use_cache:
         cache.mkdir(parents=True, exist_ok=True)
     for path in paths:
         entry = cache / f"{sha256_file(path)}.tsv"
         if use_cache and entry.exists():
-            result[path] = _read_cache(entry)
+            with open(entry, newline="", encoding="utf-8") as f:
+                result[path] = [from_row(r) for r in csv.reader(f, delimiter="\t")]
         else:
             missing.append((path, entry))
     if missing:
-        fresh: dict[int, list[Packet]] = {i: [] for i in range(len(missing))}
-        for packet in read_many([p for p, _ in missing]):
-            # source numbers the files of this one run; a cached capture must not depend on it.
-            fresh[packet.source].append(replace(packet, source=0))
-        for i, (path, entry) in enumerate(missing):
-            result[path] = fresh[i]
+        for (path, entry), items in zip(missing, extract([p for p, _ in missing])):
+            result[path] = items
             if use_cache:
-                _write_cache(entry, fresh[i])
+                with atomic_output(entry, newline="") as f:
+                    csv.writer(f, delimiter="\t", lineterminator="\n").writerows(to_row(i) for i in items)
     return {p: result[p] for p in paths}
+
+
+def _packet_row(p: Packet) -> list[object]:
+    return [p.frame, repr(p.time), p.eth_src, p.eth_dst, p.ip_src, p.ip_dst, p.length, p.protocol, p.info]
+
+
+def _row_packet(r: list[str]) -> Packet:
+    return Packet(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8])
+
+
+def _read_fresh(paths: list[Path]) -> list[list[Packet]]:
+    fresh: list[list[Packet]] = [[] for _ in paths]
+    for packet in read_many(paths):
+        # source numbers the files of this one run; a cached capture must not depend on it.
+        fresh[packet.source].append(replace(packet, source=0))
+    return fresh
+
+
+def read_captures(paths: Sequence[Path], use_cache: bool = True) -> dict[Path, list[Packet]]:
+    """All packets of each capture, from the cache where it has them, else one tshark run."""
+    fields = [*FIELDS, *TSHARK_PREFS]
+    return cached_extraction("extract", fields, paths, _read_fresh, _packet_row, _row_packet, use_cache)
 
 
 @dataclass

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 FORMAT = "deepnetprint-fingerprint"
 VERSION = 1
-MIN_SUPPORT = MIN_PACKETS
 MAX_FILE_BYTES = 4 << 20  # a fingerprint is a few KB; refuse to parse anything huge
 PROTOTYPE_TOLERANCE = 1e-4
 
@@ -94,8 +93,8 @@ class Fingerprint:
         source: dict[str, Any] | None = None,
     ) -> Fingerprint:
         """Learn a fingerprint from a device's packets, in capture order (the first 20 by default)."""
-        if len(packets) < MIN_SUPPORT:
-            raise FingerprintError(f"a fingerprint needs at least {MIN_SUPPORT} packets, got {len(packets)}")
+        if len(packets) < MIN_PACKETS:
+            raise FingerprintError(f"a fingerprint needs at least {MIN_PACKETS} packets, got {len(packets)}")
         support = [SupportPacket(p.frame, packet_text(p.protocol, p.info), p.length) for p in packets]
         embeddings = _embed(model, support)
         prototype = model.prototype(embeddings)
@@ -211,8 +210,8 @@ def parse(text: str, origin: str = "fingerprint") -> Fingerprint:
         f"{origin}: damaged fingerprint (bad model hashes)",
     )
     _require(
-        isinstance(support, list) and len(support) >= MIN_SUPPORT,
-        f"{origin}: damaged fingerprint (needs at least {MIN_SUPPORT} support packets)",
+        isinstance(support, list) and len(support) >= MIN_PACKETS,
+        f"{origin}: damaged fingerprint (needs at least {MIN_PACKETS} support packets)",
     )
     packets = []
     for s in support:
@@ -318,8 +317,8 @@ def enroll(
         raise FingerprintError("enroll needs at least one capture")
     if (mac is None) == (display_filter is None):
         raise FingerprintError("select the device with exactly one of a MAC or a display filter")
-    if count < MIN_SUPPORT:
-        raise FingerprintError(f"--count must be at least {MIN_SUPPORT}")
+    if count < MIN_PACKETS:
+        raise FingerprintError(f"--count must be at least {MIN_PACKETS}")
     if display_filter is not None and not display_filter.strip():
         raise FingerprintError("the display filter is empty: it would select every host's packets")
     name = check_name(name) if name is not None else default_name(captures[0])
@@ -352,7 +351,7 @@ def enroll(
         where = captures[0] if len(captures) == 1 else f"{len(captures)} captures"
         raise FingerprintError(
             f"{where}: only {len(packets)} packets match {who}, {count} needed"
-            + (f" (lower --count, at least {MIN_SUPPORT})" if len(packets) >= MIN_SUPPORT else "")
+            + (f" (lower --count, at least {MIN_PACKETS})" if len(packets) >= MIN_PACKETS else "")
         )
     source = {
         # The first capture's name, digest and frames, as one-capture fingerprints always had them;

@@ -151,7 +151,7 @@ class Model:
         return out
 
     def prototype(self, support: np.ndarray) -> np.ndarray:
-        """The Target prototype [E] of S sequenced support embeddings [S, E] (S >= MIN_PACKETS, 5)."""
+        """The Target prototype [E] of S sequenced support embeddings [S, E] (S >= MIN_PACKETS)."""
         support = np.asarray(support, dtype=np.float32)
         if support.ndim != 2 or support.shape[1] != self.embedding_dim or len(support) < MIN_PACKETS:
             raise ValueError(

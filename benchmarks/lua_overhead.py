@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tool.annotate import write_sidecar  # noqa: E402
 from tool.evaluation.dataset import load_devices  # noqa: E402
+from tool.sidecar import write_sidecar  # noqa: E402
 
 PLUGIN = ROOT / "lua" / "deepnetprint.lua"
 COLUMNS = 'gui.column.format:"No.","%m","Info","%i","Match","%Cus:deepnetprint.match"'

@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from tool.annotate import (
-    SIDECAR_HEADER,
-    AnnotateError,
-    comment_text,
-    read_sidecar,
-    write_commented_pcapng,
-    write_sidecar,
-)
 from tool.capture import read_packets
+from tool.pcapng import AnnotateError, comment_text, write_commented_pcapng
+from tool.sidecar import SIDECAR_HEADER, read_sidecar, write_sidecar
 
 NAMES = ["D-LinkCam", 'Hue, bridge "living room"', "Küche ☕", "two\nlines"]
 # What must not change between a capture and its commented copy.
@@ -275,7 +269,7 @@ def test_whole_data_set_with_more_comments_than_editcap_can_take(whole_data_set,
 
 
 def test_sidecar_names_its_capture_and_old_sidecars_still_read(tmp_path):
-    from tool.annotate import CaptureIdentity, sidecar_identity
+    from tool.sidecar import CaptureIdentity, sidecar_identity
 
     demo = ROOT / "examples" / "demo.pcapng"
     identity = CaptureIdentity.of(demo)

@@ -166,7 +166,7 @@ def test_missing_output_folder_is_named_before_the_scan(capture, fingerprint, tm
 
 
 def test_pcapng_write_error_names_the_output(capture, tmp_path):
-    from tool.annotate import AnnotateError, write_commented_pcapng
+    from tool.pcapng import AnnotateError, write_commented_pcapng
 
     out = tmp_path / "gone" / "c.pcapng"
     with pytest.raises(AnnotateError) as e:

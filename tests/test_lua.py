@@ -1,6 +1,6 @@
 """The Wireshark plugin as an analyst uses it: the real tshark, lua/deepnetprint.lua, real captures.
 
-Sidecars are written with tool.annotate.write_sidecar for the real frame numbers of real captures;
+Sidecars are written with tool.sidecar.write_sidecar for the real frame numbers of real captures;
 the scores in them are seeded random numbers plus the edge values 0, 0.9, just above 0.9 and 1.
 Every tshark runs with a fresh HOME, so no personally installed copy of the plugin interferes.
 """
@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, enroll_device, not_a_file, run_command
-from tool.annotate import comment_text, read_sidecar, write_sidecar
 from tool.capture import read_packets
+from tool.pcapng import comment_text
+from tool.sidecar import read_sidecar, write_sidecar
 
 PLUGIN = ROOT / "lua" / "deepnetprint.lua"
 # What Wireshark prints when a Lua script fails to load or a dissector raises.
@@ -459,7 +460,7 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
 def test_sidecar_of_another_capture_is_refused_with_one_message(capture, frames, scores, env, tmp_path):
     """A scores file saved as a preference applies to every capture opened later: the sidecar names
     its capture, and on another one the plugin shows nothing and says so once."""
-    from tool.annotate import CaptureIdentity
+    from tool.sidecar import CaptureIdentity
 
     path = tmp_path / "merged.scores.csv"
     rows = [(f, s, t) for f, (s, t) in sorted(scores.items())]

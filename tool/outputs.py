@@ -196,7 +196,8 @@ class ScanOutputs:
         names = [f["name"] for f in result.fingerprints]
         host_match = {h["host"]: h["score"] for h in result.hosts}
         if self.spool is not None:
-            from tool.annotate import CaptureIdentity, write_commented_pcapng_to, write_sidecar_to
+            from tool.pcapng import write_commented_pcapng_to
+            from tool.sidecar import CaptureIdentity, write_sidecar_to
 
             if "csv" in self.files:
                 packet_csv = PacketCsv(self.files["csv"].handle, names)

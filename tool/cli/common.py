@@ -98,9 +98,9 @@ def run(command: click.Command, prog: str) -> Callable[[], None]:
         from tool.fingerprint import FingerprintError
 
         errors: tuple[type[BaseException], ...] = (CaptureError, FingerprintError, OSError, ValueError)
-        from tool.annotate import AnnotateError
         from tool.files import OutputError
         from tool.model import ModelError
+        from tool.pcapng import AnnotateError
 
         errors += (AnnotateError, ModelError, OutputError)
         signal.signal(signal.SIGTERM, _raise_interrupted)

@@ -635,6 +635,18 @@ def save_model(
     return hashes
 
 
+def train_fold(data_dir, number, fold, train_names, eval_names, cfg, tc, seed, log, masked, fold_models):
+    """One leave-devices-out fold: train on `train_names` (validating on `eval_names` if given) and,
+    with `fold_models`, export the model to fold_models/fold<number> with its held-out devices."""
+    start = time.time()
+    net, _, data, result = run(data_dir, train_names, eval_names, cfg, tc, seed, log, masked, tc.all_devices)
+    if fold_models:
+        extra = {"held_out": list(fold)}
+        path = fold_models / f"fold{number}"
+        save_model(net, path, data, result, train_names, tc, seed, time.time() - start, extra)
+    return net, result
+
+
 def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_models, report, settings):
     """--cv --cv-folds dev23: train on pool minus each CV23_FOLDS fold, validate_set on all 23."""
     import torch
@@ -650,20 +662,10 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
         train_names = [n for n in pool if n not in fold]
         log(f"fold {number}: holding out {', '.join(fold)}; training on {len(train_names)} devices")
         start = time.time()
-        net, _, data, result = run(data_dir, train_names, None, cfg, tc, seed, log, masked, tc.all_devices)
+        net, _ = train_fold(
+            data_dir, number, fold, train_names, None, cfg, tc, seed, log, masked, fold_models
+        )
         v = validate_set(net, vids, vdata, list(fold))
-        if fold_models:
-            save_model(
-                net,
-                fold_models / f"fold{number}",
-                data,
-                result,
-                train_names,
-                tc,
-                seed,
-                time.time() - start,
-                {"held_out": list(fold)},
-            )
         s = summarize_set(v)
         log(
             f"  held out: set_cos host_rank1 {s['set_cos']['host_rank1']['all']:.3f}"
@@ -862,20 +864,9 @@ def main(
         for number, fold in enumerate(CV_FOLDS, 1):
             train_names = [n for n in names if n not in fold]
             log(f"fold: holding out {', '.join(fold)}")
-            start = time.time()
-            net, _, data, result = run(data_dir, train_names, names, cfg, tc, seed, log, masked, all_devices)
-            if fold_models:
-                save_model(
-                    net,
-                    fold_models / f"fold{number}",
-                    data,
-                    result,
-                    train_names,
-                    tc,
-                    seed,
-                    time.time() - start,
-                    {"held_out": list(fold)},
-                )
+            _, result = train_fold(
+                data_dir, number, fold, train_names, names, cfg, tc, seed, log, masked, fold_models
+            )
             v = result["validation"]
             log(
                 f"  held-out capture_top1 {v['capture_top1_heldout']:.3f}"

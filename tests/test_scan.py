@@ -126,11 +126,15 @@ def test_python_api_writes_what_dnp_scan_writes(full_scan, merged, fingerprints,
 
 
 def test_outputs_discarded_leave_nothing(merged, tmp_path):
+    from tool.files import OutputError
     from tool.outputs import ScanOutputs
 
     paths = {"csv": tmp_path / "p.csv", "annotate": tmp_path / "a.csv", "pcapng": tmp_path / "c.pcapng"}
     with ScanOutputs(merged, **paths):
         pass  # a scan that failed: no commit
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError, match="is the capture"):
+        ScanOutputs(merged, csv=tmp_path / "p.csv", pcapng=merged)  # the evidence is never overwritten
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,7 +14,8 @@ small life cycle, the same for dnp-scan and for a Python caller:
 Each output is a temporary file beside its destination from the start (so an unwritable folder fails
 before the scan, not after it); the scored packets wait in a spool file until the hosts' scores are
 known, since every row carries its host's score (`host_match`), so memory stays flat however long
-the capture. `tool.files.check_outputs` refuses, before any of this, paths that must not be written.
+the capture. Paths that must not be written (a device, a folder, the capture itself) are refused at once
+(`tool.files.check_outputs`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from tool.files import AtomicFile, commit_all
+from tool.files import AtomicFile, check_outputs, commit_all
 
 if TYPE_CHECKING:
     import numpy as np
@@ -167,6 +168,11 @@ class ScanOutputs:
         self.paths = {"csv": csv, "annotate": annotate, "pcapng": pcapng, "json": json}
         self.files: dict[str, AtomicFile] = {}
         self.spool: _Spool | None = None
+        # What dnp-scan refuses before any work (a device, the capture itself, a missing folder), a
+        # Python caller gets refused too.
+        check_outputs(
+            {k: None if p is None else str(p) for k, p in self.paths.items()}, {"the capture": [str(capture)]}
+        )
         try:
             for key, mode, kw in (
                 ("csv", "w", {"newline": ""}),

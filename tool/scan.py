@@ -312,7 +312,7 @@ def scan(
 ) -> ScanResult:
     """Score every packet of a capture against the fingerprints and rank the hosts.
 
-    `on_packet(packet, probs)` sees each packet as it is scored (the CLI writes CSV and sidecar
+    `on_packet(packet, probs)` sees each packet as it is scored (tool.outputs.ScanOutputs spools its
     rows there). Hosts come best match first; `hosts[i]["match"]` maps fingerprint names to the
     host's score and `hosts[i]["false_match"]` to its false-match rate against the model's cohort.
     The result's lists go straight into pandas or jq:

@@ -1,4 +1,4 @@
-"""What every command shares: one-line errors, exit codes, and interrupt handling.
+"""What every command shares: one-line errors, exit codes, interrupt handling, and shared options.
 
 Bad input (a file that is not a capture, a damaged fingerprint, a missing tshark, a model that
 does not match a fingerprint) ends in one line on stderr and exit status 2, never a traceback.
@@ -15,10 +15,19 @@ from typing import NoReturn
 
 import click
 
+from tool.constants import HOST_SCORES
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 # 128 + SIGPIPE: what a shell reports for `cmd | head` when cmd is killed by the broken pipe.
 EXIT_BROKEN_PIPE = 141
+
+
+def host_score_option(help: str) -> Callable:
+    """--host-score, as dnp-scan and dnp-eval both take it (one of HOST_SCORES, default set)."""
+    return click.option(
+        "--host-score", type=click.Choice(list(HOST_SCORES)), default="set", show_default=True, help=help
+    )
 
 
 class Interrupted(Exception):

@@ -9,8 +9,8 @@ import warnings
 
 import click
 
-from tool.cli.common import require_stdout, run
-from tool.constants import HOST_SCORES, MAX_FALSE_MATCH, PACKETS, SET_SCORES
+from tool.cli.common import host_score_option, require_stdout, run
+from tool.constants import MAX_FALSE_MATCH, PACKETS, SET_SCORES
 
 EXAMPLE = """
 Examples:
@@ -75,13 +75,9 @@ def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     callback=_finite,
     help="The verdict on the raw host score instead (cosine for set, p(Target) for first20 / mean).",
 )
-@click.option(
-    "--host-score",
-    type=click.Choice(list(HOST_SCORES)),
-    default="set",
-    show_default=True,
-    help="set: the host's first --host-packets packets compared with the fingerprint as a set; set-all: "
-    "all its packets; first20 / mean: the paper's mean p(Target) over the first ones / all of them.",
+@host_score_option(
+    "set: the host's first --host-packets packets compared with the fingerprint as a set; set-all: "
+    "all its packets; first20 / mean: the paper's mean p(Target) over the first ones / all of them."
 )
 @click.option(
     "--host-packets",

@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from tool.cli.common import run
-from tool.constants import HOST_SCORES
+from tool.cli.common import host_score_option, run
 
 EXAMPLE = """
 Examples:
@@ -56,12 +55,8 @@ METHOD_TITLES = {"deepnetprint": "DeepNetPrint", "ngram": "n-gram", "iot_sentine
     show_default=True,
     help="test: the protocol's test half (captures 11-20); dev: captures 2-10, where settings are chosen.",
 )
-@click.option(
-    "--host-score",
-    type=click.Choice(list(HOST_SCORES)),
-    default="set",
-    show_default=True,
-    help="The host score measured (as dnp-scan's --host-score); first20 is the paper's mean p(Target).",
+@host_score_option(
+    "The host score measured (as dnp-scan's --host-score); first20 is the paper's mean p(Target)."
 )
 def command(
     data: str | None,

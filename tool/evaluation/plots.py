@@ -63,11 +63,7 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
         accuracy = metrics.accuracy(ev.capture_devices, ev.capture_predicted)
         ax.set_title(f"{ev.method}: test captures, capture_top1 {accuracy:.3f}")
         fig.colorbar(image, ax=ax, fraction=0.046, label="share of the device's captures")
-        fig.tight_layout()
-        path = out / f"confusion-{ev.method}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"confusion-{ev.method}.png"))
 
     fig, ax = plt.subplots(figsize=(12, 5.5))
     width = 0.8 / len(evaluations)
@@ -97,11 +93,7 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
     ]
     # Outside the axes: a legend inside covers bars.
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = out / "per_device.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out / "per_device.png"))
 
     scored = [ev for ev in evaluations if ev.packet_scores is not None and ev.packet_labels is not None]
     if scored:
@@ -134,11 +126,7 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
                 f"{ev.method}: packet ROC per fingerprint\nmean AUC {np.mean(aucs):.3f}", fontsize=10
             )
             ax.legend(loc="lower right", fontsize=7)
-        fig.tight_layout()
-        path = out / "roc.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "roc.png"))
     return written
 
 
@@ -190,11 +178,7 @@ def write_host_plots(ev: Evaluation, report: dict, directory: str | os.PathLike)
         ax.set_ylabel("miss rate (own test captures below it)")
         ax.set_title(f"{ev.method}: verdict trade-off, host score {ev.host_score}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        fig.tight_layout()
-        path = out / "det.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "det.png"))
     curves = report.get("curves")
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -215,9 +199,18 @@ def write_host_plots(ev: Evaluation, report: dict, directory: str | os.PathLike)
         axes[0].set_ylim(0, 1.02)
         axes[0].legend(fontsize=8, loc="lower right")
         fig.suptitle(f"{ev.method}: learning curves on the dnp-23 test half", fontsize=10)
-        fig.tight_layout()
-        path = out / "curves.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / "curves.png"))
     return written
+
+
+def _save(fig, path: Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    """Lay the figure out, write it as PNG through the one atomic writer, and free it."""
+    import matplotlib.pyplot as plt
+
+    from tool.files import atomic_output
+
+    fig.tight_layout()
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+    return path

@@ -85,6 +85,9 @@ class TrainConfig:
     loss: str = "set"
     set_weight: float = 1.0  # the set-level loss (fingerprint -> host set, and host set -> fingerprint)
     set_tau: float = 15.0  # cosine temperature of the set-level softmaxes
+    # Share of the Chamfer similarity in the trained set score, the rest the mean-embedding cosine:
+    # tool.model.CHAMFER_WEIGHT trains the score the runtime computes; 0 trains the cosine alone.
+    set_chamfer: float = 0.0
     packet_weight: float = 1.0  # the per-packet one-class loss, so that p(Target) stays meaningful
     query_sets: int = 2  # query sets per device and episode, each from another capture
     drop_prob: float = 0.5  # share of query sets that lose packets (a busy network drops some) ...
@@ -286,10 +289,20 @@ def set_loss(net, ids, data: Data, names: list[str], tc: TrainConfig, rng: np.ra
     members = F.one_hot(sets, len(set_dev)).float()  # [Q, sets]
     mean_p = (members.T @ p_q) / members.sum(0)[:, None]  # [sets, K]
     loss = loss + tc.capture_weight * F.cross_entropy(tc.capture_tau * mean_p, dev)
-    # The set score: cosine of the normalised mean embeddings, both ways.
+    # The set score, both ways: the cosine of the normalised mean embeddings and (set_chamfer) the
+    # Chamfer similarity of the packets, as tool.model.set_similarity scores a host.
     host = F.normalize(members.T @ e_q, dim=1)  # [sets, D]
     fp = F.normalize(e_sup.mean(1), dim=1)  # [K, D]
-    logits = tc.set_tau * host @ fp.T  # [sets, K]
+    similarity = host @ fp.T  # [sets, K]
+    if tc.set_chamfer:
+        sims = torch.einsum("qd,ksd->qks", F.normalize(e_q, dim=1), F.normalize(e_sup, dim=2))  # [Q, K, S]
+        host_side = (members.T @ sims.max(2).values) / members.sum(0)[:, None]  # [sets, K]
+        support_side = torch.stack(
+            [sims[torch.from_numpy(q_set == j)].max(0).values.mean(1) for j in range(len(set_dev))]
+        )  # [sets, K]: each support packet's best match among the set's packets
+        chamfer = 0.5 * (host_side + support_side)
+        similarity = tc.set_chamfer * chamfer + (1 - tc.set_chamfer) * similarity
+    logits = tc.set_tau * similarity  # [sets, K]
     to_fp = F.cross_entropy(logits, dev)  # each host -> its fingerprint (capture_top1)
     own = (dev[None, :] == torch.arange(k)[:, None]).float()  # [K, sets]
     log_p = F.log_softmax(logits.T, dim=1)  # each fingerprint over every host of the episode
@@ -740,6 +753,9 @@ SETTINGS: tuple[tuple[type, str, dict], ...] = (
     }),
     (TrainConfig, "set_weight", {}),
     (TrainConfig, "set_tau", {}),
+    (TrainConfig, "set_chamfer", {
+        "help": "Share of the Chamfer similarity in the trained set score (the runtime's: 0.5).",
+    }),
     (TrainConfig, "packet_weight", {"help": "With --loss set: weight of the per-packet one-class loss."}),
     (TrainConfig, "drop_prob", {}),
     (TrainConfig, "jitter", {}),

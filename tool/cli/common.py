@@ -6,6 +6,8 @@ does not match a fingerprint) ends in one line on stderr and exit status 2, neve
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import sys
@@ -28,6 +30,36 @@ def host_score_option(help: str) -> Callable:
     return click.option(
         "--host-score", type=click.Choice(list(HOST_SCORES)), default="set", show_default=True, help=help
     )
+
+
+def verdict_help() -> str:
+    """The --max-false-match help's note on the cohort shipped with the model.
+
+    Read from the cohort's file directly: --help must not start onnxruntime.
+    """
+    try:
+        from tool.cohort import COHORT
+        from tool.model import models_dir
+
+        hosts = len(json.loads((models_dir() / COHORT).read_text())["windows"])
+        return f"{hosts} cohort hosts ship with the model"
+    except Exception:
+        return "no cohort ships with this model: the verdict falls back to --threshold 0.5"
+
+
+def finite(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
+    """A click callback for a float option: NaN and infinities are refused."""
+    # FloatRange lets NaN through (every comparison with it is false); the JSON would then hold NaN.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a number")
+    return value
+
+
+def nonempty_filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A click callback for --filter: an empty or blank display filter is refused."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("an empty filter; leave the option out to scan every packet")
+    return value
 
 
 class Interrupted(Exception):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import warnings
 
 import click
 
-from tool.cli.common import host_score_option, require_stdout, run
+from tool.cli.common import finite, host_score_option, nonempty_filter, require_stdout, run, verdict_help
 from tool.constants import MAX_FALSE_MATCH, PACKETS, SET_SCORES
 
 EXAMPLE = """
@@ -21,31 +19,6 @@ Examples:
 
   dnp-scan suspect.pcap -f cam.fp --annotate suspect.scores.csv   # for the Wireshark plugin
 """
-
-
-def _verdict_help() -> str:
-    # Read the cohort's size directly: --help must not start onnxruntime.
-    try:
-        from tool.cohort import COHORT
-        from tool.model import models_dir
-
-        hosts = len(json.loads((models_dir() / COHORT).read_text())["windows"])
-        return f"{hosts} cohort hosts ship with the model"
-    except Exception:
-        return "no cohort ships with this model: the verdict falls back to --threshold 0.5"
-
-
-def _finite(_ctx: click.Context, _param: click.Parameter, value: float | None) -> float | None:
-    # FloatRange lets NaN through (every comparison with it is false); the JSON would then hold NaN.
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a number")
-    return value
-
-
-def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not value.strip():
-        raise click.BadParameter("an empty filter; leave the option out to scan every packet")
-    return value
 
 
 @click.command(epilog=EXAMPLE)
@@ -62,9 +35,9 @@ def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 @click.option(
     "--max-false-match",
     type=click.FloatRange(0, 1, min_open=True),
-    callback=_finite,
+    callback=finite,
     help="The verdict: a host matches when at most this share of other devices' hosts (the cohort "
-    f"shipped with the model) reach its score; {_verdict_help()}. Measured on device types the model "
+    f"shipped with the model) reach its score; {verdict_help()}. Measured on device types the model "
     "never trained on, the default flags 3.9% of other devices' hosts (mostly the device's same-vendor "
     "siblings) and misses 11.8% of the device's own; 0.003: 5.2% and 6.4% (model card).  "
     f"[default: {MAX_FALSE_MATCH:g}]",
@@ -72,7 +45,7 @@ def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 @click.option(
     "--threshold",
     type=click.FloatRange(-1, 1),
-    callback=_finite,
+    callback=finite,
     help="The verdict on the raw host score instead (cosine for set, p(Target) for first20 / mean).",
 )
 @host_score_option(
@@ -90,7 +63,7 @@ def _filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
     "--filter",
     "display_filter",
     metavar="FILTER",
-    callback=_filter,
+    callback=nonempty_filter,
     help="Only scan packets matching this filter.",
 )
 @click.option("--json", "json_path", metavar="PATH", help="Write the scan as JSON ('-' for stdout).")

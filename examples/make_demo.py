@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from tool.capture import read_packets
+from tool.constants import PACKETS
 from tool.evaluation.dataset import load_devices
 
 HERE = Path(__file__).resolve().parent
@@ -24,7 +25,7 @@ OTHERS = ["D-LinkCam", "Withings", "TP-LinkPlugHS110", "Aria", "MAXGateway", "Ed
 LIMIT = 200_000
 
 
-def first_capture_excerpt(capture: Path, mac: str, out: Path, packets: int = 20) -> None:
+def first_capture_excerpt(capture: Path, mac: str, out: Path, packets: int = PACKETS) -> None:
     frames = [p.frame for p in read_packets(capture) if p.eth_src == mac]
     last = frames[packets - 1]
     subprocess.run(["editcap", "-r", str(capture), str(out), f"1-{last}"], check=True, capture_output=True)

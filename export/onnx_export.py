@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from export.model import DeepNetPrint, ExportEncoder, ExportHead
+from tool.constants import PACKETS
 
 OPSET = 17
 
@@ -28,7 +29,7 @@ def export_onnx(net: DeepNetPrint, out: Path) -> dict[str, str]:
     net = net.eval()
     cfg = net.cfg
     ids = torch.randint(1, 128, (3, cfg.max_len), dtype=torch.int64)
-    support = torch.randn(20, cfg.embed_dim)
+    support = torch.randn(PACKETS, cfg.embed_dim)
     jobs = [
         ("encoder.onnx", ExportEncoder(net), (ids,), ["bytes"], ["embedding"], {"bytes": {0: "n"}}),
         (
@@ -70,7 +71,7 @@ def check_against_torch(net: DeepNetPrint, out: Path, ids: np.ndarray) -> float:
     with torch.no_grad():
         want = net.embedding(torch.from_numpy(ids)).numpy()
         got = enc.run(None, {"bytes": ids})[0]
-        support = want[:20] if len(want) >= 20 else np.resize(want, (20, want.shape[1]))
+        support = want[:PACKETS] if len(want) >= PACKETS else np.resize(want, (PACKETS, want.shape[1]))
         proto = net.proto(torch.from_numpy(support)[None])[0].numpy()
         got_proto, scale = head.run(None, {"support": support.astype(np.float32)})
     return float(

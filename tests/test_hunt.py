@@ -235,10 +235,12 @@ def test_resume_after_sigint_scans_only_what_is_left(local_hunt, folder, fingerp
 def test_large_capture_in_chunks_equals_dnp_scan(devices, fingerprints, tmp_path):
     """One capture of several devices merged in time, cut into chunks of 500 packets: each host's first
     20 packets come from several chunks, and the merged hosts are dnp-scan's."""
+    from tool.capture import read_packets
     from tool.fingerprint import load
-    from tool.hunt import hunt
+    from tool.hunt import hunt, read_chunk, split
     from tool.model import Model
     from tool.scan import scan
+    from tool.text import packet_text
 
     merged = tmp_path / "merged.pcapng"
     sources = [str(devices[n].captures[10]) for n in ["D-LinkCam", "Aria", "D-LinkDayCam", "HueBridge"]]
@@ -249,3 +251,9 @@ def test_large_capture_in_chunks_equals_dnp_scan(devices, fingerprints, tmp_path
     (record,) = result.records
     assert record["packets"] == expected.packets > 1500
     assert _without_times(record["hosts"]) == expected.hosts
+    # Read in chunks, every packet is there once, and reads as the model reads it whole: frame numbers
+    # in Info texts ("request in 812") are the capture's, not the chunk's.
+    pieces = split(str(merged), tmp_path / "chunks", 2, 500)
+    assert len(pieces) == -(-expected.packets // 500)
+    whole = [packet_text(p.protocol, p.info) for p in read_packets(merged)]
+    assert [packet_text(p.protocol, p.info) for piece in pieces for p in read_chunk(*piece)] == whole

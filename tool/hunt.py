@@ -18,10 +18,12 @@ rule: a hunt run again (after an interrupt, with more captures) scans only what 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -227,12 +229,29 @@ def _record(capture: str, part: Part, scorer: _Scorer, warning: str | None = Non
     return record
 
 
-def _one(path: str, scorer: _Scorer) -> tuple[Part | None, str | None, str | None]:
-    """(part, warning, error) of one capture read on its own."""
+# Wireshark names another frame of the capture in some Info texts ("Echo (ping) reply ... (request in
+# 4123)"), by its number in the file; a chunk numbers its frames from 1, so its references are shifted
+# back to the whole capture's numbers. (The model reads these numbers: tool/text.py leaves them.)
+_FRAME_REFERENCE = re.compile(r"\b((?:request|reply|response) in )(\d+)")
+
+
+def read_chunk(path: str | os.PathLike, first: int = 0) -> Iterator[Packet]:
+    """The packets of a chunk whose first frame is frame `first + 1` of its capture, with the frame
+    numbers in their Info texts as the whole capture gives them."""
+    for p in read_packets(path):
+        if first and " in " in p.info:
+            info = _FRAME_REFERENCE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + first}", p.info)
+            if info != p.info:
+                p = dataclasses.replace(p, info=info)
+        yield p
+
+
+def _one(path: str, scorer: _Scorer, first: int = 0) -> tuple[Part | None, str | None, str | None]:
+    """(part, warning, error) of one capture (or chunk: see read_chunk) read on its own."""
     try:
         with warnings.catch_warnings(record=True) as held:
             warnings.simplefilter("always", CaptureTruncated)
-            part = _tally(scorer, read_packets(path), 1)[0]
+            part = _tally(scorer, read_chunk(path, first), 1)[0]
     except CaptureError as e:
         return None, None, str(e)
     cut = [str(w.message) for w in held if issubclass(w.category, CaptureTruncated)]
@@ -265,9 +284,10 @@ def scan_batch(paths: Sequence[str], settings: Settings) -> list[dict[str, Any]]
     return records
 
 
-def scan_chunk(path: str, settings: Settings) -> dict[str, Any]:
-    """A task: one chunk of a large capture, as a Part ({"packets", "hosts"}, or {"error"})."""
-    part, warning, error = _one(path, _scorer(settings))
+def scan_chunk(path: str, first: int, settings: Settings) -> dict[str, Any]:
+    """A task: one chunk of a large capture, whose first frame is frame `first + 1` of the capture, as
+    a Part ({"packets", "hosts"}, or {"error"})."""
+    part, warning, error = _one(path, _scorer(settings), first)
     if part is None:
         return {"error": error}
     return {"packets": part.packets, "hosts": part.hosts, "warning": warning}
@@ -436,8 +456,9 @@ def plan(captures: Sequence[Capture], workers: int, batch_bytes: int = BATCH_BYT
     return batches
 
 
-def split(path: str, folder: Path, workers: int, min_packets: int = CHUNK_PACKETS) -> list[str]:
-    """Cut a capture into chunks of consecutive packets with `editcap -c`, in capture order."""
+def split(path: str, folder: Path, workers: int, min_packets: int = CHUNK_PACKETS) -> list[tuple[str, int]]:
+    """Cut a capture into chunks of consecutive packets with `editcap -c`, two per worker: each chunk's
+    path and how many frames of the capture come before it, in capture order."""
     capinfos, editcap = shutil.which("capinfos"), shutil.which("editcap")
     if not capinfos or not editcap:
         raise CaptureError("capinfos / editcap not found: install tshark's tools (apt-get install -y tshark)")
@@ -459,7 +480,7 @@ def split(path: str, folder: Path, workers: int, min_packets: int = CHUNK_PACKET
     if done.returncode != 0:
         raise CaptureError(f"{path}: editcap: {done.stderr.strip().splitlines()[-1:] or 'failed'}")
     # editcap numbers the chunks chunk_00000_<time>.pcapng ...: their order is the capture's.
-    return sorted(str(p) for p in folder.glob("chunk_*.pcapng"))
+    return [(str(p), n * per) for n, p in enumerate(sorted(folder.glob("chunk_*.pcapng")))]
 
 
 @dataclass
@@ -739,8 +760,8 @@ def _run(
                     finish(c, {"error": str(e)})
                     continue
                 chunks[c.sha256] = [None] * len(pieces)  # type: ignore[index]
-                for i, piece in enumerate(pieces):
-                    f = client.submit(scan_chunk, piece, settings, pure=False)
+                for i, (piece, first) in enumerate(pieces):
+                    f = client.submit(scan_chunk, piece, first, settings, pure=False)
                     futures[f] = ("chunk", (c, i))
             for f in as_completed(list(futures)):
                 kind, what = futures.pop(f)

@@ -293,6 +293,15 @@ def scan_chunk(path: str, first: int, settings: Settings) -> dict[str, Any]:
     return {"packets": part.packets, "hosts": part.hosts, "warning": warning}
 
 
+def dask_setup(worker: object) -> None:
+    """Run by Dask in each worker process of a hunt's local cluster (its `preload`): the worker ignores
+    SIGINT. Ctrl-C reaches every process of the terminal's group; the hunt itself stops the cluster,
+    and a worker that died of it would print Dask's tracebacks over the hunt's last words."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def worker_peak_rss() -> dict[str, int]:
     """This worker process's peak resident memory and its children's (tshark), in bytes."""
     import resource
@@ -561,6 +570,8 @@ def merge_hosts(
 
 
 def _add(table: dict, key: Any, row: dict[str, Any], name: str, capture: str, verdict: str | None) -> None:
+    from tool.scan import MAX_HOST_IPS
+
     rate = row["false_match"][name] if "false_match" in row else None
     score = row["match"][name]
     agg = table.get(key)
@@ -584,6 +595,7 @@ def _add(table: dict, key: Any, row: dict[str, Any], name: str, capture: str, ve
     agg["captures"] += 1
     agg["packets"] += row["packets"]
     agg["ips"] += [ip for ip in row["ips"] if ip not in agg["ips"]]
+    del agg["ips"][MAX_HOST_IPS:]  # as dnp-scan keeps them: a router's would be hundreds
     agg["first_seen"] = min(agg["first_seen"], row["first_seen"])
     agg["last_seen"] = max(agg["last_seen"], row["last_seen"])
     better = (rate if rate is not None else 0.0, -score) < (
@@ -743,6 +755,7 @@ def _run(
                 processes=True,
                 dashboard_address=None,
                 silence_logs=logging.ERROR,
+                preload=["tool.hunt"],
             )
             client = Client(cluster)
         with client:

@@ -184,14 +184,18 @@ def _when(epoch: float) -> str:
 
 def print_hunt(console: Console, result: HuntResult, max_hosts: int = 50) -> None:
     """The merged hosts table, best first, then the captures that failed and those cut short."""
-    from pathlib import Path
+    import os
 
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from tool.report import HOST_HEADERS, _fmt, _rate, cell
 
     style = box.ASCII if not console.is_terminal else box.SIMPLE_HEAVY
+    # Captures are named from the folder they all lie under: rotated files share their names.
+    paths = [os.path.abspath(r["capture"]) for r in result.records]
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
     failed = f", {len(result.failed)} failed" if result.failed else ""
     table = Table(
         title=cell(
@@ -202,28 +206,27 @@ def print_hunt(console: Console, result: HuntResult, max_hosts: int = 50) -> Non
         title_justify="left",
     )
     kinds = {h["host_kind"] for h in result.hosts}
-    table.add_column(HOST_HEADERS.get(kinds.pop(), "host") if len(kinds) == 1 else "host")
-    table.add_column("IPs")
+    # Addresses are never cut; on a narrow terminal the times wrap at their spaces, names fold.
+    table.add_column(HOST_HEADERS.get(kinds.pop(), "host") if len(kinds) == 1 else "host", no_wrap=True)
+    table.add_column("IPs", overflow="fold")
     table.add_column("fingerprint")
     table.add_column("score", justify="right")
     calibrated = any(h["false_match_rate"] is not None for h in result.hosts)
     if calibrated:
         table.add_column("false-match rate", justify="right")
     table.add_column("captures", justify="right")
-    table.add_column("first seen (UTC)")
-    table.add_column("last seen (UTC)")
-    table.add_column("best capture")
+    table.add_column("first / last seen (UTC)", no_wrap=True)
+    table.add_column("best capture", overflow="fold")
     for h in result.hosts[:max_hosts]:
-        ips = ", ".join(h["ips"][:2]) + (" ..." if len(h["ips"]) > 2 else "")
+        ips = (h["ips"][0] if h["ips"] else "") + (f" +{len(h['ips']) - 1}" if len(h["ips"]) > 1 else "")
         name = cell(h["fingerprint"], "bold green") if h["verdict"] else cell(f"({h['fingerprint']})")
         cells = [cell(h["host"]), cell(ips), name, cell(_fmt(h["score"]))]
         if calibrated:
             cells.append(cell(_rate(h["false_match_rate"], result.cohort_hosts)))
         cells += [
             cell(h["captures"]),
-            cell(_when(h["first_seen"])),
-            cell(_when(h["last_seen"])),
-            cell(Path(h["best_capture"]).name),
+            Text("\n").join([cell(_when(h["first_seen"])), cell(_when(h["last_seen"]))]),
+            cell(os.path.relpath(os.path.abspath(h["best_capture"]), root)),
         ]
         table.add_row(*cells)
     if not result.hosts:
@@ -264,12 +267,16 @@ class _Progress:
         self.total = 0
 
     def start(self, captures: int, size: int) -> None:
+        if not captures:  # everything was done before: nothing to watch
+            return
         self.total = captures
         self.task = self.progress.add_task("hunt", total=max(size, 1), captures="", packets="")
         self.update(0, 0, 0)
         self.progress.start()
 
     def update(self, captures: int, size: int, packets: int) -> None:
+        if self.task is None:
+            return
         elapsed = self.progress.tasks[0].elapsed if self.progress.tasks else None
         rate = packets / elapsed if elapsed else math.nan
         self.progress.update(

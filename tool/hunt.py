@@ -204,14 +204,13 @@ def merge_parts(parts: Sequence[Part], host_packets: int = PACKETS) -> Part:
 def rank_part(part: Part, fingerprints: Sequence[Fingerprint], rule: Verdict) -> list[dict[str, Any]]:
     """The host rows of a capture (dnp-scan's --json `hosts`, best match first), with first_seen and
     last_seen, from its Part."""
-    from tool.model import unit
     from tool.scan import Host, set_host_rows
 
     hosts = [
         Host(h["host"], n, h["host_kind"], list(h["ips"]), h["packets"], len(h["firsts"]))
         for n, h in enumerate(part.hosts)
     ]
-    firsts = {n: list(unit(h["firsts"])) for n, h in enumerate(part.hosts)}
+    firsts = {n: list(h["firsts"]) for n, h in enumerate(part.hosts)}
     rows = set_host_rows(hosts, firsts, fingerprints, rule)
     times = {h["host"]: (h["first_seen"], h["last_seen"]) for h in part.hosts}
     for row in rows:
@@ -645,7 +644,8 @@ def hunt(
     if len(set(names)) != len(names):
         raise HuntError(f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll")
     texts = tuple(read_bounded(Path(p)).decode("utf-8") for p in fingerprint_files)
-    settings = Settings(texts, models, threshold, max_false_match)
+    # Workers start elsewhere (another folder, another machine): the model folder goes as a full path.
+    settings = Settings(texts, os.path.abspath(models) if models else None, threshold, max_false_match)
     rule = verdict_rule(model, "set", threshold, max_false_match)
     key = hunt_key(model, settings)
     files, skipped = find_captures(paths)

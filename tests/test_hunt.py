@@ -257,3 +257,23 @@ def test_large_capture_in_chunks_equals_dnp_scan(devices, fingerprints, tmp_path
     assert len(pieces) == -(-expected.packets // 500)
     whole = [packet_text(p.protocol, p.info) for p in read_packets(merged)]
     assert [packet_text(p.protocol, p.info) for piece in pieces for p in read_chunk(*piece)] == whole
+
+
+def test_without_dask_dnp_scan_works_and_dnp_hunt_says_what_to_install(folder, fingerprints, clean_env):
+    # sys.modules[name] = None makes `import name` fail, as on a machine without the extra.
+    hidden = "import sys; sys.modules['distributed'] = sys.modules['dask'] = None; "
+
+    def run(command: str, *args: str) -> subprocess.CompletedProcess:
+        code = f"{hidden}import tool.cli.{command} as m; m.main()"
+        return subprocess.run(
+            [sys.executable, "-c", code, *args, *_fp_args(fingerprints)],
+            cwd=ROOT, env=clean_env, capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+
+    scan = run("scan", str(next(folder.rglob("Aria-11.pcap"))), "--quiet")
+    assert scan.returncode in (0, 1), scan.stderr
+    hunt = run("hunt", str(folder))
+    assert hunt.returncode == 2
+    assert hunt.stderr.splitlines() == [
+        "dnp-hunt: error: Dask is not installed: pip install 'deepnetprint[hunt]'"
+    ]

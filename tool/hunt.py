@@ -724,7 +724,7 @@ def _run(
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
-        raise HuntError("dnp-hunt needs Dask: pip install 'deepnetprint[hunt]'") from None
+        raise HuntError("Dask is not installed: pip install 'deepnetprint[hunt]'") from None
     import logging
 
     # Dask tells of restarted workers and closed connections at WARNING: the hunt reports what matters.

@@ -222,7 +222,7 @@ def test_resume_after_sigint_scans_only_what_is_left(local_hunt, folder, fingerp
     assert hunt.returncode == 128 + signal.SIGINT, stderr
     assert "Traceback" not in stderr and "run it again" in stderr
     kept = len(_log(out))
-    assert 1 <= kept < len(DEVICES)
+    assert 1 <= kept < len(DEVICES), (kept, stderr)
     done = run_command("dnp-hunt", *args, env=clean_env, timeout=TIMEOUT)
     assert done.returncode == 2, done.stderr
     report = json.loads((tmp_path / "hunt.json").read_text())

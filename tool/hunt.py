@@ -727,9 +727,11 @@ def _run(
         raise HuntError("Dask is not installed: pip install 'deepnetprint[hunt]'") from None
     import logging
 
-    # Dask tells of restarted workers and closed connections at WARNING: the hunt reports what matters.
+    # Dask logs restarted workers, closed connections and, while a cluster stops, workers' failed
+    # heartbeats with their tracebacks: the hunt reports what matters (a task's failure comes back as
+    # its result), so the engine's own logs stay silent, here and in the local cluster's workers.
     for name in ("distributed", "tornado"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     done_captures = done_bytes = done_packets = 0
 
     def finish(capture: Capture, record: dict[str, Any]) -> None:
@@ -757,7 +759,7 @@ def _run(
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,
                 preload=["tool.hunt"],
             )
             client = Client(cluster)

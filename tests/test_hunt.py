@@ -277,3 +277,22 @@ def test_without_dask_dnp_scan_works_and_dnp_hunt_says_what_to_install(folder, f
     assert hunt.stderr.splitlines() == [
         "dnp-hunt: error: Dask is not installed: pip install 'deepnetprint[hunt]'"
     ]
+
+
+def test_a_batch_read_by_one_tshark_run_equals_each_capture_alone(local_hunt, folder, fingerprints):
+    """Small captures travel in batches read by one mergecap + tshark run; a bad one in a batch makes
+    it read each capture alone. Either way each capture's result is dnp-scan's (the local hunt's)."""
+    from tool.hunt import Settings, scan_batch
+
+    _, _, records = local_hunt
+    settings = Settings(tuple(f.read_text() for f in fingerprints), None, None, None)
+    good = sorted(folder.rglob("*-11.pcap"))
+    expected = {
+        p.name: {"capture": str(p), "packets": records[p.name]["packets"], "hosts": records[p.name]["hosts"]}
+        for p in good
+    }
+    for batch in (good, [*good[:2], folder / "junk.pcap", *good[2:]]):
+        got = {Path(r["capture"]).name: r for r in scan_batch([str(p) for p in batch], settings)}
+        if len(batch) > len(good):
+            assert "isn't a capture file" in got.pop("junk.pcap")["error"]
+        assert got == expected

@@ -768,7 +768,8 @@ def _run(
                 workers = max(1, len(client.scheduler_info().get("workers", {})))
             futures = {}
             for batch in plan(small, workers, batch_bytes):
-                f = client.submit(scan_batch, [c.path for c in batch], settings, pure=False)
+                # Full paths: a worker's working folder is not the client's.
+                f = client.submit(scan_batch, [os.path.abspath(c.path) for c in batch], settings, pure=False)
                 futures[f] = ("batch", batch)
             chunks: dict[str, list[dict[str, Any] | None]] = {}
             for n, c in enumerate(large):

@@ -748,7 +748,9 @@ def _run(
 
     large = [c for c in todo if c.size > chunk_bytes]
     small = [c for c in todo if c.size <= chunk_bytes]
-    scratch = Path(tempfile.mkdtemp(prefix=".dnp-hunt-", dir=out)) if large else None
+    # Chunks go in the hunt's folder when there is one: on shared storage, a cluster's workers see them.
+    folder = os.path.abspath(out) if out is not None else None
+    scratch = Path(tempfile.mkdtemp(prefix=".dnp-hunt-", dir=folder)) if large else None
     cluster = None
     try:
         if scheduler:
@@ -798,8 +800,6 @@ def _run(
                 if parts is None:  # an earlier chunk failed the capture
                     continue
                 parts[i] = value if value is not None else {"error": reason}
-                if value is not None and "error" in value:
-                    parts[i] = value
                 if any(p is not None and "error" in p for p in parts):
                     del chunks[c.sha256]
                     finish(c, {"error": next(p["error"] for p in parts if p and "error" in p)})

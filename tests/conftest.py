@@ -51,6 +51,7 @@ def run_command(name: str, *args: str, env: dict[str, str] | None = None, timeou
         "dnp-scan": "tool.cli.scan",
         "dnp-eval": "tool.evaluation.cli",
         "dnp-plugin": "tool.cli.plugin",
+        "dnp-hunt": "tool.cli.hunt",
     }[name]
     code = f"import {module} as m; m.main()"
     return subprocess.run(

@@ -220,6 +220,46 @@ class Host:
     ips: list[str] = field(default_factory=list)
     packets: int = 0
     first_count: int = 0  # how many of its packets count as its first ones (up to host_packets)
+    first_seen: float = 0.0  # the time of its first and last packets (epoch seconds)
+    last_seen: float = 0.0
+
+
+class HostTally:
+    """The sending hosts of a capture as its packets stream by, in capture order: each host's
+    addresses, packet count, first and last time, and which packets are its first `host_packets`."""
+
+    def __init__(self, host_packets: int = PACKETS, use_all: bool = False):
+        self.hosts: dict[str, Host] = {}
+        self.host_packets = host_packets
+        self.use_all = use_all  # every packet counts (set-all, mean), not only a host's first ones
+
+    def add(self, batch: Sequence[Packet]) -> tuple[list[int], list[bool]]:
+        """Count a batch of packets: each one's host number, and whether its host score reads it."""
+        hosts, host_packets, use_all = self.hosts, self.host_packets, self.use_all
+        index: list[int] = []
+        counted: list[bool] = []
+        for packet in batch:
+            # The best address the link layer offers; a packet with none (no Ethernet, cooked or IP
+            # source) belongs to no host: lumped together, such packets would make one bogus host.
+            address = packet.host
+            if not address:
+                index.append(0)
+                counted.append(False)
+                continue
+            host = hosts.get(address)
+            if host is None:
+                host = hosts[address] = Host(address, len(hosts), packet.host_kind, first_seen=packet.time)
+            host.packets += 1
+            host.last_seen = packet.time
+            ip = packet.ip_src
+            if ip and len(host.ips) < MAX_HOST_IPS and ip not in host.ips and ip not in ("0.0.0.0", "::"):
+                # 0.0.0.0 is what a DHCP client says before it has an address, not an address it uses.
+                host.ips.append(ip)
+            index.append(host.number)
+            counted.append(use_all or host.first_count < host_packets)
+            if host.first_count < host_packets:
+                host.first_count += 1
+        return index, counted
 
 
 @dataclass
@@ -338,7 +378,6 @@ def scan(
     rule = verdict_rule(model, host_score, threshold, max_false_match)
     names = [f.name for f in fingerprints]
     matcher = Matcher(model, fingerprints)
-    hosts: dict[str, Host] = {}
     use_set = host_score in SET_SCORES
     use_all = host_score in ("set-all", "mean")
     width = model.embedding_dim if use_set else len(names)
@@ -350,30 +389,11 @@ def scan(
     best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
     best_keys: set[tuple] = set()
     total = 0
+    tally = HostTally(host_packets, use_all)
+    hosts = tally.hosts
     for batch, probs, embedded in matcher.chunks(read_packets(capture, display_filter)):
         total += len(batch)
-        index: list[int] = []
-        counted: list[bool] = []
-        for packet in batch:
-            # The best address the link layer offers; a packet with none (no Ethernet, cooked or IP
-            # source) belongs to no host: lumped together, such packets would make one bogus host.
-            address = packet.host
-            if not address:
-                index.append(0)
-                counted.append(False)
-                continue
-            host = hosts.get(address)
-            if host is None:
-                host = hosts[address] = Host(address, len(hosts), packet.host_kind)
-            host.packets += 1
-            ip = packet.ip_src
-            if ip and len(host.ips) < MAX_HOST_IPS and ip not in host.ips and ip not in ("0.0.0.0", "::"):
-                # 0.0.0.0 is what a DHCP client says before it has an address, not an address it uses.
-                host.ips.append(ip)
-            index.append(host.number)
-            counted.append(use_all or host.first_count < host_packets)
-            if host.first_count < host_packets:
-                host.first_count += 1
+        index, counted = tally.add(batch)
         if len(hosts) > len(sums):
             sums = _grown(sums, 2 * len(hosts))
         rows = np.asarray(index, dtype=np.intp)
@@ -425,6 +445,20 @@ def scan(
         rule=rule.describe(),
         cohort_hosts=len(rule.cohort) if rule.cohort is not None else 0,
     )
+
+
+def set_host_rows(
+    hosts: Sequence[Host],
+    firsts: dict[int, list[np.ndarray]],
+    fingerprints: Sequence[Fingerprint],
+    rule: Verdict,
+) -> list[dict[str, Any]]:
+    """The host rows of ScanResult.hosts, best match first, under the `set` score, for hosts whose
+    first packets' embeddings (`firsts[host.number]`, in capture order) were gathered elsewhere: how
+    dnp-hunt ranks the hosts of a capture it read in several parts."""
+    hosts = list(hosts)
+    scores = _host_scores(np.zeros((len(hosts), 0)), firsts, hosts, fingerprints, "set", False)
+    return _rank_hosts(hosts, [f.name for f in fingerprints], scores, fingerprints, rule)
 
 
 def _host_scores(

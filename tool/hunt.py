@@ -1,0 +1,832 @@
+"""Hunting: fingerprints searched for across many captures, on the cores of one machine or a Dask cluster.
+
+A hunt scores every capture as dnp-scan does (the `set` host score, the cohort's false-match rate)
+and merges the hosts that match into one table: which host, which fingerprint, how well, in how many
+captures, first and last seen. The work runs on Dask distributed (an embedded local cluster of one
+worker process per core, or an existing cluster): each worker loads the models once and runs tshark
+itself. Small captures travel in batches read by one tshark run (`tool.capture.read_many`); a large
+capture is cut into chunks with `editcap -c`, each chunk returns its hosts' first packets' embeddings,
+and the hosts are scored once the chunks are put back together in capture order.
+
+Every capture's result is a line of `captures.jsonl` in the hunt's folder, written as soon as it is
+known and keyed by the capture's sha256, the models' hashes, the fingerprints' digests and the verdict
+rule: a hunt run again (after an interrupt, with more captures) scans only what it has not seen.
+
+    >>> result = hunt(["/cases/site-a/"], ["cam.fp"], out="hunt-a")   # doctest: +SKIP
+    >>> [(h["mac"], h["fingerprint"], h["captures"]) for h in result.hosts]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tool.capture import CaptureError, CaptureTruncated, Packet, read_many, read_packets
+from tool.cohort import Cohort
+from tool.constants import PACKETS
+
+if TYPE_CHECKING:
+    from tool.fingerprint import Fingerprint
+    from tool.model import Model
+    from tool.scan import Matcher, Verdict
+
+LOG = "captures.jsonl"  # one line per capture, in the hunt's --out folder
+SUMMARY = "hunt.json"  # the merged table, as --json writes it
+# Names a folder's captures go by; other files in a folder count as captures when their first bytes
+# are a capture's (tcpdump -C names its files dump, dump1, dump2 ...).
+CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz")
+MAGICS = (
+    b"\xd4\xc3\xb2\xa1",
+    b"\xa1\xb2\xc3\xd4",
+    b"\x4d\x3c\xb2\xa1",
+    b"\xa1\xb2\x3c\x4d",  # pcap, both byte orders, micro- and nanosecond
+    b"\x0a\x0d\x0d\x0a",  # pcapng
+    b"\x1f\x8b",  # gzip: tshark reads compressed captures
+)
+# Small captures go to a worker together, up to this many bytes: one mergecap and one tshark start
+# per batch instead of per capture (tshark starts in ~0.2 s; the data set's captures take ~0.05 s).
+BATCH_BYTES = 4 << 20
+# A capture above this size is cut into chunks scored in parallel, two per worker, of at least
+# CHUNK_PACKETS packets (a tshark start is worth ~0.2 s) and at most MAX_CHUNK_PACKETS: tshark's memory
+# grows with the packets of the file it reads (264 MB at 437,000 packets, 178 MB at 44,000).
+CHUNK_BYTES = 32 << 20
+CHUNK_PACKETS = 20_000
+MAX_CHUNK_PACKETS = 200_000
+
+
+class HuntError(ValueError):
+    """A hunt that cannot start (no capture found, no engine): one line for the user."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a worker runs. Everything here is plain data in and out, so any Dask worker can run it.
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every task needs to score: the fingerprints' texts, the model folder and the verdict rule."""
+
+    fingerprints: tuple[str, ...]  # the fingerprint files' JSON texts (the worker may not see the files)
+    models: str | None
+    threshold: float | None
+    max_false_match: float | None
+    host_packets: int = PACKETS
+
+
+class _Scorer:
+    """A worker's models, fingerprints, verdict rule and memo, loaded once and kept for every task."""
+
+    def __init__(self, settings: Settings):
+        from tool.fingerprint import parse
+        from tool.model import Model
+        from tool.scan import Matcher, verdict_rule
+
+        self.model = Model.load(settings.models)
+        self.fingerprints = [parse(text) for text in settings.fingerprints]
+        for f in self.fingerprints:
+            f.check_model(self.model)
+        self.rule = verdict_rule(self.model, "set", settings.threshold, settings.max_false_match)
+        if self.rule.cohort is not None:
+            cohort = self.rule.cohort
+            self.rule.cohort = KeptCohort(**{k: getattr(cohort, k) for k in Cohort.__dataclass_fields__})
+        self.matcher: Matcher = Matcher(self.model, self.fingerprints)
+        self.host_packets = settings.host_packets
+
+
+class KeptCohort(Cohort):
+    """The cohort with its impostor scores kept: they depend on the fingerprints only, which never
+    change during a hunt, so a worker's thousands of captures need them computed once."""
+
+    def impostors(self, fingerprints, how="set"):  # noqa: ANN001, ANN201 - as Cohort.impostors
+        kept = self.__dict__.setdefault("_kept", {})
+        key = (tuple(id(f) for f in fingerprints), how)
+        if key not in kept:
+            kept[key] = super().impostors(fingerprints, how)
+        return kept[key]
+
+
+# One scorer per worker thread and settings: onnxruntime and the memo are not shared between threads.
+_local = threading.local()
+
+
+def _scorer(settings: Settings) -> _Scorer:
+    kept = getattr(_local, "scorers", None)
+    if kept is None:
+        kept = _local.scorers = {}
+    if settings not in kept:
+        kept.clear()  # another hunt's models and fingerprints go
+        kept[settings] = _Scorer(settings)
+    return kept[settings]
+
+
+@dataclass
+class Part:
+    """What the packets of one capture, or of one chunk of it, leave: each host with the embeddings of
+    its first packets, in capture order (plain data: it travels from a worker to the client)."""
+
+    packets: int = 0
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _tally(scorer: _Scorer, packets: Iterable[Packet], sources: int) -> list[Part]:
+    """Read packets (of `sources` files, told apart by Packet.source) into one Part per file."""
+    from tool.scan import HostTally
+
+    tallies = [HostTally(scorer.host_packets) for _ in range(sources)]
+    firsts: list[dict[int, list[np.ndarray]]] = [{} for _ in range(sources)]
+    counts = [0] * sources
+    for batch, _probs, embedded in scorer.matcher.chunks(packets):
+        start = 0
+        while start < len(batch):  # the files follow one another: cut the batch where the file changes
+            source = batch[start].source
+            end = start + 1
+            while end < len(batch) and batch[end].source == source:
+                end += 1
+            index, counted = tallies[source].add(batch[start:end])
+            for i in np.flatnonzero(counted).tolist():
+                firsts[source].setdefault(index[i], []).append(embedded[start + i])
+            counts[source] += end - start
+            start = end
+    parts = []
+    for tally, first, count in zip(tallies, firsts, counts):
+        hosts = [
+            {
+                "host": h.mac,
+                "host_kind": h.kind,
+                "ips": h.ips,
+                "packets": h.packets,
+                "first_seen": h.first_seen,
+                "last_seen": h.last_seen,
+                "firsts": np.asarray(first[h.number], dtype=np.float32),
+            }
+            for h in tally.hosts.values()
+        ]
+        parts.append(Part(count, hosts))
+    return parts
+
+
+def merge_parts(parts: Sequence[Part], host_packets: int = PACKETS) -> Part:
+    """The Part of a whole capture from those of its chunks, in capture order: a host's first packets
+    are the first `host_packets` of its chunks' first packets, taken in chunk order."""
+    from tool.scan import MAX_HOST_IPS
+
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for h in part.hosts:
+            m = merged.get(h["host"])
+            if m is None:
+                merged[h["host"]] = dict(h, ips=list(h["ips"]))
+                continue
+            m["packets"] += h["packets"]
+            m["last_seen"] = h["last_seen"]
+            m["ips"] += [ip for ip in h["ips"] if ip not in m["ips"]]
+            del m["ips"][MAX_HOST_IPS:]
+            if len(m["firsts"]) < host_packets:
+                m["firsts"] = np.concatenate([m["firsts"], h["firsts"]])[:host_packets]
+    return Part(sum(p.packets for p in parts), list(merged.values()))
+
+
+def rank_part(part: Part, fingerprints: Sequence[Fingerprint], rule: Verdict) -> list[dict[str, Any]]:
+    """The host rows of a capture (dnp-scan's --json `hosts`, best match first), with first_seen and
+    last_seen, from its Part."""
+    from tool.scan import Host, set_host_rows
+
+    hosts = [
+        Host(h["host"], n, h["host_kind"], list(h["ips"]), h["packets"], len(h["firsts"]))
+        for n, h in enumerate(part.hosts)
+    ]
+    firsts = {n: list(h["firsts"]) for n, h in enumerate(part.hosts)}
+    rows = set_host_rows(hosts, firsts, fingerprints, rule)
+    times = {h["host"]: (h["first_seen"], h["last_seen"]) for h in part.hosts}
+    for row in rows:
+        row["first_seen"], row["last_seen"] = times[row["host"]]
+    return rows
+
+
+def _record(capture: str, part: Part, scorer: _Scorer, warning: str | None = None) -> dict[str, Any]:
+    if part.packets == 0:
+        return {"capture": capture, "error": f"{capture}: the capture holds no packets"}
+    record = {
+        "capture": capture,
+        "packets": part.packets,
+        "hosts": rank_part(part, scorer.fingerprints, scorer.rule),
+    }
+    if warning:
+        record["warning"] = warning
+    return record
+
+
+# Wireshark names another frame of the capture in some Info texts ("Echo (ping) reply ... (request in
+# 4123)"), by its number in the file; a chunk numbers its frames from 1, so its references are shifted
+# back to the whole capture's numbers. (The model reads these numbers: tool/text.py leaves them.)
+_FRAME_REFERENCE = re.compile(r"\b((?:request|reply|response) in )(\d+)")
+
+
+def read_chunk(path: str | os.PathLike, first: int = 0) -> Iterator[Packet]:
+    """The packets of a chunk whose first frame is frame `first + 1` of its capture, with the frame
+    numbers in their Info texts as the whole capture gives them."""
+    for p in read_packets(path):
+        if first and " in " in p.info:
+            info = _FRAME_REFERENCE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + first}", p.info)
+            if info != p.info:
+                p = dataclasses.replace(p, info=info)
+        yield p
+
+
+def _one(path: str, scorer: _Scorer, first: int = 0) -> tuple[Part | None, str | None, str | None]:
+    """(part, warning, error) of one capture (or chunk: see read_chunk) read on its own."""
+    try:
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always", CaptureTruncated)
+            part = _tally(scorer, read_chunk(path, first), 1)[0]
+    except CaptureError as e:
+        return None, None, str(e)
+    cut = [str(w.message) for w in held if issubclass(w.category, CaptureTruncated)]
+    return part, (cut[0] if cut else None), None
+
+
+def scan_batch(paths: Sequence[str], settings: Settings) -> list[dict[str, Any]]:
+    """A task: the records of several small captures, read by one tshark run when they all read.
+
+    A capture that cannot be read (damaged, not a capture, cut short) makes the batch read each of its
+    captures on its own, so that only that one fails, with its own reason.
+    """
+    scorer = _scorer(settings)
+    parts: list[Part] | None = None
+    if len(paths) > 1:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", CaptureTruncated)
+                parts = _tally(scorer, read_many(paths), len(paths))
+        except (CaptureError, CaptureTruncated):
+            parts = None
+    if parts is not None:
+        return [_record(p, part, scorer) for p, part in zip(paths, parts)]
+    records = []
+    for path in paths:
+        part, warning, error = _one(path, scorer)
+        records.append(
+            {"capture": path, "error": error} if part is None else _record(path, part, scorer, warning)
+        )
+    return records
+
+
+def scan_chunk(path: str, first: int, settings: Settings) -> dict[str, Any]:
+    """A task: one chunk of a large capture, whose first frame is frame `first + 1` of the capture, as
+    a Part ({"packets", "hosts"}, or {"error"})."""
+    part, warning, error = _one(path, _scorer(settings), first)
+    if part is None:
+        return {"error": error}
+    return {"packets": part.packets, "hosts": part.hosts, "warning": warning}
+
+
+def dask_setup(worker: object) -> None:
+    """Run by Dask in each worker process of a hunt's local cluster (its `preload`): the worker ignores
+    SIGINT. Ctrl-C reaches every process of the terminal's group; the hunt itself stops the cluster,
+    and a worker that died of it would print Dask's tracebacks over the hunt's last words."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def worker_peak_rss() -> dict[str, int]:
+    """This worker process's peak resident memory and its children's (tshark), in bytes."""
+    import resource
+
+    return {
+        "worker": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "tshark": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# What the client runs: finding captures, the resume log, the plan, the engine, the merged table.
+
+
+def _is_capture(path: Path) -> bool:
+    if path.name.lower().endswith(CAPTURE_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return any(head.startswith(m) for m in MAGICS)
+
+
+def find_captures(paths: Iterable[str]) -> tuple[list[str], int]:
+    """The capture files named by paths, folders (recursive) and globs, each once, in a stable order;
+    and how many other files the folders held. A file named on its own is always taken (a bad one is
+    then listed as a failure); in a folder, captures are known by their name or their first bytes."""
+    found: list[str] = []
+    skipped = 0
+    for arg in paths:
+        if os.path.lexists(arg):
+            names = [arg]
+        else:
+            names = sorted(glob.glob(arg, recursive=True))
+            if not names:
+                raise HuntError(f"{arg}: no such file, folder or match")
+        for name in names:
+            if os.path.isdir(name):
+                for folder, dirs, files in os.walk(name):
+                    dirs.sort()
+                    for f in sorted(files):
+                        p = Path(folder, f)
+                        if p.is_file() and _is_capture(p):
+                            found.append(str(p))
+                        else:
+                            skipped += 1
+            else:
+                found.append(name)
+    seen: set[str] = set()
+    unique = []
+    for p in found:
+        real = os.path.realpath(p)
+        if real not in seen:
+            seen.add(real)
+            unique.append(p)
+    return unique, skipped
+
+
+def _sha256(path: str) -> tuple[str | None, int, str | None]:
+    """(sha256, size, error) of a capture file; a FIFO or device is refused, never read."""
+    import stat
+
+    from tool.files import sha256_file
+
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return None, 0, f"{path}: not a file"
+        digest = sha256_file(path)
+    except OSError as e:
+        return None, 0, f"{path}: {e.strerror or e}"
+    if st.st_size == 0:
+        return None, 0, f"{path}: empty file, not a capture"
+    return digest, st.st_size, None
+
+
+def hunt_key(model: Model, settings: Settings) -> str:
+    """What a capture's result depends on besides its content: the models, the fingerprints, the rule."""
+    parts = {
+        "encoder": model.encoder_sha256,
+        "head": model.head_sha256,
+        "fingerprints": [json.loads(t)["digest"] for t in settings.fingerprints],
+        "threshold": settings.threshold,
+        "max_false_match": settings.max_false_match,
+        "host_packets": settings.host_packets,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Log:
+    """The hunt folder's captures.jsonl: a line per capture result, appended as each one is known.
+
+    Lines are appended with one write each and read back tolerantly: a line cut by a crash is left out,
+    and its capture scanned again. `compact` rewrites the file atomically, one line per result.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / LOG
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}  # (sha256, key) -> record
+        self._fd: int | None = None
+        if self.path.is_file():
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                        self.records[(rec["sha256"], rec["key"])] = rec
+                    except (ValueError, KeyError, TypeError):
+                        continue
+
+    def get(self, sha256: str, key: str) -> dict[str, Any] | None:
+        return self.records.get((sha256, key))
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records[(record["sha256"], record["key"])] = record
+        if self._fd is None:
+            from tool.files import file_mode
+
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, file_mode())
+        os.write(self._fd, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def compact(self) -> None:
+        from tool.files import atomic_output
+
+        self.close()
+        with atomic_output(self.path) as f:
+            for rec in self.records.values():
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class Capture:
+    """One input of the hunt: its path, content hash and size, or why it cannot be read."""
+
+    path: str
+    sha256: str | None
+    size: int
+    error: str | None = None
+
+
+def plan(captures: Sequence[Capture], workers: int, batch_bytes: int = BATCH_BYTES) -> list[list[Capture]]:
+    """Batches of small captures, in order, of up to `batch_bytes` each, and small enough that every
+    worker gets several (the last batches of a hunt would otherwise leave cores idle)."""
+    total = sum(c.size for c in captures)
+    limit = max(1, min(batch_bytes, total // max(1, 4 * workers)))
+    batches: list[list[Capture]] = []
+    size = 0
+    for c in captures:
+        if not batches or size + c.size > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(c)
+        size += c.size
+    return batches
+
+
+def split(path: str, folder: Path, workers: int, min_packets: int = CHUNK_PACKETS) -> list[tuple[str, int]]:
+    """Cut a capture into chunks of consecutive packets with `editcap -c`, two per worker (within the
+    bounds above): each chunk's path and how many frames of the capture come before it, in order."""
+    capinfos, editcap = shutil.which("capinfos"), shutil.which("editcap")
+    if not capinfos or not editcap:
+        raise CaptureError("capinfos / editcap not found: install tshark's tools (apt-get install -y tshark)")
+    done = subprocess.run(
+        [capinfos, "-M", "-T", "-c", "-r", path], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    try:
+        count = int(done.stdout.strip().split("\t")[-1])
+    except ValueError:
+        raise CaptureError(f"{path}: capinfos cannot count its packets") from None
+    per = max(min_packets, min(MAX_CHUNK_PACKETS, -(-count // (2 * workers))))
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [editcap, "-c", str(per), "-F", "pcapng", path, str(folder / "chunk.pcapng")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise CaptureError(f"{path}: editcap: {done.stderr.strip().splitlines()[-1:] or 'failed'}")
+    # editcap numbers the chunks chunk_00000_<time>.pcapng ...: their order is the capture's.
+    return [(str(p), n * per) for n, p in enumerate(sorted(folder.glob("chunk_*.pcapng")))]
+
+
+@dataclass
+class HuntResult:
+    """The outcome of a hunt, as plain data (`to_dict` is --json)."""
+
+    captures: int
+    packets: int
+    fingerprints: list[str]
+    rule: str
+    cohort_hosts: int
+    scanned: int  # captures scanned by this run
+    reused: int  # captures whose result the hunt folder already held
+    failed: list[dict[str, str]]
+    warnings: list[dict[str, str]]
+    hosts: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # every capture's result, in input order
+    skipped: int = 0  # files in the folders that are not captures
+    workers: dict[str, dict[str, int]] = field(default_factory=dict)  # peak memory per worker
+
+    @property
+    def matched(self) -> bool:
+        return any(h["verdict"] is not None for h in self.hosts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "captures": self.captures,
+            "packets": self.packets,
+            "fingerprints": self.fingerprints,
+            "rule": self.rule,
+            "scanned": self.scanned,
+            "reused": self.reused,
+            "failed": self.failed,
+            "warnings": self.warnings,
+            "hosts": self.hosts,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"
+
+
+Progress = Callable[[int, int, int], None]  # (captures done, bytes done, packets done)
+
+
+def merge_hosts(
+    records: Sequence[dict[str, Any]], names: Sequence[str], rule: Verdict, all_hosts: bool = False
+) -> list[dict[str, Any]]:
+    """One row per host and fingerprint it matched in some capture, best first, over the captures
+    where it matched: best score, lowest false-match rate, how many captures, first and last seen, and
+    the capture of the best match. `all_hosts` adds every other host, once, under its best fingerprint
+    over every capture it was seen in, with verdict None."""
+    matched: dict[tuple[str, str], dict[str, Any]] = {}
+    others: dict[str, dict[str, Any]] = {}
+    hit: set[str] = set()
+    for rec in records:
+        for row in rec.get("hosts", []):
+            for name in names:
+                if rule.threshold is not None:
+                    ok = row["match"][name] >= rule.threshold
+                else:
+                    ok = row["false_match"][name] <= rule.max_false_match
+                if ok:
+                    hit.add(row["host"])
+                    _add(matched, (row["host"], name), row, name, rec["capture"], name)
+            if all_hosts:
+                _add(others, row["host"], row, row["best"], rec["capture"], None)
+    rows = list(matched.values()) + [r for h, r in others.items() if h not in hit]
+    rows.sort(
+        key=lambda r: (
+            r["verdict"] is None,
+            r.get("false_match_rate") or 0.0,
+            -r["score"],
+            r["host"],
+            r["fingerprint"],
+        )
+    )
+    return rows
+
+
+def _add(table: dict, key: Any, row: dict[str, Any], name: str, capture: str, verdict: str | None) -> None:
+    from tool.scan import MAX_HOST_IPS
+
+    rate = row["false_match"][name] if "false_match" in row else None
+    score = row["match"][name]
+    agg = table.get(key)
+    if agg is None:
+        table[key] = {
+            "mac": row["mac"],
+            "host": row["host"],
+            "host_kind": row["host_kind"],
+            "ips": list(row["ips"]),
+            "fingerprint": name,
+            "score": score,
+            "false_match_rate": rate,
+            "verdict": verdict,
+            "captures": 1,
+            "packets": row["packets"],
+            "first_seen": row["first_seen"],
+            "last_seen": row["last_seen"],
+            "best_capture": capture,
+        }
+        return
+    agg["captures"] += 1
+    agg["packets"] += row["packets"]
+    agg["ips"] += [ip for ip in row["ips"] if ip not in agg["ips"]]
+    del agg["ips"][MAX_HOST_IPS:]  # as dnp-scan keeps them: a router's would be hundreds
+    agg["first_seen"] = min(agg["first_seen"], row["first_seen"])
+    agg["last_seen"] = max(agg["last_seen"], row["last_seen"])
+    better = (rate if rate is not None else 0.0, -score) < (
+        agg["false_match_rate"] if agg["false_match_rate"] is not None else 0.0,
+        -agg["score"],
+    )
+    if verdict is None and better:  # the unmatched row follows the host's best fingerprint
+        agg["fingerprint"] = name
+    if better:
+        agg["score"], agg["false_match_rate"], agg["best_capture"] = score, rate, capture
+
+
+def hunt(
+    paths: Sequence[str],
+    fingerprint_files: Sequence[str],
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    out: str | os.PathLike | None = None,
+    threshold: float | None = None,
+    max_false_match: float | None = None,
+    models: str | None = None,
+    all_hosts: bool = False,
+    batch_bytes: int = BATCH_BYTES,
+    chunk_bytes: int = CHUNK_BYTES,
+    chunk_packets: int = CHUNK_PACKETS,
+    on_start: Callable[[int, int], None] | None = None,
+    on_progress: Progress | None = None,
+) -> HuntResult:
+    """Scan every capture under `paths` for the fingerprints on a Dask cluster and merge the matches.
+
+    `scheduler` ("tcp://host:8786") uses an existing cluster, whose workers must see the same paths;
+    otherwise a local cluster of `workers` processes (default: one per core) runs for the hunt.
+    `out` is the hunt's folder (captures.jsonl): results found there are reused, new ones added.
+    `on_start(captures, bytes)` and `on_progress(captures, bytes, packets)` follow the work.
+    """
+    from tool.fingerprint import load, read_bounded
+    from tool.model import Model
+    from tool.scan import verdict_rule
+
+    model = Model.load(models)
+    fps = [load(p, model) for p in fingerprint_files]
+    names = [f.name for f in fps]
+    if len(set(names)) != len(names):
+        raise HuntError(f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll")
+    texts = tuple(read_bounded(Path(p)).decode("utf-8") for p in fingerprint_files)
+    # Workers start elsewhere (another folder, another machine): the model folder goes as a full path.
+    settings = Settings(texts, os.path.abspath(models) if models else None, threshold, max_false_match)
+    rule = verdict_rule(model, "set", threshold, max_false_match)
+    key = hunt_key(model, settings)
+    files, skipped = find_captures(paths)
+    if not files:
+        raise HuntError(f"no capture found in {', '.join(paths)}")
+    captures = [Capture(p, *_sha256(p)) for p in files]
+    log = Log(out) if out is not None else None
+    results: dict[str, dict[str, Any]] = {}  # sha256 -> record
+    for c in captures:
+        if c.sha256 and log is not None and (rec := log.get(c.sha256, key)) is not None:
+            results[c.sha256] = rec
+    reused = len(results)
+    todo: dict[str, Capture] = {}
+    for c in captures:
+        if c.sha256 and c.sha256 not in results:
+            todo.setdefault(c.sha256, c)
+    workers = max(1, workers or os.cpu_count() or 1)
+    if on_start is not None:
+        on_start(len(todo), sum(c.size for c in todo.values()))
+    peaks: dict[str, dict[str, int]] = {}
+    scanned = 0
+    if todo:
+        scanned, peaks = _run(
+            list(todo.values()), settings, key, model, fps, rule, results, log, workers, scheduler, out,
+            batch_bytes, chunk_bytes, chunk_packets, on_progress,
+        )  # fmt: skip
+    records, failed, warned = [], [], []
+    for c in captures:
+        rec = results.get(c.sha256) if c.sha256 else {"error": c.error}
+        if rec is None:
+            rec = {"error": f"{c.path}: not scanned"}
+        rec = dict(rec, capture=c.path)
+        records.append(rec)
+        if "error" in rec:
+            failed.append({"capture": c.path, "error": rec["error"]})
+        elif rec.get("warning"):
+            warned.append({"capture": c.path, "warning": rec["warning"]})
+    if log is not None:
+        log.compact()
+    good = [r for r in records if "error" not in r]
+    return HuntResult(
+        captures=len(captures),
+        packets=sum(r["packets"] for r in good),
+        fingerprints=names,
+        rule=rule.describe(),
+        cohort_hosts=len(rule.cohort) if rule.cohort is not None else 0,
+        scanned=scanned,
+        reused=reused,
+        failed=failed,
+        warnings=warned,
+        hosts=merge_hosts(good, names, rule, all_hosts),
+        records=records,
+        skipped=skipped,
+        workers=peaks,
+    )
+
+
+def _run(
+    todo: list[Capture],
+    settings: Settings,
+    key: str,
+    model: Model,
+    fingerprints: list[Fingerprint],
+    rule: Verdict,
+    results: dict[str, dict[str, Any]],
+    log: Log | None,
+    workers: int,
+    scheduler: str | None,
+    out: str | os.PathLike | None,
+    batch_bytes: int,
+    chunk_bytes: int,
+    chunk_packets: int,
+    on_progress: Progress | None,
+) -> tuple[int, dict[str, dict[str, int]]]:
+    """Scan the captures on the cluster, writing each result as it comes; (how many, peak memory)."""
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise HuntError("Dask is not installed: pip install 'deepnetprint[hunt]'") from None
+    import logging
+
+    # Dask logs restarted workers, closed connections and, while a cluster stops, workers' failed
+    # heartbeats with their tracebacks: the hunt reports what matters (a task's failure comes back as
+    # its result), so the engine's own logs stay silent, here and in the local cluster's workers.
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    done_captures = done_bytes = done_packets = 0
+
+    def finish(capture: Capture, record: dict[str, Any]) -> None:
+        nonlocal done_captures, done_bytes, done_packets
+        record = {"key": key, "sha256": capture.sha256, **record, "capture": capture.path}
+        if "error" not in record and log is not None:
+            log.append(record)  # failures are not kept: the next run tries them again
+        results[capture.sha256] = record  # type: ignore[index]
+        done_captures += 1
+        done_bytes += capture.size
+        done_packets += record.get("packets", 0)
+        if on_progress is not None:
+            on_progress(done_captures, done_bytes, done_packets)
+
+    large = [c for c in todo if c.size > chunk_bytes]
+    small = [c for c in todo if c.size <= chunk_bytes]
+    # Chunks go in the hunt's folder when there is one: on shared storage, a cluster's workers see them.
+    folder = os.path.abspath(out) if out is not None else None
+    scratch = Path(tempfile.mkdtemp(prefix=".dnp-hunt-", dir=folder)) if large else None
+    cluster = None
+    try:
+        if scheduler:
+            client = Client(scheduler, timeout="20s")
+        else:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.CRITICAL,
+                preload=["tool.hunt"],
+            )
+            client = Client(cluster)
+        with client:
+            if scheduler:  # batches are sized for the cluster's workers
+                workers = max(1, len(client.scheduler_info().get("workers", {})))
+            futures = {}
+            for batch in plan(small, workers, batch_bytes):
+                # Full paths: a worker's working folder is not the client's.
+                f = client.submit(scan_batch, [os.path.abspath(c.path) for c in batch], settings, pure=False)
+                futures[f] = ("batch", batch)
+            chunks: dict[str, list[dict[str, Any] | None]] = {}
+            for n, c in enumerate(large):
+                try:
+                    pieces = split(c.path, scratch / str(n), workers, chunk_packets)  # type: ignore[operator]
+                except CaptureError as e:
+                    finish(c, {"error": str(e)})
+                    continue
+                chunks[c.sha256] = [None] * len(pieces)  # type: ignore[index]
+                for i, (piece, first) in enumerate(pieces):
+                    f = client.submit(scan_chunk, piece, first, settings, pure=False)
+                    futures[f] = ("chunk", (c, i))
+            for f in as_completed(list(futures)):
+                kind, what = futures.pop(f)
+                try:
+                    value = f.result()
+                except Exception as e:  # a task that failed on every worker it ran on
+                    reason = f"the task failed: {type(e).__name__}: {e}".strip()
+                    value = None
+                if kind == "batch":
+                    for c, rec in zip(what, value or [{"error": reason}] * len(what)):
+                        finish(c, rec)
+                    continue
+                c, i = what
+                parts = chunks.get(c.sha256)
+                if parts is None:  # an earlier chunk failed the capture
+                    continue
+                parts[i] = value if value is not None else {"error": reason}
+                if any(p is not None and "error" in p for p in parts):
+                    del chunks[c.sha256]
+                    finish(c, {"error": next(p["error"] for p in parts if p and "error" in p)})
+                elif all(p is not None for p in parts):
+                    del chunks[c.sha256]
+                    finish(c, _whole(c, parts, fingerprints, rule))  # type: ignore[arg-type]
+            peaks = client.run(worker_peak_rss)
+    finally:
+        if cluster is not None:
+            cluster.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if log is not None:
+            log.close()
+    return done_captures, peaks
+
+
+def _whole(
+    capture: Capture, pieces: list[dict[str, Any]], fingerprints: list[Fingerprint], rule: Verdict
+) -> dict:
+    part = merge_parts([Part(p["packets"], p["hosts"]) for p in pieces])
+    if part.packets == 0:
+        return {"error": f"{capture.path}: the capture holds no packets"}
+    record: dict[str, Any] = {"packets": part.packets, "hosts": rank_part(part, fingerprints, rule)}
+    if any(p.get("warning") for p in pieces):
+        # The chunk's own warning names the chunk; the analyst knows the capture.
+        record["warning"] = (
+            f"{capture.path}: the capture is cut short in the middle of a packet; "
+            "the packets before the cut were read"
+        )
+    return record

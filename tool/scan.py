@@ -250,6 +250,40 @@ def host_scores(
     return out
 
 
+class TopPackets:
+    """The TOP_PACKETS best-matching packets seen so far, one per distinct model input."""
+
+    def __init__(self) -> None:
+        self.best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
+        self.keys: set[tuple] = set()
+
+    def add(self, batch: Sequence[Packet], probs: np.ndarray) -> None:
+        """Offer a chunk of packets and their p(Target) [n, K]."""
+        best, best_keys = self.best, self.keys
+        tops = probs.max(axis=1)
+        floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
+        for i in np.flatnonzero(tops > floor).tolist():
+            packet = batch[i]
+            # One row per distinct model input: ten copies of the same ARP request tell the analyst
+            # less than ten different packets; the earliest frame of each stands for the rest.
+            key = (packet_text(packet.protocol, memo_info(packet.info)), packet.length)
+            if key in best_keys:
+                continue
+            top = float(tops[i])
+            entry = (top, -packet.frame, packet, probs[i], key)
+            if len(best) < TOP_PACKETS:
+                heapq.heappush(best, entry)
+            elif top > best[0][0]:
+                best_keys.discard(heapq.heapreplace(best, entry)[4])
+            else:
+                continue
+            best_keys.add(key)
+
+    def rows(self, names: list[str]) -> list[dict[str, Any]]:
+        """The report's "top_packets" rows, best first."""
+        return [_packet_row(p, probs, names) for _, _, p, probs, _ in sorted(self.best, reverse=True)]
+
+
 @dataclass
 class Host:
     """What a scan learns of one sending host; its sums live in the scan's per-host arrays."""
@@ -270,6 +304,13 @@ class Verdict:
     max_false_match: float | None  # the share of cohort hosts allowed to reach a match
     cohort: Cohort | None
     how: str = "set"  # the host score the cohort's hosts are scored by
+
+    def matches(self, score: float, false_match: float | None) -> bool:
+        """Whether a host's score (and its false-match rate, for a calibrated rule) is a match."""
+        if self.threshold is not None:
+            return score >= self.threshold
+        assert false_match is not None and self.max_false_match is not None
+        return false_match <= self.max_false_match
 
     def describe(self) -> str:
         if self.threshold is not None:
@@ -387,8 +428,7 @@ def scan(
     # keeps the scan as fast as tshark. "set" reads each host's first packets themselves instead.
     sums = np.zeros((64, width), dtype=np.float64)
     firsts: dict[int, list[np.ndarray]] = {}  # for "set": each host's first host_packets embeddings
-    best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
-    best_keys: set[tuple] = set()
+    best = TopPackets()
     total = 0
     for batch, probs, embedded in matcher.chunks(read_packets(capture, display_filter)):
         total += len(batch)
@@ -425,24 +465,7 @@ def scan(
             values = (embedded if use_set else probs).astype(np.float64)
             # np.add.at adds in packet order, so every sum equals the packet-by-packet one.
             np.add.at(sums, rows[mask], values[mask])
-        tops = probs.max(axis=1)
-        floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
-        for i in np.flatnonzero(tops > floor).tolist():
-            packet = batch[i]
-            # One row per distinct model input: ten copies of the same ARP request tell the analyst
-            # less than ten different packets; the earliest frame of each stands for the rest.
-            key = (packet_text(packet.protocol, memo_info(packet.info)), packet.length)
-            if key in best_keys:
-                continue
-            top = float(tops[i])
-            entry = (top, -packet.frame, packet, probs[i], key)
-            if len(best) < TOP_PACKETS:
-                heapq.heappush(best, entry)
-            elif top > best[0][0]:
-                best_keys.discard(heapq.heapreplace(best, entry)[4])
-            else:
-                continue
-            best_keys.add(key)
+        best.add(batch, probs)
         if on_packet is not None:
             for packet, row in zip(batch, probs):
                 on_packet(packet, row)
@@ -460,8 +483,8 @@ def scan(
         host_packets=host_packets,
         packets=total,
         distinct_inputs=matcher.distinct_inputs,
-        hosts=_rank_hosts(ordered, names, scores, fingerprints, rule),
-        top_packets=[_packet_row(p, probs, names) for _, _, p, probs, _ in sorted(best, reverse=True)],
+        hosts=rank_hosts(ordered, names, scores, fingerprints, rule),
+        top_packets=best.rows(names),
         rule=rule.describe(),
         cohort_hosts=len(rule.cohort) if rule.cohort is not None else 0,
     )
@@ -476,19 +499,25 @@ def _host_scores(
     use_all: bool,
 ) -> np.ndarray:
     """Each host's score for each fingerprint [H, K] from its per-host sums or first packets."""
-    from tool.model import set_score, set_similarity, unit
+    from tool.model import set_score
 
     if not hosts:
         return np.zeros((0, len(fingerprints)))
     if how == "set":
-        supports = [f.packets for f in fingerprints]
-        return np.asarray(
-            [[set_similarity(unit(np.asarray(firsts[h.number])), s) for s in supports] for h in hosts]
-        )
+        return set_scores([np.asarray(firsts[h.number]) for h in hosts], fingerprints)
     if how == "set-all":
         return set_score(sums, np.asarray([f.vector for f in fingerprints]))
     counts = np.asarray([h.packets if use_all else h.first_count for h in hosts], dtype=np.float64)
     return sums / counts[:, None]
+
+
+def set_scores(firsts: Sequence[np.ndarray], fingerprints: Sequence[Fingerprint]) -> np.ndarray:
+    """dnp-scan's `set` score [H, K] of each host from the embeddings [n, E] of its first packets."""
+    from tool.model import set_similarity, unit
+
+    supports = [f.packets for f in fingerprints]
+    scores = [[set_similarity(unit(first), s) for s in supports] for first in firsts]
+    return np.asarray(scores, dtype=np.float64).reshape(len(firsts), len(fingerprints))
 
 
 def _grown(array: np.ndarray, rows: int) -> np.ndarray:
@@ -505,13 +534,15 @@ def best_fingerprint(scores: np.ndarray, false_match: np.ndarray | None) -> np.n
     return np.asarray([np.lexsort((-s, f))[0] for s, f in zip(scores, false_match)], dtype=np.intp)
 
 
-def _rank_hosts(
+def rank_hosts(
     hosts: list[Host],
     names: list[str],
     scores: np.ndarray,
     fingerprints: Sequence[Fingerprint],
     rule: Verdict,
 ) -> list[dict[str, Any]]:
+    """dnp-scan's host rows (the --json report's "hosts"), best match first, from the hosts' scores
+    [H, K] for the fingerprints named `names`."""
     false_match = None
     if rule.cohort is not None and len(hosts):
         false_match = rule.cohort.false_match(fingerprints, scores, rule.how)
@@ -519,11 +550,7 @@ def _rank_hosts(
     rows = []
     for h, host in enumerate(hosts):
         k = int(best[h])
-        if rule.threshold is not None:
-            matched = scores[h, k] >= rule.threshold
-        else:
-            assert false_match is not None and rule.max_false_match is not None
-            matched = false_match[h, k] <= rule.max_false_match
+        matched = rule.matches(scores[h, k], None if false_match is None else false_match[h, k])
         row: dict[str, Any] = {
             # "mac" stays what it always was for Ethernet hosts; "host" is the key for every kind.
             "mac": host.mac if host.kind in ("mac", "sll") else None,

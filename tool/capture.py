@@ -210,7 +210,8 @@ def _check_readable(path: Path) -> None:
 def _first_error_line(stderr: str) -> str:
     for line in stderr.splitlines():
         line = line.strip()
-        if line and not line.startswith("Running as user"):
+        # tshark's notes on who it runs as and where it captures are not what went wrong.
+        if line and not line.startswith(("Running as user", "Capturing on")):
             return line
     return "tshark failed"
 

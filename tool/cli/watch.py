@@ -387,8 +387,7 @@ def command(
                         batch.append(packet)
                         if max_packets is not None and watcher.packets + len(batch) >= max_packets:
                             stop.set("--packets")
-                    if batch and (packet is None or len(batch) >= CHUNK or now - batch_start >= FLUSH
-                                  or stop.why is not None):  # fmt: skip
+                    if batch and (packet is None or len(batch) >= CHUNK or now - batch_start >= FLUSH):
                         emit(watcher.feed(batch))
                         batch = []
                     if duration is not None and now - started >= duration:
@@ -397,7 +396,8 @@ def command(
                         last_refresh = now
                         lag = time.time() - watcher.clock if interface and watcher.packets else None
                         screen.refresh(watcher, lag, end.dropped)
-                    if stop.why is not None:
+                    # --follow reads on after a stop, to the end of the file being written.
+                    if stop.why is not None and (follow is None or stop.why == "--packets"):
                         break
             except CaptureError as e:
                 # A stream whose tshark ends badly (the sender stopped mid-packet, an interface that went

@@ -288,3 +288,19 @@ def test_state_stays_bounded_on_a_stream_of_new_hosts(merged, cam, clean_env):
         assert len(watcher.matcher._by_raw) <= watcher.matcher.memo_limit
     assert watcher.alerts == 12  # the camera, once each time it came back as a new host
     assert watcher.evicted > 12 * 5
+
+
+def test_segments_read_as_one_capture(merged):
+    """A stream goes through one tshark per segment (tshark's memory grows with every packet it reads);
+    the packets, their frame numbers and the text the model reads are those of one tshark run."""
+    from tool.capture import read_packets
+    from tool.stream import stream_segments
+    from tool.text import packet_text
+
+    whole = list(read_packets(merged))
+    with open(merged, "rb") as f:
+        cut = [p for p in stream_segments(f.fileno(), "merged", segment=300) if p is not None]
+    assert len(cut) == len(whole)
+    for a, b in zip(whole, cut):
+        assert (a.frame, a.time, a.host, a.length) == (b.frame, b.time, b.host, b.length)
+        assert packet_text(a.protocol, a.info) == packet_text(b.protocol, b.info)

@@ -130,7 +130,7 @@ def parse_line(line: str) -> Packet:
     )
 
 
-class _ReadAhead:
+class ReadAhead:
     """tshark's output, read by a thread into a bounded queue while the caller works on earlier lines.
 
     A pipe holds 64 KiB: without a reader that keeps draining it, tshark stops whenever the caller
@@ -207,7 +207,8 @@ def _check_readable(path: Path) -> None:
         raise CaptureError(f"{path}: empty file, not a capture")
 
 
-def _first_error_line(stderr: str) -> str:
+def first_error_line(stderr: str) -> str:
+    """What went wrong, from tshark's (or dumpcap's) stderr: its first line that is not a note."""
     for line in stderr.splitlines():
         line = line.strip()
         # tshark's notes on who it runs as and where it captures are not what went wrong.
@@ -280,7 +281,7 @@ def stream_packets(
         # stderr goes to a file, not a pipe: a chatty tshark must never block on a full pipe.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=stdin)
         assert proc.stdout is not None
-        reader = _ReadAhead(proc.stdout)
+        reader = ReadAhead(proc.stdout)
         last = None
         try:
             for line in reader.lines(idle):
@@ -315,7 +316,7 @@ def stream_packets(
         warnings.warn(CaptureTruncated(f"{label}: the capture is {_CUT_SHORT} {where}"), stacklevel=3)
         return
     if proc.returncode != 0:
-        msg = _first_error_line(stderr)
+        msg = first_error_line(stderr)
         # tshark echoes a filter it cannot compile under its complaint.
         if display_filter and display_filter.strip() in stderr:
             raise CaptureError(f"invalid display filter {display_filter!r}: {msg}")
@@ -338,7 +339,7 @@ def concatenate(paths: Sequence[str | os.PathLike], out: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     if done.returncode != 0:
-        raise CaptureError(f"mergecap: {_first_error_line(done.stderr)}")
+        raise CaptureError(f"mergecap: {first_error_line(done.stderr)}")
 
 
 def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = None) -> Iterator[Packet]:

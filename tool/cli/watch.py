@@ -313,7 +313,7 @@ def command(
     if jsonl == "-" or not quiet:
         require_stdout()
 
-    from tool.capture import CaptureError, CaptureTruncated, StreamEnd, stream_packets
+    from tool.capture import CaptureError, CaptureTruncated, StreamEnd
     from tool.fingerprint import load
     from tool.model import Model
     from tool.scan import verdict_rule
@@ -332,16 +332,22 @@ def command(
     log: IO[str] | None = None
     stop = _Stop()
     end = StreamEnd()
+    from tool.stream import start_dumpcap, stream_segments
+
     if interface:
         label = interface
-        args = ["-l", "-i", interface] + (["-f", capture_filter] if capture_filter else [])
-        source = stream_packets(args, interface, display_filter, idle=FLUSH, end=end)
+        dumpcap = start_dumpcap(interface, capture_filter)
+        assert dumpcap.stdout is not None
+        source = stream_segments(
+            dumpcap.stdout.fileno(), interface, display_filter, idle=FLUSH, end=end, dumpcap=dumpcap
+        )
     elif read == "-":
         label = "standard input"
-        source = stream_packets(["-l", "-r", "-"], label, display_filter, stdin=None, idle=FLUSH, end=end)
+        source = stream_segments(sys.stdin.fileno(), label, display_filter, idle=FLUSH, end=end)
     elif read:
         label = read
-        source = stream_packets(["-r", read], read, display_filter, idle=FLUSH, end=end)
+        opened = open(read, "rb")  # closed with the process; a file read once
+        source = stream_segments(opened.fileno(), read, display_filter, idle=FLUSH, end=end)
     else:
         assert follow is not None
         label = follow

@@ -161,10 +161,12 @@ def run_watch(
         if sample:
             kids = children(proc.pid)
             row = (stream.written, rss_kb(proc.pid), sum(rss_kb(k) for k in kids))
+            if not row[1]:
+                continue  # it has just exited
             samples.append(row)
             if stream.written >= next_print:
                 print(f"    {row[0]:>10,} packets written: dnp-watch {row[1] / 1024:6.1f} MB, "
-                      f"its tshark {row[2] / 1024:6.1f} MB", flush=True)  # fmt: skip
+                      f"its tsharks {row[2] / 1024:6.1f} MB", flush=True)  # fmt: skip
                 next_print += max(total // 10, 1)
     wall = time.perf_counter() - start
     reader.join(5)
@@ -216,8 +218,8 @@ def main() -> None:
             if after:
                 own = [s[1] / 1024 for s in after]
                 print(f"   dnp-watch RSS after the first 10%: min {min(own):.1f} MB, max {max(own):.1f} MB, "
-                      f"at the end {own[-1]:.1f} MB; its tshark {after[0][2] / 1024:.1f} -> "
-                      f"{after[-1][2] / 1024:.1f} MB", flush=True)  # fmt: skip
+                      f"at the end {own[-1]:.1f} MB; its tsharks (one per segment, the next started ahead) "
+                      f"max {max(s[2] for s in after) / 1024:.1f} MB", flush=True)  # fmt: skip
 
         if "speed" not in args.skip:
             for k in (1, 10):

@@ -9,8 +9,8 @@ Memory stays bounded however long the watch runs:
 - a host keeps the embeddings of its first `host_packets` packets only until its set score is final;
   after that, counters (packets, addresses, last seen);
 - a host idle for `idle` seconds of capture time is evicted (scored first, with what it sent) and
-  leaves a summary row for the report: every one that matched and the latest others, up to
-  MAX_RETIRED of each; when it comes back it starts a new set, which is its rejoin traffic, the kind
+  leaves a summary row for the report: every one that matched (up to MAX_RETIRED) and the latest
+  others (up to MAX_RETIRED_OTHERS); when it comes back it starts a new set, which is its rejoin traffic, the kind
   of traffic a fingerprint is made of;
 - at most `max_hosts` hosts are tracked; past that the least recently seen goes first;
 - the Matcher's memo of encoded inputs is bounded (tool.scan.MEMO_LIMIT).
@@ -43,7 +43,8 @@ ALERT_KEYS = ("event", "time", "mac", "ips", "fingerprint", "score", "false_matc
 HOST_KEYS = (*ALERT_KEYS, "host_kind", "first_seen", "last_seen", "alerts")
 IDLE = 600.0  # seconds of capture time without a packet after which a host is evicted
 MAX_HOSTS = 20_000  # hosts tracked at once: up to PACKETS embeddings each while their set grows
-MAX_RETIRED = 10_000  # evicted matching hosts kept for the report
+MAX_RETIRED = 10_000  # evicted hosts that matched, kept for the report
+MAX_RETIRED_OTHERS = 2_000  # and the latest evicted hosts that did not
 MATERIAL = 0.05  # a change of the set score that is worth a new alert
 
 
@@ -185,7 +186,7 @@ class Watcher:
                 self.retired[address] = state
                 if state.ever_matched:
                     self.retired_matched += 1
-                if len(self.retired) - self.retired_matched > MAX_RETIRED:
+                if len(self.retired) - self.retired_matched > MAX_RETIRED_OTHERS:
                     self._forget_one(matched=False)
                 if self.retired_matched > MAX_RETIRED:
                     self._forget_one(matched=True)
@@ -294,7 +295,7 @@ class Watcher:
     def result(self, capture: str, fingerprint_files: Sequence[str] | None = None) -> ScanResult:
         """dnp-scan's report (its --json) of the hosts tracked and retired, each with its latest score.
 
-        Past MAX_RETIRED evicted hosts the oldest are left out (counted in `retired_dropped`): a watch of
+        Past MAX_RETIRED (MAX_RETIRED_OTHERS) evicted hosts the oldest are left out (counted in `retired_dropped`): a watch of
         days would otherwise list every host that ever spoke."""
         from tool.scan import rank_hosts
 

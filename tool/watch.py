@@ -10,8 +10,8 @@ Memory stays bounded however long the watch runs:
   after that, counters (packets, addresses, last seen);
 - a host idle for `idle` seconds of capture time is evicted (scored first, with what it sent) and
   leaves a summary row for the report: every one that matched (up to MAX_RETIRED) and the latest
-  others (up to MAX_RETIRED_OTHERS); when it comes back it starts a new set, which is its rejoin traffic, the kind
-  of traffic a fingerprint is made of;
+  others (up to MAX_RETIRED_OTHERS); when it comes back it starts a new set, which is its rejoin
+  traffic, the kind of traffic a fingerprint is made of;
 - at most `max_hosts` hosts are tracked; past that the least recently seen goes first;
 - the Matcher's memo of encoded inputs is bounded (tool.scan.MEMO_LIMIT).
 
@@ -182,7 +182,7 @@ class Watcher:
             if alert is not None:
                 alerts.append(alert)
             if state.scores is not None:
-                # Kept for the report: every host that matched, and the latest others, MAX_RETIRED each.
+                # Kept for the report: the hosts that matched, and the latest others.
                 self.retired[address] = state
                 if state.ever_matched:
                     self.retired_matched += 1
@@ -295,8 +295,8 @@ class Watcher:
     def result(self, capture: str, fingerprint_files: Sequence[str] | None = None) -> ScanResult:
         """dnp-scan's report (its --json) of the hosts tracked and retired, each with its latest score.
 
-        Past MAX_RETIRED (MAX_RETIRED_OTHERS) evicted hosts the oldest are left out (counted in `retired_dropped`): a watch of
-        days would otherwise list every host that ever spoke."""
+        Past MAX_RETIRED (MAX_RETIRED_OTHERS) evicted hosts the oldest are left out (counted in
+        `retired_dropped`): a watch of days would otherwise list every host that ever spoke."""
         from tool.scan import rank_hosts
 
         states = [s for s in (*self.hosts.values(), *self.retired.values()) if s.scores is not None]

@@ -128,31 +128,32 @@ class _Screen:
             self.out.write(line + "\n")
             self.out.flush()
 
-    def refresh(self, watcher: Any, lag: float | None, dropped: int) -> None:
+    def refresh(self, watcher: Any, lag: float | None, dropped: int, final: bool = False) -> None:
         now = time.monotonic()
         then, count = self._last
         if now - then >= 0.5:
             self.rate = (watcher.packets - count) / (now - then)
             self._last = (now, watcher.packets)
         if self.live is not None:
-            self.live.update(self._table(watcher, lag, dropped), refresh=True)
+            self.live.update(self._table(watcher, lag, dropped, final), refresh=True)
 
-    def _table(self, watcher: Any, lag: float | None, dropped: int) -> Any:
+    def _table(self, watcher: Any, lag: float | None, dropped: int, final: bool) -> Any:
         from rich import box
         from rich.table import Table
 
         from tool.report import _rate, cell
 
         behind = f", {lag:.1f} s behind" if lag is not None and lag >= 2 else ""
+        hosts = len(watcher.hosts) + watcher.evicted
         table = Table(
             title=cell(
                 f"{self.title}: {watcher.packets:,} packets, {self.rate:,.0f} packets/s{behind}, "
-                f"{len(watcher.hosts):,} hosts, {watcher.alerts} alerts, {dropped} dropped, "
+                f"{hosts:,} hosts, {watcher.alerts} alert{'s' * (watcher.alerts != 1)}, {dropped} dropped, "
                 f"{time.monotonic() - self.started:.0f} s"
             ),
             box=box.SIMPLE_HEAVY,
             title_justify="left",
-            caption="^C stops and writes the report",
+            caption=None if final else "^C stops and writes the report",
             caption_justify="left",
         )
         table.add_column("host")
@@ -382,6 +383,7 @@ def command(
         last_refresh = 0.0
         batch: list = []
         batch_start = 0.0
+        lag = 0.0
         with warnings.catch_warnings(record=True) as held:
             warnings.simplefilter("always", CaptureTruncated)
             try:
@@ -394,14 +396,17 @@ def command(
                         if max_packets is not None and watcher.packets + len(batch) >= max_packets:
                             stop.set("--packets")
                     if batch and (packet is None or len(batch) >= CHUNK or now - batch_start >= FLUSH):
+                        if interface:  # how old the newest packet is when scored: the backlog
+                            lag = time.time() - batch[-1].time
                         emit(watcher.feed(batch))
                         batch = []
+                    elif packet is None:
+                        lag = 0.0  # tshark had nothing more: caught up
                     if duration is not None and now - started >= duration:
                         stop.set("--duration")
                     if now - last_refresh >= REFRESH:
                         last_refresh = now
-                        lag = time.time() - watcher.clock if interface and watcher.packets else None
-                        screen.refresh(watcher, lag, end.dropped)
+                        screen.refresh(watcher, lag if interface else None, end.dropped)
                     # --follow reads on after a stop, to the end of the file being written.
                     if stop.why is not None and (follow is None or stop.why == "--packets"):
                         break
@@ -414,7 +419,7 @@ def command(
                 source.close()  # stops tshark as ^C does, so that it reports its drops
         emit(watcher.feed(batch))
         emit(watcher.finish())
-        screen.refresh(watcher, None, end.dropped)
+        screen.refresh(watcher, None, end.dropped, final=True)
         screen.stop()
         for w in held:
             if issubclass(w.category, CaptureTruncated) and error is None:
@@ -440,7 +445,7 @@ def command(
     if not quiet:
         summary = (
             f"dnp-watch: {watcher.packets:,} packets, {len(watcher.hosts) + watcher.evicted:,} hosts, "
-            f"{watcher.alerts} alerts, {end.dropped} dropped by the capture"
+            f"{watcher.alerts} alert{'s' * (watcher.alerts != 1)}, {end.dropped} dropped by the capture"
         )
         stopped = f"; stopped by {stop.why}" if stop.why else ""
         click.echo(summary + stopped + (f"; report in {json_path}" if json_path else ""), err=True)

@@ -87,6 +87,34 @@ local f_host = ProtoField.double("deepnetprint.host_match", "Host match", "dnp-s
     .. "packet's sending host for its best fingerprint: the same on every packet of the host")
 deepnetprint.fields = { f_match, f_target, f_host }
 
+-- A packet written by the DeepNetPrint extcap (or dnp-scan --pcapng) carries its score as a packet
+-- comment `deepnetprint.match=0.9312 target=cam host_match=0.9871`; it is read when no sidecar row
+-- applies to the frame. The field is frame.comment from Wireshark 1.12 on (pkt_comment before).
+local ok_comment, f_comment = pcall(Field.new, "frame.comment")
+if not ok_comment then
+    f_comment = nil
+end
+
+-- (score, target, host_match or nil) from the frame's comments, or nil.
+local function from_comment()
+    if f_comment == nil then
+        return nil
+    end
+    for _, info in ipairs({ f_comment() }) do
+        local text = tostring(info.value)
+        local score, rest = string.match(text, "^deepnetprint%.match=([%d%.]+) target=(.*)$")
+        score = tonumber(score)
+        if score ~= nil and score >= 0 and score <= 1 then
+            local target, host = string.match(rest, "^(.-) host_match=(%-?[%d%.]+)$")
+            if target == nil then
+                return score, rest, nil
+            end
+            return score, target, tonumber(host)
+        end
+    end
+    return nil
+end
+
 local env_path = os.getenv("DNP_SCORES")
 if env_path == "" then
     env_path = nil
@@ -490,8 +518,12 @@ function deepnetprint.dissector(tvb, pinfo, tree)
         check_identity(frame, pinfo)
     end
     local score = scores[frame]
+    local target, host = targets[frame], hosts[frame]
     if score == nil then
-        return
+        score, target, host = from_comment()
+        if score == nil then
+            return
+        end
     end
     -- Each call through the Lua API costs microseconds, paid on every scored packet: measured on
     -- 175,000 of them, a label with the values cost about 1.4 s more, set_generated() on the two fields
@@ -499,8 +531,7 @@ function deepnetprint.dissector(tvb, pinfo, tree)
     -- the values.
     local item = tree:add(deepnetprint)
     item:add(f_match, shown(score))
-    item:add(f_target, targets[frame])
-    local host = hosts[frame]
+    item:add(f_target, target)
     if host ~= nil then
         item:add(f_host, shown(host))
     end

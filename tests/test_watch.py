@@ -304,3 +304,43 @@ def test_segments_read_as_one_capture(merged):
     for a, b in zip(whole, cut):
         assert (a.frame, a.time, a.host, a.length) == (b.frame, b.time, b.host, b.length)
         assert packet_text(a.protocol, a.info) == packet_text(b.protocol, b.info)
+
+
+def test_extcap_driven_by_tshark(namespace, merged, cam, devices, tmp_path, clean_env):
+    """dnp-plugin install --extcap; tshark captures on the DeepNetPrint interface in the namespace; each
+    packet carries its score as a comment, which the Lua plugin shows as deepnetprint.* fields."""
+    done = run_command("dnp-plugin", "install", "--extcap", env=clean_env)
+    assert done.returncode == 0, done.stderr
+    listed = subprocess.run(["tshark", "-D"], capture_output=True, text=True, env=clean_env).stdout
+    assert "deepnetprint (DeepNetPrint" in listed, listed
+    rewritten = tmp_path / "rewritten.pcap"
+    subprocess.run(["tcprewrite", f"--pnat=0.0.0.0/0:{SUBNET}", "--fixcsum", "-i", str(merged),
+                    "-o", str(rewritten)], check=True, capture_output=True)  # fmt: skip
+    out = tmp_path / "scored.pcapng"
+    cmd = ["ip", "netns", "exec", namespace, "tshark", "-i", "deepnetprint",
+           "-o", "extcap.deepnetprint.iface:vw1", "-o", f"extcap.deepnetprint.fingerprint:{cam}",
+           "-a", "duration:30", "-w", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=clean_env)
+    try:
+        deadline = time.monotonic() + 30
+        while len(_in_ns(namespace, "cat", "/proc/net/packet").stdout.splitlines()) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the extcap did not start capturing within 30 s"
+            time.sleep(0.1)
+        _in_ns(namespace, "tcpreplay", "-i", "vw0", "--pps=1000", str(rewritten))
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    from tool.cli.plugin import plugin_file
+
+    shown = subprocess.run(
+        ["tshark", "-r", str(out), "-X", f"lua_script:{plugin_file()}", "-Y", "deepnetprint.host_match > 0.9",
+         "-T", "fields", "-e", "eth.src", "-e", "deepnetprint.target", "-e", "frame.comment"],
+        capture_output=True, text=True, env=clean_env, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert shown and {tuple(line.split("\t")[:2]) for line in shown} == {(devices[ENROLLED].mac, ENROLLED)}
+    assert all(line.split("\t")[2].startswith("deepnetprint.match=") for line in shown)

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -168,10 +169,12 @@ def stream_segments(
     end: StreamEnd | None = None,
     segment: int = SEGMENT,
     dumpcap: subprocess.Popen | None = None,
+    raw: deque[tuple[bytes, bytes]] | None = None,
 ) -> Iterator[Packet | None]:
     """The packets of the capture stream on file descriptor `source`, through one tshark per `segment`
     packets; a None every `idle` seconds without any. `dumpcap`, when the stream is its output, is
-    stopped at the end and its drop count goes into `end`.
+    stopped at the end and its drop count goes into `end`. `raw`, without a display filter, receives
+    (the capture's header, the packet's record) for each packet before the packet is yielded.
 
     >>> for p in stream_segments(sys.stdin.fileno(), "standard input", idle=0.2):   # doctest: +SKIP
     """
@@ -201,6 +204,8 @@ def stream_segments(
                     spare = _Run(display_filter, 0)  # started now, so that it is ready when needed
                     if not is_packet:
                         continue  # a run starts at a packet, or at the section header just written
+                if is_packet and raw is not None:
+                    raw.append((records.header, data))
                 run.proc.stdin.write(data)  # type: ignore[union-attr]
                 run.proc.stdin.flush()  # type: ignore[union-attr]
                 if is_packet:

@@ -133,8 +133,12 @@ class Watcher:
 
     def feed(self, batch: Sequence[Packet]) -> list[Alert]:
         """Score a chunk of packets and update their hosts; the alerts they raise, in order."""
+        return self.feed_scored(batch)[0]
+
+    def feed_scored(self, batch: Sequence[Packet]) -> tuple[list[Alert], np.ndarray]:
+        """`feed`, and each packet's p(Target) for each fingerprint [n, K] (for a packet comment)."""
         if not batch:
-            return []
+            return [], np.zeros((0, len(self.names)), dtype=np.float32)
         probs, embedded = self.matcher.score_and_embed(batch)
         self.top.add(batch, probs)
         self.packets += len(batch)
@@ -166,7 +170,14 @@ class Watcher:
                     if alert is not None:
                         alerts.append(alert)
         alerts += self.expire()
-        return alerts
+        return alerts, probs
+
+    def host_score(self, address: str) -> float | None:
+        """The host's latest set score for its best fingerprint, None before it has one."""
+        state = self.hosts.get(address) or self.retired.get(address)
+        if state is None or state.scores is None:
+            return None
+        return float(state.scores[state.best])
 
     def expire(self) -> list[Alert]:
         """Evict the hosts idle for `idle` seconds of capture time, and the oldest past `max_hosts`."""

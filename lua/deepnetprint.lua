@@ -6,7 +6,8 @@
 -- Wireshark numbers the frames of that capture file). Frames that are not in the sidecar get nothing.
 -- A sidecar of an older dnp-scan, with the header `frame,score,target`, still reads. A sidecar of this
 -- dnp-scan starts with a line naming its capture (frame count, first frames' timestamps): on another
--- capture the plugin shows nothing and says so once.
+-- capture the plugin shows nothing and says so once. A frame without a sidecar row shows the score its
+-- packet comment carries, as the DeepNetPrint extcap and dnp-scan --pcapng write it.
 --
 -- Fields (a contract with the analyst: filters, columns and `tshark -e` use them; never rename them):
 --   deepnetprint         the protocol: present on every scored frame

@@ -163,7 +163,7 @@ class Watcher:
                 host.ips.append(ip)
             first = state.first
             if first is not None:
-                first.append(embedded[i])
+                first.append(embedded[i].copy())  # a view would keep the whole chunk's array alive
                 host.first_count = len(first)
                 if len(first) >= self.min_packets:
                     alert = self._evaluate(state, packet.time, final=len(first) >= self.host_packets)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import sys
 import time
 import warnings
@@ -98,6 +100,13 @@ def _follow(folder: Path, display_filter: str | None, stop: _Stop, end: Any) -> 
         for path in pending(final=True):
             done.add(path.name)
             yield from stream_packets(["-r", str(path)], str(path), display_filter, end=end)
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 class _Screen:
@@ -291,7 +300,7 @@ def command(
     SIGTERM, --duration or --packets, or the end of the input, then writes --json. Exit status as
     dnp-scan: 0 when some host matched, 1 when none did, 2 on error.
     """
-    from tool.files import AtomicFile, OutputError, check_outputs, commit_all
+    from tool.files import AtomicFile, check_outputs, commit_all
 
     sources = [x for x in (interface, read, follow) if x is not None]
     if len(sources) != 1:
@@ -304,13 +313,11 @@ def command(
         raise click.UsageError("-r -: standard input is a terminal; pipe a capture into it (tcpdump -w -)")
     if read not in (None, "-") and not Path(read).is_file():
         raise click.UsageError(f"-r {read}: no such file")
-    check_outputs({"--json": json_path}, {"the capture": [read] if read not in (None, "-") else [],
-                                           "a fingerprint": list(fingerprints)})  # fmt: skip
-    if jsonl not in (None, "-"):
-        if Path(jsonl).is_dir():
-            raise OutputError(f"--jsonl {jsonl}: a folder")
-        if json_path and Path(jsonl).resolve() == Path(json_path).resolve():
-            raise OutputError(f"--jsonl {jsonl} is the --json output too")
+    # --jsonl may be a FIFO that a SIEM reads; any other kind of path is checked as an output.
+    log_path = jsonl if jsonl not in (None, "-") and not stat.S_ISFIFO(_mode(jsonl)) else None
+    check_outputs({"--json": json_path, "--jsonl": log_path},
+                  {"the capture": [read] if read not in (None, "-") else [],
+                   "a fingerprint": list(fingerprints)})  # fmt: skip
     if jsonl == "-" or not quiet:
         require_stdout()
 

@@ -67,9 +67,10 @@ ALERT_KEYS = ["event", "time", "mac", "ips", "fingerprint", "score", "false_matc
 def test_stdin_stream_alerts_as_dnp_scan_finds(merged, cam, scanned, tmp_path, clean_env):
     """`tcpdump -w - | dnp-watch -r -`: the hosts that alert are those dnp-scan gives a verdict, and the
     report at exit is dnp-scan's."""
-    with open(merged, "rb") as stream:
-        done = watch("-r", "-", "-f", str(cam), "--jsonl", str(tmp_path / "a.jsonl"),
-                     "--json", str(tmp_path / "w.json"), env=clean_env, stdin=stream)  # fmt: skip
+    cat = subprocess.Popen(["cat", str(merged)], stdout=subprocess.PIPE)  # a pipe, as from tcpdump -w -
+    done = watch("-r", "-", "-f", str(cam), "--jsonl", str(tmp_path / "a.jsonl"),
+                 "--json", str(tmp_path / "w.json"), env=clean_env, stdin=cat.stdout)  # fmt: skip
+    assert cat.wait() == 0
     assert done.returncode == 0, done.stderr
     lines = jsonl(tmp_path / "a.jsonl")
     alerts = [x for x in lines if x["event"] == "alert"]
@@ -344,3 +345,23 @@ def test_extcap_driven_by_tshark(namespace, merged, cam, devices, tmp_path, clea
     ).stdout.splitlines()  # fmt: skip
     assert shown and {tuple(line.split("\t")[:2]) for line in shown} == {(devices[ENROLLED].mac, ENROLLED)}
     assert all(line.split("\t")[2].startswith("deepnetprint.match=") for line in shown)
+
+
+def test_no_permission_to_capture_names_the_fix():
+    """What dumpcap says to a user who may not capture becomes one line naming the fix. (dnp-watch itself
+    cannot run as another user here: this Python lives under /root.)"""
+    from tool.capture import first_error_line
+    from tool.cli.watch import _capture_error
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("switching to an unprivileged user needs root and setpriv")
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "dumpcap", "-q", "-P", "-i", "lo",
+         "-a", "duration:1", "-w", "/dev/null"], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if done.returncode == 0:
+        pytest.skip("dumpcap lets every user capture here (file capabilities)")
+    line = _capture_error(first_error_line(done.stderr), "lo")
+    assert line.startswith(
+        "no permission to capture on lo: run as root, or add yourself to the wireshark group"
+    )

@@ -138,10 +138,14 @@ def _capture(fifo: str, iface: str, fingerprint: str, bpf: str | None, max_false
         blocks = []
         for packet, row in zip(batch, probs):
             header, record = raw.popleft()
+            # dumpcap -P writes pcap in the machine's byte order, microseconds (nanoseconds: 4d3c magic).
+            order = "<" if header[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
             if not started:
-                blocks.append(commented_stream_header(struct.unpack_from("<I", header, 20)[0]))
+                blocks.append(commented_stream_header(struct.unpack_from(order + "I", header, 20)[0]))
                 started = True
-            sec, usec, _, orig = struct.unpack_from("<IIII", record)
+            sec, usec, _, orig = struct.unpack_from(order + "IIII", record)
+            if header[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
+                usec //= 1000
             host = watcher.host_score(packet.host) if packet.host else None
             k = int(row.argmax())
             comment = comment_text(float(row[k]), watcher.names[k], host)

@@ -365,3 +365,26 @@ def test_no_permission_to_capture_names_the_fix():
     assert line.startswith(
         "no permission to capture on lo: run as root, or add yourself to the wireshark group"
     )
+
+
+def test_a_host_that_comes_back_after_idle_alerts_again(merged, cam, devices):
+    from dataclasses import replace
+
+    from tool.capture import read_packets
+    from tool.fingerprint import load
+    from tool.model import Model
+    from tool.scan import verdict_rule
+    from tool.watch import Watcher
+
+    model = Model.load()
+    packets = list(read_packets(merged))
+    watcher = Watcher(model, [load(cam, model)], verdict_rule(model, "set"), idle=600)
+    alerts = watcher.feed(packets)
+    # The same capture again, the next day: the same MACs, back after being idle.
+    later = packets[-1].time - packets[0].time + 86_400
+    alerts += watcher.feed([replace(p, time=p.time + later) for p in packets]) + watcher.finish()
+    mac = devices[ENROLLED].mac
+    assert [a.mac for a in alerts] == [mac, mac]
+    assert alerts[1].packets > alerts[0].packets  # its count goes on; its set was made anew
+    (summary,) = watcher.summaries()
+    assert summary["mac"] == mac and summary["alerts"] == 2

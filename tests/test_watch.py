@@ -286,7 +286,7 @@ def test_state_stays_bounded_on_a_stream_of_new_hosts(merged, cam, clean_env):
             watcher.feed(shifted[start : start + 1024])
         assert len(watcher.hosts) <= 50
         assert sum(len(s.first or ()) for s in watcher.hosts.values()) <= 50 * 20
-        assert len(watcher.matcher._by_raw) <= watcher.matcher.memo_limit
+        assert watcher.matcher.memo_size <= 2 * (watcher.matcher.memo_limit + 1024)
     assert watcher.alerts == 12  # the camera, once each time it came back as a new host
     assert watcher.evicted > 12 * 5
 
@@ -388,3 +388,27 @@ def test_a_host_that_comes_back_after_idle_alerts_again(merged, cam, devices):
     assert alerts[1].packets > alerts[0].packets  # its count goes on; its set was made anew
     (summary,) = watcher.summaries()
     assert summary["mac"] == mac and summary["alerts"] == 2
+
+
+def test_the_memo_forgets_least_recently_used_and_scores_the_same(merged, cam):
+    """A memo far smaller than the capture's distinct inputs: bounded, and every packet scores as with
+    a memo that holds everything."""
+    import numpy as np
+
+    from tool.capture import read_packets
+    from tool.fingerprint import load
+    from tool.model import Model
+    from tool.scan import Matcher
+
+    model = Model.load()
+    fps = [load(cam, model)]
+    packets = list(read_packets(merged))
+    everything = Matcher(model, fps)
+    whole = everything.score(packets)
+    small = Matcher(model, fps, memo_limit=64)
+    parts = []
+    for start in range(0, len(packets), 50):
+        parts.append(small.score(packets[start : start + 50]))
+        assert small.memo_size <= 2 * (64 + 50) and small._rows <= 2 * (64 + 50)
+    assert np.allclose(np.concatenate(parts), whole, atol=1e-5)
+    assert small.distinct_inputs > everything.distinct_inputs  # it forgot, and encoded again what came back

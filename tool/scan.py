@@ -34,8 +34,9 @@ CHUNK = 4096
 HOST_PACKETS = PACKETS
 MAX_HOST_IPS = 8
 TOP_PACKETS = 10
-# Past this many memo entries the memo starts again: a capture of unique texts (random payloads,
-# session tokens in URLs) must not grow memory with its length. 2**16 entries are ~40 MB at most.
+# The memo holds at most this many entries: a capture of unique texts (random payloads, session tokens
+# in URLs) must not grow memory with its length. 2**16 entries are ~40 MB at most. It forgets the
+# least recently used first (by generations, see Matcher), so a stream of days keeps what recurs.
 MEMO_LIMIT = 1 << 16
 
 # Per-connection numbers that packet_text masks anyway: TCP counters, and the port pair that opens
@@ -82,6 +83,12 @@ class Matcher:
     Two memos, both indexes into one table of probabilities: raw (protocol, blanked Info[, length])
     to row, which spares packet_text on repeats, and model input (`Model.key`) to row, which spares
     the encoder on texts that differ only in what packet_text masks.
+
+    Each memo is bounded least-recently-used by generations: entries go into the current generation;
+    when it holds `memo_limit / 2`, it becomes the previous one and the one before is forgotten, its
+    table rows reused. An entry found in the previous generation moves into the current one, so what
+    keeps recurring is never forgotten and the memo holds at most `memo_limit` entries (plus a chunk).
+    A lookup that hits the current generation, nearly every one in a capture, costs one dict lookup.
     """
 
     def __init__(self, model: Model, fingerprints: Sequence[Fingerprint], memo_limit: int = MEMO_LIMIT):
@@ -95,50 +102,83 @@ class Matcher:
     def _reset(self) -> None:
         self._by_raw: dict[tuple, int] = {}
         self._by_input: dict[Hashable, int] = {}
+        self._old_raw: dict[tuple, int] = {}  # the previous generation of each
+        self._old_input: dict[Hashable, int] = {}
         self._texts: dict[tuple[str, str], str] = {}
+        self._free: list[int] = []  # table rows no entry refers to any more
+        self._rows = 0  # table rows handed out
         self._table = np.zeros((1024, len(self.fingerprints)), dtype=np.float32)
         self._embeddings = np.zeros((1024, self.model.embedding_dim), dtype=np.float32)
 
+    def _age(self) -> None:
+        """A new generation: what was not used during the last one is forgotten, its rows freed."""
+        self._old_raw, self._by_raw = self._by_raw, {}
+        self._old_input, self._by_input = self._by_input, {}
+        self._texts = {}
+        live = np.zeros(self._rows, dtype=bool)
+        live[list(self._old_raw.values())] = True
+        live[list(self._old_input.values())] = True
+        self._free = np.flatnonzero(~live).tolist()
+
+    def _new_row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        row = self._rows
+        self._rows += 1
+        if row >= len(self._table):
+            self._table = _grown(self._table, 2 * len(self._table))
+            self._embeddings = _grown(self._embeddings, 2 * len(self._embeddings))
+        return row
+
     @property
     def distinct_inputs(self) -> int:
-        """How many distinct model inputs were encoded."""
+        """How many distinct model inputs were encoded (an input forgotten and seen again counts twice)."""
         return self._encoded
 
+    @property
+    def memo_size(self) -> int:
+        """Entries held in the memos (raw and model input, both generations)."""
+        return len(self._by_raw) + len(self._old_raw) + len(self._by_input) + len(self._old_input)
+
     def rows(self, packets: Sequence[Packet]) -> np.ndarray:
-        """Each packet's row in the probability table, encoding the inputs not seen before: [N]."""
-        if len(self._by_raw) + len(packets) > self.memo_limit:
-            self._reset()
+        """Each packet's row in the probability table, encoding the inputs not seen before: [N].
+
+        The rows stay valid until the next call: only a call's start may start a new generation."""
+        if len(self._by_raw) + len(packets) > self.memo_limit // 2:
+            self._age()
         by_raw, by_input, texts = self._by_raw, self._by_input, self._texts
+        old_raw, old_input = self._old_raw, self._old_input
         uses_length = self.model.uses_length
         key_of = self.model.key
-        new: dict[Hashable, tuple[str, int]] = {}
+        new: dict[Hashable, tuple[str, int, int]] = {}
         rows = []
         for p in packets:
             info = memo_info(p.info)
             raw = (p.protocol, info, p.length) if uses_length else (p.protocol, info)
             row = by_raw.get(raw)
             if row is None:
-                # Frames of several lengths share a text: packet_text once for all of them.
-                text = texts.get((p.protocol, info))
-                if text is None:
-                    text = texts[(p.protocol, info)] = packet_text(p.protocol, info)
-                key = key_of(text, p.length)
-                row = by_input.get(key)
+                row = old_raw.get(raw)
                 if row is None:
-                    row = by_input[key] = len(by_input)
-                    new[key] = (text, p.length)
+                    # Frames of several lengths share a text: packet_text once for all of them.
+                    text = texts.get((p.protocol, info))
+                    if text is None:
+                        text = texts[(p.protocol, info)] = packet_text(p.protocol, info)
+                    key = key_of(text, p.length)
+                    row = by_input.get(key)
+                    if row is None:
+                        row = old_input.get(key)
+                        if row is None:
+                            row = self._new_row()
+                            new[key] = (text, p.length, row)
+                        by_input[key] = row
                 by_raw[raw] = row
             rows.append(row)
         if new:
-            embedded = self.model.embed([t for t, _ in new.values()], [n for _, n in new.values()])
+            embedded = self.model.embed([t for t, _, _ in new.values()], [n for _, n, _ in new.values()])
             probs = self.model.match(embedded, self.prototypes)
-            first = len(by_input) - len(new)
-            if len(by_input) > len(self._table):
-                rows_needed = max(len(by_input), 2 * len(self._table))
-                self._table = _grown(self._table, rows_needed)
-                self._embeddings = _grown(self._embeddings, rows_needed)
-            self._table[first : len(by_input)] = probs
-            self._embeddings[first : len(by_input)] = embedded
+            index = np.asarray([r for _, _, r in new.values()], dtype=np.intp)
+            self._table[index] = probs
+            self._embeddings[index] = embedded
             self._encoded += len(new)
         return np.asarray(rows, dtype=np.intp)
 

@@ -13,7 +13,7 @@ Memory stays bounded however long the watch runs:
   others (up to MAX_RETIRED_OTHERS); when it comes back it starts a new set, which is its rejoin
   traffic, the kind of traffic a fingerprint is made of;
 - at most `max_hosts` hosts are tracked; past that the least recently seen goes first;
-- the Matcher's memo of encoded inputs is bounded (tool.scan.MEMO_LIMIT).
+- the Matcher's memo of encoded inputs is bounded, least recently used first (tool.scan.MEMO_LIMIT).
 
 An alert is raised when a host's verdict first holds once it has sent `min_packets` packets, again when
 its best fingerprint changes or its score moves by MATERIAL while its set is still growing, and again

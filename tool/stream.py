@@ -155,6 +155,18 @@ class _Run:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
         self.offset = first_frame  # frames before this segment
 
+    def close(self) -> None:
+        """Stop tshark if it still runs, and close its pipes and its stderr file."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.err):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+
     def stderr(self) -> str:
         self.err.seek(0)
         return self.err.read().decode("utf-8", "replace")
@@ -211,8 +223,9 @@ def stream_segments(
                 if is_packet:
                     in_run += 1
                     counted[0] += 1
-        except (BrokenPipeError, OSError) as e:
-            if not stop.is_set() and not isinstance(e, BrokenPipeError):
+        except (BrokenPipeError, OSError, ValueError) as e:
+            # A run closed under the feeder (the watch stopping) is no failure of the stream.
+            if not stop.is_set() and isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
                 failure.append(e)
         except CaptureError as e:
             failure.append(e)
@@ -223,8 +236,7 @@ def stream_segments(
                 except OSError:
                     pass
             if spare is not None:
-                spare.proc.kill()
-                spare.proc.wait()
+                spare.close()
             runs.put(None)
 
     feeder = threading.Thread(target=feed, name="capture-feeder", daemon=True)
@@ -265,15 +277,15 @@ def stream_segments(
                 if display_filter and display_filter.strip() in stderr:
                     raise CaptureError(f"invalid display filter {display_filter!r}: {msg}")
                 raise CaptureError(f"{label}: {msg}")
-            current.err.close()
+            current.close()
             current = None
     finally:
         stop.set()
         if dumpcap is not None and dumpcap.poll() is None:
             dumpcap.terminate()  # dumpcap's SIGTERM handler writes its statistics, drops included
         for run in (current, *_drain(runs)):
-            if run is not None and run.proc.poll() is None:
-                run.proc.kill()
+            if run is not None:
+                run.close()
         if dumpcap is not None:
             try:
                 dumpcap.wait(timeout=5)

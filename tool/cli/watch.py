@@ -102,6 +102,18 @@ def _follow(folder: Path, display_filter: str | None, stop: _Stop, end: Any) -> 
             yield from stream_packets(["-r", str(path)], str(path), display_filter, end=end)
 
 
+def _pass_on(held: list) -> None:
+    """Show the warnings held so far, keeping only a cut capture's for the end: held for days, the
+    list would grow with every warning."""
+    from tool.capture import CaptureTruncated
+    from tool.cli.common import one_line
+
+    for w in held:
+        if not issubclass(w.category, CaptureTruncated):
+            click.echo(f"dnp-watch: warning: {one_line(w.message)}", err=True)
+    held[:] = [w for w in held if issubclass(w.category, CaptureTruncated)]
+
+
 def _mode(path: str) -> int:
     try:
         return os.stat(path).st_mode
@@ -414,6 +426,7 @@ def command(
                     if now - last_refresh >= REFRESH:
                         last_refresh = now
                         screen.refresh(watcher, lag if interface else None, end.dropped)
+                        _pass_on(held)
                     # --follow reads on after a stop, to the end of the file being written.
                     if stop.why is not None and (follow is None or stop.why == "--packets"):
                         break

@@ -335,6 +335,20 @@ def start_dumpcap(interface: str, capture_filter: str | None = None) -> subproce
         raise CaptureError("dumpcap not found: install it (apt-get install -y tshark)")
     cmd = [path, "-q", "-P", "-i", interface, "-w", "-"] + (["-f", capture_filter] if capture_filter else [])
     err = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, preexec_fn=_die_with_parent
+    )
     proc.err_file = err  # type: ignore[attr-defined]
     return proc
+
+
+def _die_with_parent() -> None:
+    """In dumpcap's child before exec: SIGTERM when the watch dies. The tsharks end by themselves when
+    their stdin closes; dumpcap on a silent link would capture for ever, for no one."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: no such guard

@@ -560,8 +560,8 @@ def set_host_rows(
     first packets' embeddings (`firsts[host.number]`, in capture order) were gathered elsewhere: how
     dnp-hunt ranks the hosts of a capture it read in several parts."""
     hosts = list(hosts)
-    scores = _host_scores(np.zeros((len(hosts), 0)), firsts, hosts, fingerprints, "set", False)
-    return _rank_hosts(hosts, [f.name for f in fingerprints], scores, fingerprints, rule)
+    scores = set_scores([np.asarray(firsts[h.number]) for h in hosts], fingerprints)
+    return rank_hosts(hosts, [f.name for f in fingerprints], scores, fingerprints, rule)
 
 
 def _host_scores(

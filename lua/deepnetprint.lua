@@ -6,7 +6,8 @@
 -- Wireshark numbers the frames of that capture file). Frames that are not in the sidecar get nothing.
 -- A sidecar of an older dnp-scan, with the header `frame,score,target`, still reads. A sidecar of this
 -- dnp-scan starts with a line naming its capture (frame count, first frames' timestamps): on another
--- capture the plugin shows nothing and says so once.
+-- capture the plugin shows nothing and says so once. A frame without a sidecar row shows the score its
+-- packet comment carries, as the DeepNetPrint extcap and dnp-scan --pcapng write it.
 --
 -- Fields (a contract with the analyst: filters, columns and `tshark -e` use them; never rename them):
 --   deepnetprint         the protocol: present on every scored frame
@@ -86,6 +87,34 @@ local f_target = ProtoField.string("deepnetprint.target", "Fingerprint", "Name o
 local f_host = ProtoField.double("deepnetprint.host_match", "Host match", "dnp-scan's score of the "
     .. "packet's sending host for its best fingerprint: the same on every packet of the host")
 deepnetprint.fields = { f_match, f_target, f_host }
+
+-- A packet written by the DeepNetPrint extcap (or dnp-scan --pcapng) carries its score as a packet
+-- comment `deepnetprint.match=0.9312 target=cam host_match=0.9871`; it is read when no sidecar row
+-- applies to the frame. The field is frame.comment from Wireshark 1.12 on (pkt_comment before).
+local ok_comment, f_comment = pcall(Field.new, "frame.comment")
+if not ok_comment then
+    f_comment = nil
+end
+
+-- (score, target, host_match or nil) from the frame's comments, or nil.
+local function from_comment()
+    if f_comment == nil then
+        return nil
+    end
+    for _, info in ipairs({ f_comment() }) do
+        local text = tostring(info.value)
+        local score, rest = string.match(text, "^deepnetprint%.match=([%d%.]+) target=(.*)$")
+        score = tonumber(score)
+        if score ~= nil and score >= 0 and score <= 1 then
+            local target, host = string.match(rest, "^(.-) host_match=(%-?[%d%.]+)$")
+            if target == nil then
+                return score, rest, nil
+            end
+            return score, target, tonumber(host)
+        end
+    end
+    return nil
+end
 
 local env_path = os.getenv("DNP_SCORES")
 if env_path == "" then
@@ -490,8 +519,12 @@ function deepnetprint.dissector(tvb, pinfo, tree)
         check_identity(frame, pinfo)
     end
     local score = scores[frame]
+    local target, host = targets[frame], hosts[frame]
     if score == nil then
-        return
+        score, target, host = from_comment()
+        if score == nil then
+            return
+        end
     end
     -- Each call through the Lua API costs microseconds, paid on every scored packet: measured on
     -- 175,000 of them, a label with the values cost about 1.4 s more, set_generated() on the two fields
@@ -499,8 +532,7 @@ function deepnetprint.dissector(tvb, pinfo, tree)
     -- the values.
     local item = tree:add(deepnetprint)
     item:add(f_match, shown(score))
-    item:add(f_target, targets[frame])
-    local host = hosts[frame]
+    item:add(f_target, target)
     if host ~= nil then
         item:add(f_host, shown(host))
     end

@@ -52,6 +52,7 @@ def run_command(name: str, *args: str, env: dict[str, str] | None = None, timeou
         "dnp-eval": "tool.evaluation.cli",
         "dnp-plugin": "tool.cli.plugin",
         "dnp-hunt": "tool.cli.hunt",
+        "dnp-watch": "tool.cli.watch",
     }[name]
     code = f"import {module} as m; m.main()"
     return subprocess.run(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import subprocess
 import tempfile
@@ -108,7 +109,8 @@ def tshark_path() -> str:
     return path
 
 
-def _parse_line(line: str) -> Packet:
+def parse_line(line: str) -> Packet:
+    """One line of `tshark_command`'s output as a Packet."""
     parts = line.split("\t", len(FIELDS) - 1)
     if len(parts) < len(FIELDS):
         parts += [""] * (len(FIELDS) - len(parts))
@@ -128,7 +130,7 @@ def _parse_line(line: str) -> Packet:
     )
 
 
-class _ReadAhead:
+class ReadAhead:
     """tshark's output, read by a thread into a bounded queue while the caller works on earlier lines.
 
     A pipe holds 64 KiB: without a reader that keeps draining it, tshark stops whenever the caller
@@ -165,10 +167,21 @@ class _ReadAhead:
             except queue.Full:
                 continue
 
-    def lines(self) -> Iterator[str]:
-        """The output's lines, without their newline; bytes that are not UTF-8 become U+FFFD."""
+    def lines(self, idle: float | None = None) -> Iterator[str | None]:
+        """The output's lines, without their newline; bytes that are not UTF-8 become U+FFFD.
+
+        With `idle`, a None whenever that many seconds pass without output: a live capture may be
+        silent for hours, and its reader still has a screen to refresh and a clock to watch.
+        """
         rest = b""
-        while (block := self.queue.get()) is not None:
+        while True:
+            try:
+                block = self.queue.get(timeout=idle)
+            except queue.Empty:
+                yield None
+                continue
+            if block is None:
+                break
             data = rest + block
             cut = data.rfind(b"\n") + 1
             rest = data[cut:]
@@ -194,12 +207,31 @@ def _check_readable(path: Path) -> None:
         raise CaptureError(f"{path}: empty file, not a capture")
 
 
-def _first_error_line(stderr: str) -> str:
+def first_error_line(stderr: str) -> str:
+    """What went wrong, from tshark's (or dumpcap's) stderr: its first line that is not a note."""
     for line in stderr.splitlines():
         line = line.strip()
-        if line and not line.startswith("Running as user"):
+        # tshark's notes on who it runs as and where it captures are not what went wrong.
+        if line and not line.startswith(("Running as user", "Capturing on")):
             return line
     return "tshark failed"
+
+
+def tshark_command(input_args: Sequence[str], display_filter: str | None = None) -> list[str]:
+    """The tshark run that prints FIELDS for each packet of the input that `input_args` name.
+
+    >>> tshark_command(["-r", "cam.pcap"])              # a file
+    >>> tshark_command(["-l", "-i", "eth0", "-f", "not port 22"])   # live, a line per packet at once
+    """
+    cmd = [tshark_path(), "-n", *input_args]
+    cmd += ["-T", "fields", "-E", "separator=/t", "-E", "occurrence=f", "-E", "quote=n"]
+    for pref in TSHARK_PREFS:
+        cmd += ["-o", pref]
+    for field in FIELDS:
+        cmd += ["-e", field]
+    if display_filter:
+        cmd += ["-Y", display_filter]
+    return cmd
 
 
 def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> Iterator[Packet]:
@@ -210,44 +242,68 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
     """
     path = Path(path)
     _check_readable(path)
-    cmd = [
-        tshark_path(),
-        "-n",
-        "-r",
-        str(path),
-        "-T",
-        "fields",
-        "-E",
-        "separator=/t",
-        "-E",
-        "occurrence=f",
-        "-E",
-        "quote=n",
-    ]
-    for pref in TSHARK_PREFS:
-        cmd += ["-o", pref]
-    for field in FIELDS:
-        cmd += ["-e", field]
-    if display_filter:
-        cmd += ["-Y", display_filter]
+    for packet in stream_packets(["-r", str(path)], str(path), display_filter):
+        assert packet is not None  # no `idle`, no None
+        yield packet
+
+
+# What tshark prints at exit for packets the kernel or dumpcap dropped because nobody read them.
+_DROPPED_RE = re.compile(r"^(\d+) packets? dropped\b", re.MULTILINE)
+
+
+@dataclass
+class StreamEnd:
+    """How a `stream_packets` run ended: tshark's exit status and the packets it says were dropped."""
+
+    returncode: int | None = None
+    dropped: int = 0
+
+
+def stream_packets(
+    input_args: Sequence[str],
+    label: str,
+    display_filter: str | None = None,
+    *,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    idle: float | None = None,
+    end: StreamEnd | None = None,
+) -> Iterator[Packet | None]:
+    """The packets of one tshark run over `input_args` (`tshark_command`), a None every `idle` seconds
+    without any; `label` names the input in errors. Closing the generator early stops tshark as ^C
+    does, so that it still reports what it dropped (in `end`).
+
+    >>> for p in stream_packets(["-l", "-i", "eth0"], "eth0", idle=0.2):   # doctest: +SKIP
+    ...     if p is None: refresh_screen()
+    """
+    cmd = tshark_command(input_args, display_filter)
+    end = end if end is not None else StreamEnd()
     with tempfile.TemporaryFile() as err:
         # stderr goes to a file, not a pipe: a chatty tshark must never block on a full pipe.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=stdin)
         assert proc.stdout is not None
-        reader = _ReadAhead(proc.stdout)
+        reader = ReadAhead(proc.stdout)
         last = None
         try:
-            for line in reader.lines():
-                packet = _parse_line(line)
+            for line in reader.lines(idle):
+                if line is None:
+                    yield None
+                    continue
+                packet = parse_line(line)
                 last = packet.frame
                 yield packet
         finally:
             if proc.poll() is None:
-                proc.kill()
+                proc.terminate()  # tshark's SIGTERM handler prints its counts, drops included
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             reader.close()
             proc.wait()
-        err.seek(0)
-        stderr = err.read().decode("utf-8", "replace")
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace")
+            end.returncode = proc.returncode
+            end.dropped = sum(int(n) for n in _DROPPED_RE.findall(stderr))
     # tshark exits 2 on a capture cut short after printing what it could read. A capture copied
     # while it was being written ends that way, and its packets are evidence: they are kept, and the
     # caller is warned (a CaptureTruncated warning) where reading stopped. Nothing read is an error.
@@ -257,14 +313,14 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
             if display_filter
             else f"after frame {last}; frames 1 to {last} were read"
         )
-        warnings.warn(CaptureTruncated(f"{path}: the capture is {_CUT_SHORT} {where}"), stacklevel=2)
+        warnings.warn(CaptureTruncated(f"{label}: the capture is {_CUT_SHORT} {where}"), stacklevel=3)
         return
     if proc.returncode != 0:
-        msg = _first_error_line(stderr)
+        msg = first_error_line(stderr)
         # tshark echoes a filter it cannot compile under its complaint.
         if display_filter and display_filter.strip() in stderr:
             raise CaptureError(f"invalid display filter {display_filter!r}: {msg}")
-        raise CaptureError(f"{path}: {msg}")
+        raise CaptureError(f"{label}: {msg}")
 
 
 def concatenate(paths: Sequence[str | os.PathLike], out: Path) -> None:
@@ -283,7 +339,7 @@ def concatenate(paths: Sequence[str | os.PathLike], out: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     if done.returncode != 0:
-        raise CaptureError(f"mergecap: {_first_error_line(done.stderr)}")
+        raise CaptureError(f"mergecap: {first_error_line(done.stderr)}")
 
 
 def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = None) -> Iterator[Packet]:

@@ -129,15 +129,23 @@ class Cohort:
         return out
 
     def false_match(
-        self, fingerprints: Sequence[Fingerprint], host_scores: np.ndarray, how: str = "set"
+        self,
+        fingerprints: Sequence[Fingerprint],
+        host_scores: np.ndarray,
+        how: str = "set",
+        impostors: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> np.ndarray:
         """Each host score's false-match rate [H, K]: the weighted share of impostor cohort hosts at or
-        above it (0 when none reaches it). `how` is the host score the scores are (set or set-all)."""
+        above it (0 when none reaches it). `how` is the host score the scores are (set or set-all).
+        `impostors`, from `impostors(fingerprints, how)`, spares scoring the cohort again: a live watch
+        asks for a rate at every packet of a host's first ones."""
         host_scores = np.atleast_2d(np.asarray(host_scores, dtype=np.float64))
         out = np.empty_like(host_scores)
-        for k, (impostors, weights) in enumerate(self.impostors(fingerprints, how)):
+        if impostors is None:
+            impostors = self.impostors(fingerprints, how)
+        for k, (impostors_k, weights) in enumerate(impostors):
             # Weight at or above each score: the total less what lies strictly below.
             above = np.r_[np.cumsum(weights[::-1])[::-1], 0.0]
-            below = np.searchsorted(impostors, host_scores[:, k] - 1e-9, side="left")
+            below = np.searchsorted(impostors_k, host_scores[:, k] - 1e-9, side="left")
             out[:, k] = np.clip(above[below], 0.0, 1.0)
         return out

@@ -54,6 +54,19 @@ def comment_text(score: float, target: str, host_match: float | None = None) -> 
     return f"{COMMENT_PREFIX}{score_text(score, 4)} target={target}{host}"
 
 
+def commented_stream_header(linktype: int, snaplen: int = 262144) -> bytes:
+    """The start of a pcapng stream of one interface (little-endian, microsecond timestamps), for
+    `commented_packet` blocks to follow: what a live capture writes to Wireshark's extcap FIFO."""
+    shb = _block("<", 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    return shb + _block("<", 1, struct.pack("<HHI", linktype, 0, snaplen))
+
+
+def commented_packet(time_us: int, data: bytes, orig_len: int, comment: str | None) -> bytes:
+    """One packet of a `commented_stream_header` stream, its comment (comment_text) as an opt_comment."""
+    options = [_option("<", _OPT_COMMENT, comment.encode("utf-8"))] if comment else []
+    return _epb("<", 0, time_us, data, orig_len, options)
+
+
 def _pad4(n: int) -> int:
     return (n + 3) & ~3
 

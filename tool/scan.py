@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 CHUNK = 4096
 MAX_HOST_IPS = 8
 TOP_PACKETS = 10
-# Past this many memo entries the memo starts again: a capture of unique texts (random payloads,
-# session tokens in URLs) must not grow memory with its length. 2**16 entries are ~40 MB at most.
+# The memo holds at most this many entries: a capture of unique texts (random payloads, session tokens
+# in URLs) must not grow memory with its length. 2**16 entries are ~40 MB at most. It forgets the
+# least recently used first (by generations, see Matcher), so a stream of days keeps what recurs.
 MEMO_LIMIT = 1 << 16
 
 
@@ -42,6 +43,12 @@ class Matcher:
     Two memos, both indexes into one table of probabilities: raw (protocol, blanked Info[, length])
     to row, which spares packet_text on repeats, and model input (`Model.key`) to row, which spares
     the encoder on texts that differ only in what packet_text masks.
+
+    Each memo is bounded least-recently-used by generations: entries go into the current generation;
+    when it holds `memo_limit / 2`, it becomes the previous one and the one before is forgotten, its
+    table rows reused. An entry found in the previous generation moves into the current one, so what
+    keeps recurring is never forgotten and the memo holds at most `memo_limit` entries (plus a chunk).
+    A lookup that hits the current generation, nearly every one in a capture, costs one dict lookup.
     """
 
     def __init__(self, model: Model, fingerprints: Sequence[Fingerprint], memo_limit: int = MEMO_LIMIT):
@@ -55,50 +62,83 @@ class Matcher:
     def _reset(self) -> None:
         self._by_raw: dict[tuple, int] = {}
         self._by_input: dict[Hashable, int] = {}
+        self._old_raw: dict[tuple, int] = {}  # the previous generation of each
+        self._old_input: dict[Hashable, int] = {}
         self._texts: dict[tuple[str, str], str] = {}
+        self._free: list[int] = []  # table rows no entry refers to any more
+        self._rows = 0  # table rows handed out
         self._table = np.zeros((1024, len(self.fingerprints)), dtype=np.float32)
         self._embeddings = np.zeros((1024, self.model.embedding_dim), dtype=np.float32)
 
+    def _age(self) -> None:
+        """A new generation: what was not used during the last one is forgotten, its rows freed."""
+        self._old_raw, self._by_raw = self._by_raw, {}
+        self._old_input, self._by_input = self._by_input, {}
+        self._texts = {}
+        live = np.zeros(self._rows, dtype=bool)
+        live[list(self._old_raw.values())] = True
+        live[list(self._old_input.values())] = True
+        self._free = np.flatnonzero(~live).tolist()
+
+    def _new_row(self) -> int:
+        if self._free:
+            return self._free.pop()
+        row = self._rows
+        self._rows += 1
+        if row >= len(self._table):
+            self._table = _grown(self._table, 2 * len(self._table))
+            self._embeddings = _grown(self._embeddings, 2 * len(self._embeddings))
+        return row
+
     @property
     def distinct_inputs(self) -> int:
-        """How many distinct model inputs were encoded."""
+        """How many distinct model inputs were encoded (an input forgotten and seen again counts twice)."""
         return self._encoded
 
+    @property
+    def memo_size(self) -> int:
+        """Entries held in the memos (raw and model input, both generations)."""
+        return len(self._by_raw) + len(self._old_raw) + len(self._by_input) + len(self._old_input)
+
     def rows(self, packets: Sequence[Packet]) -> np.ndarray:
-        """Each packet's row in the probability table, encoding the inputs not seen before: [N]."""
-        if len(self._by_raw) + len(packets) > self.memo_limit:
-            self._reset()
+        """Each packet's row in the probability table, encoding the inputs not seen before: [N].
+
+        The rows stay valid until the next call: only a call's start may start a new generation."""
+        if len(self._by_raw) + len(packets) > self.memo_limit // 2:
+            self._age()
         by_raw, by_input, texts = self._by_raw, self._by_input, self._texts
+        old_raw, old_input = self._old_raw, self._old_input
         uses_length = self.model.uses_length
         key_of = self.model.key
-        new: dict[Hashable, tuple[str, int]] = {}
+        new: dict[Hashable, tuple[str, int, int]] = {}
         rows = []
         for p in packets:
             info = memo_info(p.info)
             raw = (p.protocol, info, p.length) if uses_length else (p.protocol, info)
             row = by_raw.get(raw)
             if row is None:
-                # Frames of several lengths share a text: packet_text once for all of them.
-                text = texts.get((p.protocol, info))
-                if text is None:
-                    text = texts[(p.protocol, info)] = packet_text(p.protocol, info)
-                key = key_of(text, p.length)
-                row = by_input.get(key)
+                row = old_raw.get(raw)
                 if row is None:
-                    row = by_input[key] = len(by_input)
-                    new[key] = (text, p.length)
+                    # Frames of several lengths share a text: packet_text once for all of them.
+                    text = texts.get((p.protocol, info))
+                    if text is None:
+                        text = texts[(p.protocol, info)] = packet_text(p.protocol, info)
+                    key = key_of(text, p.length)
+                    row = by_input.get(key)
+                    if row is None:
+                        row = old_input.get(key)
+                        if row is None:
+                            row = self._new_row()
+                            new[key] = (text, p.length, row)
+                        by_input[key] = row
                 by_raw[raw] = row
             rows.append(row)
         if new:
-            embedded = self.model.embed([t for t, _ in new.values()], [n for _, n in new.values()])
+            embedded = self.model.embed([t for t, _, _ in new.values()], [n for _, n, _ in new.values()])
             probs = self.model.match(embedded, self.prototypes)
-            first = len(by_input) - len(new)
-            if len(by_input) > len(self._table):
-                rows_needed = max(len(by_input), 2 * len(self._table))
-                self._table = _grown(self._table, rows_needed)
-                self._embeddings = _grown(self._embeddings, rows_needed)
-            self._table[first : len(by_input)] = probs
-            self._embeddings[first : len(by_input)] = embedded
+            index = np.asarray([r for _, _, r in new.values()], dtype=np.intp)
+            self._table[index] = probs
+            self._embeddings[index] = embedded
             self._encoded += len(new)
         return np.asarray(rows, dtype=np.intp)
 
@@ -210,6 +250,40 @@ def host_scores(
     return out
 
 
+class TopPackets:
+    """The TOP_PACKETS best-matching packets seen so far, one per distinct model input."""
+
+    def __init__(self) -> None:
+        self.best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
+        self.keys: set[tuple] = set()
+
+    def add(self, batch: Sequence[Packet], probs: np.ndarray) -> None:
+        """Offer a chunk of packets and their p(Target) [n, K]."""
+        best, best_keys = self.best, self.keys
+        tops = probs.max(axis=1)
+        floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
+        for i in np.flatnonzero(tops > floor).tolist():
+            packet = batch[i]
+            # One row per distinct model input: ten copies of the same ARP request tell the analyst
+            # less than ten different packets; the earliest frame of each stands for the rest.
+            key = (packet_text(packet.protocol, memo_info(packet.info)), packet.length)
+            if key in best_keys:
+                continue
+            top = float(tops[i])
+            entry = (top, -packet.frame, packet, probs[i], key)
+            if len(best) < TOP_PACKETS:
+                heapq.heappush(best, entry)
+            elif top > best[0][0]:
+                best_keys.discard(heapq.heapreplace(best, entry)[4])
+            else:
+                continue
+            best_keys.add(key)
+
+    def rows(self, names: list[str]) -> list[dict[str, Any]]:
+        """The report's "top_packets" rows, best first."""
+        return [_packet_row(p, probs, names) for _, _, p, probs, _ in sorted(self.best, reverse=True)]
+
+
 @dataclass
 class Host:
     """What a scan learns of one sending host; its sums live in the scan's per-host arrays."""
@@ -270,6 +344,13 @@ class Verdict:
     max_false_match: float | None  # the share of cohort hosts allowed to reach a match
     cohort: Cohort | None
     how: str = "set"  # the host score the cohort's hosts are scored by
+
+    def matches(self, score: float, false_match: float | None) -> bool:
+        """Whether a host's score (and its false-match rate, for a calibrated rule) is a match."""
+        if self.threshold is not None:
+            return score >= self.threshold
+        assert false_match is not None and self.max_false_match is not None
+        return false_match <= self.max_false_match
 
     def describe(self) -> str:
         if self.threshold is not None:
@@ -386,8 +467,7 @@ def scan(
     # keeps the scan as fast as tshark. "set" reads each host's first packets themselves instead.
     sums = np.zeros((64, width), dtype=np.float64)
     firsts: dict[int, list[np.ndarray]] = {}  # for "set": each host's first host_packets embeddings
-    best: list[tuple[float, int, Packet, np.ndarray, tuple]] = []
-    best_keys: set[tuple] = set()
+    best = TopPackets()
     total = 0
     tally = HostTally(host_packets, use_all)
     hosts = tally.hosts
@@ -405,24 +485,7 @@ def scan(
             values = (embedded if use_set else probs).astype(np.float64)
             # np.add.at adds in packet order, so every sum equals the packet-by-packet one.
             np.add.at(sums, rows[mask], values[mask])
-        tops = probs.max(axis=1)
-        floor = best[0][0] if len(best) >= TOP_PACKETS else -np.inf
-        for i in np.flatnonzero(tops > floor).tolist():
-            packet = batch[i]
-            # One row per distinct model input: ten copies of the same ARP request tell the analyst
-            # less than ten different packets; the earliest frame of each stands for the rest.
-            key = (packet_text(packet.protocol, memo_info(packet.info)), packet.length)
-            if key in best_keys:
-                continue
-            top = float(tops[i])
-            entry = (top, -packet.frame, packet, probs[i], key)
-            if len(best) < TOP_PACKETS:
-                heapq.heappush(best, entry)
-            elif top > best[0][0]:
-                best_keys.discard(heapq.heapreplace(best, entry)[4])
-            else:
-                continue
-            best_keys.add(key)
+        best.add(batch, probs)
         if on_packet is not None:
             for packet, row in zip(batch, probs):
                 on_packet(packet, row)
@@ -440,8 +503,8 @@ def scan(
         host_packets=host_packets,
         packets=total,
         distinct_inputs=matcher.distinct_inputs,
-        hosts=_rank_hosts(ordered, names, scores, fingerprints, rule),
-        top_packets=[_packet_row(p, probs, names) for _, _, p, probs, _ in sorted(best, reverse=True)],
+        hosts=rank_hosts(ordered, names, scores, fingerprints, rule),
+        top_packets=best.rows(names),
         rule=rule.describe(),
         cohort_hosts=len(rule.cohort) if rule.cohort is not None else 0,
     )
@@ -457,8 +520,8 @@ def set_host_rows(
     first packets' embeddings (`firsts[host.number]`, in capture order) were gathered elsewhere: how
     dnp-hunt ranks the hosts of a capture it read in several parts."""
     hosts = list(hosts)
-    scores = _host_scores(np.zeros((len(hosts), 0)), firsts, hosts, fingerprints, "set", False)
-    return _rank_hosts(hosts, [f.name for f in fingerprints], scores, fingerprints, rule)
+    scores = set_scores([np.asarray(firsts[h.number]) for h in hosts], fingerprints)
+    return rank_hosts(hosts, [f.name for f in fingerprints], scores, fingerprints, rule)
 
 
 def _host_scores(
@@ -470,19 +533,25 @@ def _host_scores(
     use_all: bool,
 ) -> np.ndarray:
     """Each host's score for each fingerprint [H, K] from its per-host sums or first packets."""
-    from tool.model import set_score, set_similarity, unit
+    from tool.model import set_score
 
     if not hosts:
         return np.zeros((0, len(fingerprints)))
     if how == "set":
-        supports = [f.packets for f in fingerprints]
-        return np.asarray(
-            [[set_similarity(unit(np.asarray(firsts[h.number])), s) for s in supports] for h in hosts]
-        )
+        return set_scores([np.asarray(firsts[h.number]) for h in hosts], fingerprints)
     if how == "set-all":
         return set_score(sums, np.asarray([f.vector for f in fingerprints]))
     counts = np.asarray([h.packets if use_all else h.first_count for h in hosts], dtype=np.float64)
     return sums / counts[:, None]
+
+
+def set_scores(firsts: Sequence[np.ndarray], fingerprints: Sequence[Fingerprint]) -> np.ndarray:
+    """dnp-scan's `set` score [H, K] of each host from the embeddings [n, E] of its first packets."""
+    from tool.model import set_similarity, unit
+
+    supports = [f.packets for f in fingerprints]
+    scores = [[set_similarity(unit(first), s) for s in supports] for first in firsts]
+    return np.asarray(scores, dtype=np.float64).reshape(len(firsts), len(fingerprints))
 
 
 def _grown(array: np.ndarray, rows: int) -> np.ndarray:
@@ -499,13 +568,15 @@ def best_fingerprint(scores: np.ndarray, false_match: np.ndarray | None) -> np.n
     return np.asarray([np.lexsort((-s, f))[0] for s, f in zip(scores, false_match)], dtype=np.intp)
 
 
-def _rank_hosts(
+def rank_hosts(
     hosts: list[Host],
     names: list[str],
     scores: np.ndarray,
     fingerprints: Sequence[Fingerprint],
     rule: Verdict,
 ) -> list[dict[str, Any]]:
+    """dnp-scan's host rows (the --json report's "hosts"), best match first, from the hosts' scores
+    [H, K] for the fingerprints named `names`."""
     from tool.outputs import score_value
 
     false_match = None
@@ -515,11 +586,7 @@ def _rank_hosts(
     rows = []
     for h, host in enumerate(hosts):
         k = int(best[h])
-        if rule.threshold is not None:
-            matched = scores[h, k] >= rule.threshold
-        else:
-            assert false_match is not None and rule.max_false_match is not None
-            matched = false_match[h, k] <= rule.max_false_match
+        matched = rule.matches(scores[h, k], None if false_match is None else false_match[h, k])
         row: dict[str, Any] = {
             # "mac" stays what it always was for Ethernet hosts; "host" is the key for every kind.
             "mac": host.mac if host.kind in ("mac", "sll") else None,

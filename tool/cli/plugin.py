@@ -6,6 +6,7 @@ fields deepnetprint.match and deepnetprint.target; docs/wireshark.md says how to
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,7 @@ from tool.cli.common import run
 from tool.files import atomic_output, check_outputs
 
 PLUGIN = "deepnetprint.lua"
+EXTCAP = "deepnetprint-extcap"
 
 # \b keeps click from re-wrapping the example lines.
 EXAMPLE = """
@@ -34,6 +36,14 @@ Restart Wireshark (or Analyze > Reload Lua Plugins), then:
            (or Preferences > Appearance > Columns: add a Custom column, field deepnetprint.match)
   filter:  deepnetprint.match > 0.9
   tshark:  tshark -r CAPTURE -o deepnetprint.scores_file:CAPTURE.scores.csv -Y 'deepnetprint.match > 0.9'"""
+
+
+AFTER_EXTCAP = """\
+Restart Wireshark (or Capture > Refresh Interfaces): the capture dialog lists "DeepNetPrint"; its
+options (the gear) take the interface to capture on and a fingerprint. Each packet arrives with the
+comment deepnetprint.match=... target=... host_match=..., shown as the plugin's fields (dnp-plugin
+install). tshark: tshark -i deepnetprint -o extcap.deepnetprint.iface:eth0 \\
+  -o extcap.deepnetprint.fingerprint:cam.fp -Y 'deepnetprint.host_match > 0.9'"""
 
 
 def plugin_file() -> Path:
@@ -73,14 +83,58 @@ def command() -> None:
     """The DeepNetPrint Wireshark plugin: the fields deepnetprint.match and deepnetprint.target."""
 
 
+def personal_extcap() -> Path:
+    """Wireshark's personal extcap folder: `tshark -G folders` names it from 4.2 on; 4.0 reads the
+    extcap folder of the personal configuration (~/.config/wireshark/extcap)."""
+    from tool.capture import tshark_path
+
+    done = subprocess.run(
+        [tshark_path(), "-G", "folders"], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    folders = {}
+    for line in done.stdout.splitlines():
+        label, _, value = line.partition(":")
+        folders.setdefault(label.strip(), value.strip())
+    if folders.get("Personal Extcap path"):
+        return Path(folders["Personal Extcap path"])
+    if folders.get("Personal configuration"):
+        return Path(folders["Personal configuration"]) / "extcap"
+    raise click.ClickException("tshark -G folders names no personal extcap or configuration folder")
+
+
+def install_extcap(folder: str | None) -> Path:
+    """Write the extcap launcher (tool.cli.extcap) into Wireshark's extcap folder, executable."""
+    from tool.cli.extcap import launcher
+
+    target_dir = Path(folder) if folder else personal_extcap()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / EXTCAP
+    check_outputs({"--folder": str(target)}, {})
+    with atomic_output(target) as out:
+        out.write(launcher())
+        os.fchmod(out.fileno(), 0o755)  # Wireshark runs only executables it finds there
+    return target
+
+
 @command.command()
 @click.option(
     "--folder",
     type=click.Path(file_okay=False),
-    help="Install there instead.  [default: tshark's Personal Lua Plugins folder]",
+    help="Install there instead.  [default: tshark's Personal Lua Plugins folder; with --extcap, the "
+    "personal extcap folder]",
 )
-def install(folder: str | None) -> None:
+@click.option(
+    "--extcap",
+    is_flag=True,
+    help="Install the DeepNetPrint capture interface for Wireshark's capture dialog instead (extcap).",
+)
+def install(folder: str | None, extcap: bool) -> None:
     """Copy the plugin into your personal Wireshark Lua plugins folder."""
+    if extcap:
+        target = install_extcap(folder)
+        click.echo(f"Installed the DeepNetPrint capture interface: {target}")
+        click.echo(AFTER_EXTCAP)
+        return
     source = plugin_file()
     target_dir = Path(folder) if folder else personal_lua_plugins()
     target_dir.mkdir(parents=True, exist_ok=True)

@@ -323,6 +323,15 @@ def test_dnp_scan_with_every_output_loads_no_evaluation_module(merged, fingerpri
     assert json.loads((out / "loaded.json").read_text()) == []
 
 
+def test_two_fingerprints_with_one_name_are_refused(merged, fingerprints, tmp_path, clean_env):
+    copy = tmp_path / "copy.fp"
+    copy.write_bytes(fingerprints["Aria"].read_bytes())
+    args = [str(merged), "-f", str(fingerprints["Aria"]), "-f", str(copy)]
+    done = run_command("dnp-scan", *args, env=clean_env)
+    assert done.returncode == 2 and "share a name (Aria, Aria)" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_fingerprint_round_trips_through_json(fingerprints):
     text = fingerprints["Aria"].read_text()
     fp = parse(text)

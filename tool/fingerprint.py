@@ -265,6 +265,18 @@ def load(path: str | os.PathLike, model: Model | None = None) -> Fingerprint:
     return fingerprint
 
 
+def load_all(paths: Sequence[str | os.PathLike], model: Model) -> list[Fingerprint]:
+    """Load the fingerprints of one scan (or hunt, or watch), checked against `model`. Their names
+    must differ: every output names a fingerprint's column, verdict and Wireshark target by it."""
+    fingerprints = [load(p, model) for p in paths]
+    names = [f.name for f in fingerprints]
+    if len(set(names)) != len(names):
+        raise FingerprintError(
+            f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll"
+        )
+    return fingerprints
+
+
 def read_bounded(path: Path) -> bytes:
     """The bytes of a regular file of at most MAX_FILE_BYTES; FingerprintError otherwise.
 

@@ -633,15 +633,13 @@ def hunt(
     `out` is the hunt's folder (captures.jsonl): results found there are reused, new ones added.
     `on_start(captures, bytes)` and `on_progress(captures, bytes, packets)` follow the work.
     """
-    from tool.fingerprint import load, read_bounded
+    from tool.fingerprint import load_all, read_bounded
     from tool.model import Model
     from tool.scan import verdict_rule
 
     model = Model.load(models)
-    fps = [load(p, model) for p in fingerprint_files]
+    fps = load_all(fingerprint_files, model)
     names = [f.name for f in fps]
-    if len(set(names)) != len(names):
-        raise HuntError(f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll")
     texts = tuple(read_bounded(Path(p)).decode("utf-8") for p in fingerprint_files)
     # Workers start elsewhere (another folder, another machine): the model folder goes as a full path.
     settings = Settings(texts, os.path.abspath(models) if models else None, threshold, max_false_match)

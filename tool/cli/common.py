@@ -25,6 +25,18 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 
+# -f / --fingerprint, as every command that scores takes it.
+fingerprint_option = click.option(
+    "-f",
+    "--fingerprint",
+    "fingerprints",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A fingerprint file from dnp-enroll; repeat for several.",
+)
+
+
 def host_score_option(help: str) -> Callable:
     """--host-score, as dnp-scan and dnp-eval both take it (one of HOST_SCORES, default set)."""
     return click.option(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tool.cli.common import Interrupted, finite, require_stdout, run, verdict_help
+from tool.cli.common import Interrupted, fingerprint_option, finite, require_stdout, run, verdict_help
 from tool.constants import MAX_FALSE_MATCH
 
 if TYPE_CHECKING:
@@ -29,15 +29,7 @@ Examples:
 
 @click.command(epilog=EXAMPLE)
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...")
-@click.option(
-    "-f",
-    "--fingerprint",
-    "fingerprints",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="A fingerprint file from dnp-enroll; repeat for several.",
-)
+@fingerprint_option
 @click.option(
     "--workers",
     type=click.IntRange(1),

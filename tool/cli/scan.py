@@ -7,7 +7,15 @@ import warnings
 
 import click
 
-from tool.cli.common import finite, host_score_option, nonempty_filter, require_stdout, run, verdict_help
+from tool.cli.common import (
+    fingerprint_option,
+    finite,
+    host_score_option,
+    nonempty_filter,
+    require_stdout,
+    run,
+    verdict_help,
+)
 from tool.constants import MAX_FALSE_MATCH, PACKETS, SET_SCORES
 
 EXAMPLE = """
@@ -23,15 +31,7 @@ Examples:
 
 @click.command(epilog=EXAMPLE)
 @click.argument("capture", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "-f",
-    "--fingerprint",
-    "fingerprints",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="A fingerprint file from dnp-enroll; repeat for several.",
-)
+@fingerprint_option
 @click.option(
     "--max-false-match",
     type=click.FloatRange(0, 1, min_open=True),
@@ -125,19 +125,14 @@ def command(
     if json_path == "-" or not quiet:
         require_stdout()
 
-    from tool.fingerprint import load
+    from tool.fingerprint import load_all
     from tool.model import Model
     from tool.outputs import ScanOutputs
     from tool.report import console, print_scan
     from tool.scan import scan
 
     model = Model.load(models)
-    fps = [load(path, model) for path in fingerprints]
-    names = [f.name for f in fps]
-    if len(set(names)) != len(names):
-        raise click.UsageError(
-            f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll"
-        )
+    fps = load_all(fingerprints, model)
     # Every output is a temporary file beside its destination from the start, so a folder that turns
     # unwritable fails now, and all of them are renamed into place together at the end.
     outputs = ScanOutputs(

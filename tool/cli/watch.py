@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import click
 
-from tool.cli.common import finite, nonempty_filter, require_stdout, run
+from tool.cli.common import fingerprint_option, finite, nonempty_filter, require_stdout, run
 from tool.constants import MAX_FALSE_MATCH, PACKETS
 
 EXAMPLE = """
@@ -224,15 +224,7 @@ def _alert_line(alert: Any, cohort: int) -> str:
     type=click.Path(exists=True, file_okay=False),
     help="Read each capture file that appears in this folder once it is closed (dumpcap -b ring buffer).",
 )
-@click.option(
-    "-f",
-    "--fingerprint",
-    "fingerprints",
-    multiple=True,
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="A fingerprint file from dnp-enroll; repeat for several.",
-)
+@fingerprint_option
 @click.option(
     "--capture-filter",
     metavar="BPF",
@@ -334,18 +326,14 @@ def command(
         require_stdout()
 
     from tool.capture import CaptureError, CaptureTruncated, StreamEnd
-    from tool.fingerprint import load
+    from tool.fingerprint import load_all
     from tool.model import Model
     from tool.scan import verdict_rule
     from tool.watch import Watcher
 
     model = Model.load(models)
-    fps = [load(path, model) for path in fingerprints]
+    fps = load_all(fingerprints, model)
     names = [f.name for f in fps]
-    if len(set(names)) != len(names):
-        raise click.UsageError(
-            f"two fingerprints share a name ({', '.join(names)}); rename one with dnp-enroll"
-        )
     rule = verdict_rule(model, "set", threshold, max_false_match)
     watcher = Watcher(model, fps, rule, host_packets=host_packets, min_packets=min_packets, idle=idle)
     report = AtomicFile(json_path) if json_path else None  # a folder that cannot be written fails now

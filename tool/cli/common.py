@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import click
 
-from tool.constants import HOST_SCORES
+from tool.constants import HOST_SCORES, MAX_FALSE_MATCH
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -35,6 +35,30 @@ fingerprint_option = click.option(
     type=click.Path(exists=True, dir_okay=False),
     help="A fingerprint file from dnp-enroll; repeat for several.",
 )
+
+
+def verdict_options(max_false_match_help: str, threshold_help: str) -> Callable:
+    """--max-false-match and --threshold, the verdict's two rules, as every command that scores takes
+    them (NaN refused); `check_verdict` refuses both at once."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option(
+            "--threshold", type=click.FloatRange(-1, 1), callback=finite, help=threshold_help
+        )(command)
+        return click.option(
+            "--max-false-match",
+            type=click.FloatRange(0, 1, min_open=True),
+            callback=finite,
+            help=f"{max_false_match_help}  [default: {MAX_FALSE_MATCH:g}]",
+        )(command)
+
+    return decorate
+
+
+def check_verdict(threshold: float | None, max_false_match: float | None) -> None:
+    """One verdict rule: a raw --threshold or a --max-false-match, not both."""
+    if threshold is not None and max_false_match is not None:
+        raise click.UsageError("give --threshold or --max-false-match, not both")
 
 
 def host_score_option(help: str) -> Callable:

@@ -8,8 +8,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tool.cli.common import Interrupted, fingerprint_option, finite, require_stdout, run, verdict_help
-from tool.constants import MAX_FALSE_MATCH
+from tool.cli.common import (
+    Interrupted,
+    check_verdict,
+    fingerprint_option,
+    require_stdout,
+    run,
+    verdict_help,
+    verdict_options,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,17 +55,8 @@ Examples:
 )
 @click.option("--json", "json_path", metavar="PATH", help="Write the merged table as JSON ('-' for stdout).")
 @click.option("--all-hosts", is_flag=True, help="List every host, not only those that reached the verdict.")
-@click.option(
-    "--max-false-match",
-    type=click.FloatRange(0, 1, min_open=True),
-    callback=finite,
-    help=f"The verdict, as dnp-scan's; {verdict_help()}.  [default: {MAX_FALSE_MATCH:g}]",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(-1, 1),
-    callback=finite,
-    help="The verdict on the raw set score instead.",
+@verdict_options(
+    f"The verdict, as dnp-scan's; {verdict_help()}.", "The verdict on the raw set score instead."
 )
 @click.option(
     "--batch-mb",
@@ -104,8 +102,7 @@ def command(
 
     from tool.files import AtomicFile, OutputError, check_outputs, commit_all
 
-    if threshold is not None and max_false_match is not None:
-        raise click.UsageError("give --threshold or --max-false-match, not both")
+    check_verdict(threshold, max_false_match)
     if workers is not None and scheduler:
         raise click.UsageError("give --workers or --scheduler, not both: a cluster has its own workers")
     if out is not None:

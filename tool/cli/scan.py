@@ -8,15 +8,16 @@ import warnings
 import click
 
 from tool.cli.common import (
+    check_verdict,
     fingerprint_option,
-    finite,
     host_score_option,
     nonempty_filter,
     require_stdout,
     run,
     verdict_help,
+    verdict_options,
 )
-from tool.constants import MAX_FALSE_MATCH, PACKETS, SET_SCORES
+from tool.constants import PACKETS, SET_SCORES
 
 EXAMPLE = """
 Examples:
@@ -32,21 +33,12 @@ Examples:
 @click.command(epilog=EXAMPLE)
 @click.argument("capture", type=click.Path(exists=True, dir_okay=False))
 @fingerprint_option
-@click.option(
-    "--max-false-match",
-    type=click.FloatRange(0, 1, min_open=True),
-    callback=finite,
-    help="The verdict: a host matches when at most this share of other devices' hosts (the cohort "
+@verdict_options(
+    "The verdict: a host matches when at most this share of other devices' hosts (the cohort "
     f"shipped with the model) reach its score; {verdict_help()}. Measured on device types the model "
     "never trained on, the default flags 3.9% of other devices' hosts (mostly the device's same-vendor "
-    "siblings) and misses 11.8% of the device's own; 0.003: 5.2% and 6.4% (model card).  "
-    f"[default: {MAX_FALSE_MATCH:g}]",
-)
-@click.option(
-    "--threshold",
-    type=click.FloatRange(-1, 1),
-    callback=finite,
-    help="The verdict on the raw host score instead (cosine for set, p(Target) for first20 / mean).",
+    "siblings) and misses 11.8% of the device's own; 0.003: 5.2% and 6.4% (model card).",
+    "The verdict on the raw host score instead (cosine for set, p(Target) for first20 / mean).",
 )
 @host_score_option(
     "set: the host's first --host-packets packets compared with the fingerprint as a set; set-all: "
@@ -112,8 +104,7 @@ def command(
     """
     from tool.files import check_outputs
 
-    if threshold is not None and max_false_match is not None:
-        raise click.UsageError("give --threshold or --max-false-match, not both")
+    check_verdict(threshold, max_false_match)
     if max_false_match is not None and host_score not in SET_SCORES:
         raise click.UsageError("--max-false-match needs a set host score (set, set-all)")
 

@@ -15,8 +15,15 @@ from typing import IO, Any
 
 import click
 
-from tool.cli.common import fingerprint_option, finite, nonempty_filter, require_stdout, run
-from tool.constants import MAX_FALSE_MATCH, PACKETS
+from tool.cli.common import (
+    check_verdict,
+    fingerprint_option,
+    nonempty_filter,
+    require_stdout,
+    run,
+    verdict_options,
+)
+from tool.constants import PACKETS
 
 EXAMPLE = """
 Examples:
@@ -235,15 +242,7 @@ def _alert_line(alert: Any, cohort: int) -> str:
 @click.option(
     "--filter", "display_filter", metavar="FILTER", callback=nonempty_filter, help="A display filter."
 )
-@click.option(
-    "--max-false-match",
-    type=click.FloatRange(0, 1, min_open=True),
-    callback=finite,
-    help=f"The verdict, as dnp-scan's.  [default: {MAX_FALSE_MATCH:g}]",
-)
-@click.option(
-    "--threshold", type=click.FloatRange(-1, 1), callback=finite, help="A raw-score verdict instead."
-)
+@verdict_options("The verdict, as dnp-scan's.", "A raw-score verdict instead.")
 @click.option(
     "--host-packets",
     type=click.IntRange(1),
@@ -311,8 +310,7 @@ def command(
         raise click.UsageError("give one of -i IFACE, -r FILE|- or --follow DIR")
     if capture_filter and not interface:
         raise click.UsageError("--capture-filter applies to a live capture (-i); use --filter otherwise")
-    if threshold is not None and max_false_match is not None:
-        raise click.UsageError("give --threshold or --max-false-match, not both")
+    check_verdict(threshold, max_false_match)
     if read == "-" and sys.stdin is not None and sys.stdin.isatty():
         raise click.UsageError("-r -: standard input is a terminal; pipe a capture into it (tcpdump -w -)")
     if read not in (None, "-") and not Path(read).is_file():

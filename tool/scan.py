@@ -228,17 +228,11 @@ def host_scores(
     Each sequence stands for one host's packets in capture order; `how` is one of HOST_SCORES ("set"
     and "first20" read the first `host_packets` of them). A host without packets scores 0.
     """
-    from tool.model import set_similarity
-
     if how not in HOST_SCORES:
         raise ValueError(f"host score must be one of {HOST_SCORES}")
     every = how in ("set-all", "mean")
     if how == "set":
-        sets = host_packets_embedded(model, hosts, host_packets)
-        supports = [f.packets for f in fingerprints]
-        return np.asarray([[set_similarity(h, s) for s in supports] for h in sets]).reshape(
-            len(hosts), len(fingerprints)
-        )
+        return set_scores(host_packets_embedded(model, hosts, host_packets), fingerprints)
     if how == "set-all":
         return host_vectors(model, hosts, None) @ np.asarray([f.vector for f in fingerprints]).T
     matcher = Matcher(model, fingerprints)

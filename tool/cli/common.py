@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import click
 
-from tool.constants import HOST_SCORES, MAX_FALSE_MATCH
+from tool.constants import HOST_SCORES, MAX_FALSE_MATCH, PACKETS
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -65,6 +65,13 @@ def host_score_option(help: str) -> Callable:
     """--host-score, as dnp-scan and dnp-eval both take it (one of HOST_SCORES, default set)."""
     return click.option(
         "--host-score", type=click.Choice(list(HOST_SCORES)), default="set", show_default=True, help=help
+    )
+
+
+def host_packets_option(help: str) -> Callable:
+    """--host-packets, as dnp-scan and dnp-watch both take it (at least 1, default PACKETS)."""
+    return click.option(
+        "--host-packets", type=click.IntRange(1), default=PACKETS, show_default=True, help=help
     )
 
 

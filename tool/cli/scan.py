@@ -10,6 +10,7 @@ import click
 from tool.cli.common import (
     check_verdict,
     fingerprint_option,
+    host_packets_option,
     host_score_option,
     nonempty_filter,
     require_stdout,
@@ -17,7 +18,7 @@ from tool.cli.common import (
     verdict_help,
     verdict_options,
 )
-from tool.constants import PACKETS, SET_SCORES
+from tool.constants import SET_SCORES
 
 EXAMPLE = """
 Examples:
@@ -44,13 +45,7 @@ Examples:
     "set: the host's first --host-packets packets compared with the fingerprint as a set; set-all: "
     "all its packets; first20 / mean: the paper's mean p(Target) over the first ones / all of them."
 )
-@click.option(
-    "--host-packets",
-    type=click.IntRange(1),
-    default=PACKETS,
-    show_default=True,
-    help="How many of a host's first packets the set and first20 scores read.",
-)
+@host_packets_option("How many of a host's first packets the set and first20 scores read.")
 @click.option(
     "--filter",
     "display_filter",

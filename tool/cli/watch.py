@@ -18,6 +18,7 @@ import click
 from tool.cli.common import (
     check_verdict,
     fingerprint_option,
+    host_packets_option,
     nonempty_filter,
     require_stdout,
     run,
@@ -243,13 +244,7 @@ def _alert_line(alert: Any, cohort: int) -> str:
     "--filter", "display_filter", metavar="FILTER", callback=nonempty_filter, help="A display filter."
 )
 @verdict_options("The verdict, as dnp-scan's.", "A raw-score verdict instead.")
-@click.option(
-    "--host-packets",
-    type=click.IntRange(1),
-    default=PACKETS,
-    show_default=True,
-    help="How many of a host's first packets its set score reads.",
-)
+@host_packets_option("How many of a host's first packets its set score reads.")
 @click.option(
     "--min-packets",
     type=click.IntRange(1),

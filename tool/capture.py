@@ -19,9 +19,10 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 # The order of the fields tshark prints; Info goes last so a stray tab inside it stays in it.
 FIELDS = (
@@ -82,10 +83,7 @@ class Packet:
     @property
     def host(self) -> str:
         """The sending host's address: the best the link layer offers (see `host_kind`); "" if none."""
-        if self.eth_src or self.sll_src:
-            return self.eth_src or self.sll_src
-        # 0.0.0.0 is what a DHCP client says before it has an address: every device's, not one host's.
-        return self.ip_src if self.ip_src not in _UNSPECIFIED else ""
+        return source_host(self.eth_src, self.sll_src, self.ip_src)[0]
 
     @property
     def host_kind(self) -> str:
@@ -94,11 +92,29 @@ class Packet:
         Captures without Ethernet (`tcpdump -i any`, raw IP from tunnels and VPNs) have no eth.src;
         keyed by it, all their packets would make one host.
         """
-        if self.eth_src:
-            return "mac"
-        if self.sll_src:
-            return "sll"
-        return "ip" if self.ip_src not in _UNSPECIFIED else ""
+        return source_host(self.eth_src, self.sll_src, self.ip_src)[1]
+
+
+def source_host(eth_src: str, sll_src: str, ip_src: str) -> tuple[str, str]:
+    """(address, kind) of a packet's sender, the best its link layer offers: the Ethernet source
+    ("mac"), the cooked-capture source MAC ("sll"), the IP source ("ip"), or ("", "") for none."""
+    if eth_src:
+        return eth_src, "mac"
+    if sll_src:
+        return sll_src, "sll"
+    # 0.0.0.0 is what a DHCP client says before it has an address: every device's, not one host's.
+    if ip_src in _UNSPECIFIED:
+        return "", ""
+    return ip_src, "ip"
+
+
+class Sender(NamedTuple):
+    """Who sent a packet and when: what counting hosts needs, without the rest of a Packet."""
+
+    host: str
+    host_kind: str
+    ip_src: str
+    time: float
 
 
 def tshark_path() -> str:
@@ -109,11 +125,16 @@ def tshark_path() -> str:
     return path
 
 
-def parse_line(line: str) -> Packet:
-    """One line of `tshark_command`'s output as a Packet."""
+def split_line(line: str) -> list[str]:
+    """One line of `tshark_command`'s output as its FIELDS' texts, in FIELDS' order."""
     parts = line.split("\t", len(FIELDS) - 1)
     if len(parts) < len(FIELDS):
         parts += [""] * (len(FIELDS) - len(parts))
+    return parts
+
+
+def packet_of(parts: Sequence[str]) -> Packet:
+    """The Packet of a line's fields (`split_line`)."""
     iface, frame, when, esrc, edst, sll, ip4s, ip4d, ip6s, ip6d, length, proto, info = parts
     return Packet(
         frame=int(frame),
@@ -128,6 +149,20 @@ def parse_line(line: str) -> Packet:
         source=int(iface or 0),
         sll_src=sll.lower(),
     )
+
+
+def sender_of(parts: Sequence[str]) -> Sender:
+    """The Sender of a line's fields (`split_line`): a fraction of `packet_of`'s cost, for the many
+    packets whose host is counted but whose text is never read."""
+    _, _, when, esrc, _, sll, ip4s, _, ip6s, _, _, _, _ = parts
+    ip = ip4s or ip6s
+    host, kind = source_host(esrc.lower(), sll.lower(), ip)
+    return Sender(host, kind, ip, float(when or 0.0))
+
+
+def parse_line(line: str) -> Packet:
+    """One line of `tshark_command`'s output as a Packet."""
+    return packet_of(split_line(line))
 
 
 class ReadAhead:
@@ -240,11 +275,19 @@ def read_packets(path: str | os.PathLike, display_filter: str | None = None) -> 
     >>> for p in read_packets("cam.pcap", "eth.src == b0:c5:54:25:5b:0e"):
     ...     print(p.frame, p.protocol, p.info)
     """
+    with closing(read_fields(path, display_filter)) as lines:
+        for parts in lines:
+            yield packet_of(parts)
+
+
+def read_fields(path: str | os.PathLike, display_filter: str | None = None) -> Iterator[list[str]]:
+    """`read_packets`, each packet as its line's fields (`split_line`), not yet a Packet."""
     path = Path(path)
     _check_readable(path)
-    for packet in stream_packets(["-r", str(path)], str(path), display_filter):
-        assert packet is not None  # no `idle`, no None
-        yield packet
+    with closing(stream_fields(["-r", str(path)], str(path), display_filter)) as lines:
+        for parts in lines:
+            assert parts is not None  # no `idle`, no None
+            yield parts
 
 
 # What tshark prints at exit for packets the kernel or dumpcap dropped because nobody read them.
@@ -275,6 +318,22 @@ def stream_packets(
     >>> for p in stream_packets(["-l", "-i", "eth0"], "eth0", idle=0.2):   # doctest: +SKIP
     ...     if p is None: refresh_screen()
     """
+    # closing(): a caller that stops early stops tshark at once, not when the collector comes by.
+    with closing(stream_fields(input_args, label, display_filter, stdin=stdin, idle=idle, end=end)) as lines:
+        for parts in lines:
+            yield None if parts is None else packet_of(parts)
+
+
+def stream_fields(
+    input_args: Sequence[str],
+    label: str,
+    display_filter: str | None = None,
+    *,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    idle: float | None = None,
+    end: StreamEnd | None = None,
+) -> Iterator[list[str] | None]:
+    """`stream_packets`, each packet as its line's fields (`split_line`)."""
     cmd = tshark_command(input_args, display_filter)
     end = end if end is not None else StreamEnd()
     with tempfile.TemporaryFile() as err:
@@ -288,9 +347,9 @@ def stream_packets(
                 if line is None:
                     yield None
                     continue
-                packet = parse_line(line)
-                last = packet.frame
-                yield packet
+                parts = split_line(line)
+                last = parts[1]
+                yield parts
         finally:
             if proc.poll() is None:
                 proc.terminate()  # tshark's SIGTERM handler prints its counts, drops included
@@ -313,7 +372,7 @@ def stream_packets(
             if display_filter
             else f"after frame {last}; frames 1 to {last} were read"
         )
-        warnings.warn(CaptureTruncated(f"{label}: the capture is {_CUT_SHORT} {where}"), stacklevel=3)
+        warnings.warn(CaptureTruncated(f"{label}: the capture is {_CUT_SHORT} {where}"), stacklevel=4)
         return
     if proc.returncode != 0:
         msg = first_error_line(stderr)
@@ -349,34 +408,40 @@ def read_many(paths: Sequence[str | os.PathLike], display_filter: str | None = N
     keeps one interface per input file, so `Packet.source` says which file a packet came from
     and `Packet.frame` counts from 1 within that file.
     """
+    with closing(read_many_fields(paths, display_filter)) as lines:
+        for _, first, parts in lines:
+            packet = packet_of(parts)
+            yield replace(packet, frame=packet.frame - first) if first else packet
+
+
+def read_many_fields(
+    paths: Sequence[str | os.PathLike], display_filter: str | None = None
+) -> Iterator[tuple[int, int, list[str]]]:
+    """`read_many`, each packet as (source, first, fields): the index of its file, how many frames of
+    the concatenation come before that file (its frame number in its own file is the fields' frame
+    number minus `first`), and its line's fields (`split_line`)."""
     paths = [Path(p) for p in paths]
     for p in paths:
         _check_readable(p)
     if len(paths) == 1:
-        yield from read_packets(paths[0], display_filter)
+        with closing(read_fields(paths[0], display_filter)) as lines:
+            for parts in lines:
+                yield 0, 0, parts
         return
     with tempfile.TemporaryDirectory(prefix="dnp-") as tmp:
         merged = Path(tmp) / "merged.pcapng"
         concatenate(paths, merged)
         offsets: dict[int, int] = {}
-        last_frame = 0
-        for packet in read_packets(merged, display_filter):
-            # Interface ids stand for input files only while every input had one interface;
-            # a file whose id repeats or jumps would be misattributed, so refuse instead.
-            if packet.source >= len(paths):
-                raise CaptureError("an input capture has several interfaces; read it on its own")
-            first = offsets.setdefault(packet.source, last_frame)
-            last_frame = packet.frame
-            yield Packet(
-                packet.frame - first,
-                packet.time,
-                packet.eth_src,
-                packet.eth_dst,
-                packet.ip_src,
-                packet.ip_dst,
-                packet.length,
-                packet.protocol,
-                packet.info,
-                packet.source,
-                packet.sll_src,
-            )
+        iface, source, first, previous = None, 0, 0, "0"
+        with closing(read_fields(merged, display_filter)) as lines:
+            for parts in lines:
+                if parts[0] != iface:  # the next file (packets of one file are consecutive)
+                    iface = parts[0]
+                    source = int(iface or 0)
+                    # Interface ids stand for input files only while every input had one interface;
+                    # a file whose id repeats or jumps would be misattributed, so refuse instead.
+                    if source >= len(paths):
+                        raise CaptureError("an input capture has several interfaces; read it on its own")
+                    first = offsets.setdefault(source, int(previous))
+                previous = parts[1]
+                yield source, first, parts

@@ -296,3 +296,31 @@ def test_a_batch_read_by_one_tshark_run_equals_each_capture_alone(local_hunt, fo
         if len(batch) > len(good):
             assert "isn't a capture file" in got.pop("junk.pcap")["error"]
         assert got == expected
+
+
+def test_frame_references_in_a_batch_are_each_capture_s_own(devices, fingerprints):
+    """A WeMoLink's first packets name other frames ("(reply in 6)"). In a batch, mergecap numbers a
+    capture's frames after those of the captures before it; the hunt shifts the references back, so
+    the capture's hosts in a batch are dnp-scan's of the capture alone."""
+    from tool.fingerprint import load
+    from tool.hunt import Settings, scan_batch
+    from tool.model import Model
+    from tool.scan import scan
+
+    wemo = str(devices["WeMoLink"].captures[10])
+    settings = Settings(tuple(f.read_text() for f in fingerprints), None, None, None)
+    _, batched = scan_batch([str(devices["Aria"].captures[10]), wemo], settings)
+    model = Model.load()
+    expected = scan(wemo, [load(f, model) for f in fingerprints], model)
+    assert batched["packets"] == expected.packets
+    assert _without_times(batched["hosts"]) == expected.hosts
+
+
+def test_a_large_capture_gives_every_worker_as_many_chunks():
+    from tool.hunt import CHUNK_PACKETS, MAX_CHUNK_PACKETS, chunk_size
+
+    for count, workers in ((1_748_220, 2), (174_822, 2), (900_001, 3), (5_000_000, 4)):
+        per = chunk_size(count, workers)
+        chunks = -(-count // per)
+        assert CHUNK_PACKETS <= per <= MAX_CHUNK_PACKETS
+        assert chunks >= 2 * workers and chunks % workers == 0, (count, workers, chunks)

@@ -4,9 +4,9 @@ A hunt scores every capture as dnp-scan does (the `set` host score, the cohort's
 and merges the hosts that match into one table: which host, which fingerprint, how well, in how many
 captures, first and last seen. The work runs on Dask distributed (an embedded local cluster of one
 worker process per core, or an existing cluster): each worker loads the models once and runs tshark
-itself. Small captures travel in batches read by one tshark run (`tool.capture.read_many`); a large
-capture is cut into chunks with `editcap -c`, each chunk returns its hosts' first packets' embeddings,
-and the hosts are scored once the chunks are put back together in capture order.
+itself. Small captures travel in batches read by one tshark run (`tool.capture.read_many_fields`); a
+large capture is cut into chunks with `editcap -c`, each chunk returns its hosts' first packets'
+embeddings, and the hosts are scored once the chunks are put back together in capture order.
 
 Every capture's result is a line of `captures.jsonl` in the hunt's folder, written as soon as it is
 known and keyed by the capture's sha256, the models' hashes, the fingerprints' digests and the verdict
@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -30,13 +31,23 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tool.capture import CaptureError, CaptureTruncated, Packet, read_many, read_packets
+from tool.capture import (
+    CaptureError,
+    CaptureTruncated,
+    Packet,
+    packet_of,
+    read_fields,
+    read_many_fields,
+    read_packets,
+    sender_of,
+)
 from tool.cohort import Cohort
 from tool.constants import PACKETS
 
@@ -61,9 +72,10 @@ MAGICS = (
 # Small captures go to a worker together, up to this many bytes: one mergecap and one tshark start
 # per batch instead of per capture (tshark starts in ~0.2 s; the data set's captures take ~0.05 s).
 BATCH_BYTES = 4 << 20
-# A capture above this size is cut into chunks scored in parallel, two per worker, of at least
-# CHUNK_PACKETS packets (a tshark start is worth ~0.2 s) and at most MAX_CHUNK_PACKETS: tshark's memory
-# grows with the packets of the file it reads (264 MB at 437,000 packets, 178 MB at 44,000).
+# A capture above this size is cut into chunks scored in parallel, at least two per worker and as many
+# for each worker (a last chunk alone would leave the other cores idle), of at least CHUNK_PACKETS
+# packets (a tshark start is worth ~0.2 s) and at most MAX_CHUNK_PACKETS: tshark's memory grows with
+# the packets of the file it reads (264 MB at 437,000 packets, 178 MB at 44,000).
 CHUNK_BYTES = 32 << 20
 CHUNK_PACKETS = 20_000
 MAX_CHUNK_PACKETS = 200_000
@@ -143,39 +155,62 @@ class Part:
     hosts: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _tally(scorer: _Scorer, packets: Iterable[Packet], sources: int) -> list[Part]:
-    """Read packets (of `sources` files, told apart by Packet.source) into one Part per file."""
-    from tool.scan import HostTally
+def _tally(scorer: _Scorer, lines: Iterable[tuple[int, int, list[str]]], sources: int) -> list[Part]:
+    """One Part per file from the packets of `sources` files, read as (source, shift, fields): the
+    file's index, how much to add to the frame numbers in its Info texts (see shift_references), and
+    its line's fields (tool.capture.split_line).
+
+    Only a host's first `host_packets` packets are read past their sender and embedded: the set
+    score reads nothing else, and the rest of a large capture only counts packets, addresses and
+    times (tool.capture.sender_of costs a fraction of a whole Packet).
+    """
+    from tool.scan import CHUNK, HostTally
 
     tallies = [HostTally(scorer.host_packets) for _ in range(sources)]
-    firsts: list[dict[int, list[np.ndarray]]] = [{} for _ in range(sources)]
+    firsts: list[dict[int, list[Packet]]] = [{} for _ in range(sources)]
     counts = [0] * sources
-    for batch, _probs, embedded in scorer.matcher.chunks(packets):
+    it = iter(lines)
+    while batch := list(itertools.islice(it, CHUNK)):
         start = 0
         while start < len(batch):  # the files follow one another: cut the batch where the file changes
-            source = batch[start].source
+            source = batch[start][0]
             end = start + 1
-            while end < len(batch) and batch[end].source == source:
+            while end < len(batch) and batch[end][0] == source:
                 end += 1
-            index, counted = tallies[source].add(batch[start:end])
-            for i in np.flatnonzero(counted).tolist():
-                firsts[source].setdefault(index[i], []).append(embedded[start + i])
+            group = batch[start:end]
+            index, counted = tallies[source].add([sender_of(parts) for _, _, parts in group])
+            first = firsts[source]
+            for i, (_, shift, parts) in enumerate(group):
+                if not counted[i]:
+                    continue
+                packet = packet_of(parts)
+                if shift and " in " in packet.info:
+                    packet = dataclasses.replace(packet, info=shift_references(packet.info, shift))
+                first.setdefault(index[i], []).append(packet)
             counts[source] += end - start
             start = end
+    # One encoder call for every file's first packets, through the worker's memo.
+    ordered = [p for first in firsts for packets in first.values() for p in packets]
+    dim = scorer.model.embedding_dim
+    embedded = scorer.matcher.score_and_embed(ordered)[1] if ordered else np.zeros((0, dim), np.float32)
+    at = 0
     parts = []
     for tally, first, count in zip(tallies, firsts, counts):
-        hosts = [
-            {
-                "host": h.mac,
-                "host_kind": h.kind,
-                "ips": h.ips,
-                "packets": h.packets,
-                "first_seen": h.first_seen,
-                "last_seen": h.last_seen,
-                "firsts": np.asarray(first[h.number], dtype=np.float32),
-            }
-            for h in tally.hosts.values()
-        ]
+        hosts = []
+        for h in tally.hosts.values():
+            n = len(first.get(h.number, ()))
+            hosts.append(
+                {
+                    "host": h.mac,
+                    "host_kind": h.kind,
+                    "ips": h.ips,
+                    "packets": h.packets,
+                    "first_seen": h.first_seen,
+                    "last_seen": h.last_seen,
+                    "firsts": embedded[at : at + n],
+                }
+            )
+            at += n
         parts.append(Part(count, hosts))
     return parts
 
@@ -232,9 +267,15 @@ def _record(capture: str, part: Part, scorer: _Scorer, warning: str | None = Non
 
 
 # Wireshark names another frame of the capture in some Info texts ("Echo (ping) reply ... (request in
-# 4123)"), by its number in the file; a chunk numbers its frames from 1, so its references are shifted
-# back to the whole capture's numbers. (The model reads these numbers: tool/text.py leaves them.)
+# 4123)"), by its number in the file it reads; a chunk numbers its frames from 1, and a batch's merge
+# numbers a capture's frames after the captures before it, so the references are shifted back to the
+# capture's own numbers. (The model reads these numbers: tool/text.py leaves them.)
 _FRAME_REFERENCE = re.compile(r"\b((?:request|reply|response) in )(\d+)")
+
+
+def shift_references(info: str, shift: int) -> str:
+    """An Info text with the frame numbers it refers to moved by `shift`."""
+    return _FRAME_REFERENCE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + shift}", info)
 
 
 def read_chunk(path: str | os.PathLike, first: int = 0) -> Iterator[Packet]:
@@ -242,7 +283,7 @@ def read_chunk(path: str | os.PathLike, first: int = 0) -> Iterator[Packet]:
     numbers in their Info texts as the whole capture gives them."""
     for p in read_packets(path):
         if first and " in " in p.info:
-            info = _FRAME_REFERENCE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + first}", p.info)
+            info = shift_references(p.info, first)
             if info != p.info:
                 p = dataclasses.replace(p, info=info)
         yield p
@@ -253,7 +294,7 @@ def _one(path: str, scorer: _Scorer, first: int = 0) -> tuple[Part | None, str |
     try:
         with warnings.catch_warnings(record=True) as held:
             warnings.simplefilter("always", CaptureTruncated)
-            part = _tally(scorer, read_chunk(path, first), 1)[0]
+            part = _tally(scorer, ((0, first, parts) for parts in read_fields(path)), 1)[0]
     except CaptureError as e:
         return None, None, str(e)
     cut = [str(w.message) for w in held if issubclass(w.category, CaptureTruncated)]
@@ -272,7 +313,8 @@ def scan_batch(paths: Sequence[str], settings: Settings) -> list[dict[str, Any]]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", CaptureTruncated)
-                parts = _tally(scorer, read_many(paths), len(paths))
+                lines = ((source, -first, fields) for source, first, fields in read_many_fields(paths))
+                parts = _tally(scorer, lines, len(paths))
         except (CaptureError, CaptureTruncated):
             parts = None
     if parts is not None:
@@ -466,9 +508,16 @@ def plan(captures: Sequence[Capture], workers: int, batch_bytes: int = BATCH_BYT
     return batches
 
 
+def chunk_size(count: int, workers: int, min_packets: int = CHUNK_PACKETS) -> int:
+    """How many packets go in each chunk of a capture of `count` packets (see CHUNK_BYTES)."""
+    chunks = max(2 * workers, -(-count // MAX_CHUNK_PACKETS))
+    chunks = -(-chunks // workers) * workers
+    return max(min_packets, -(-count // chunks))
+
+
 def split(path: str, folder: Path, workers: int, min_packets: int = CHUNK_PACKETS) -> list[tuple[str, int]]:
-    """Cut a capture into chunks of consecutive packets with `editcap -c`, two per worker (within the
-    bounds above): each chunk's path and how many frames of the capture come before it, in order."""
+    """Cut a capture into chunks of consecutive packets with `editcap -c`, as many per worker (within
+    the bounds above): each chunk's path and how many frames of the capture come before it, in order."""
     capinfos, editcap = shutil.which("capinfos"), shutil.which("editcap")
     if not capinfos or not editcap:
         raise CaptureError("capinfos / editcap not found: install tshark's tools (apt-get install -y tshark)")
@@ -479,7 +528,7 @@ def split(path: str, folder: Path, workers: int, min_packets: int = CHUNK_PACKET
         count = int(done.stdout.strip().split("\t")[-1])
     except ValueError:
         raise CaptureError(f"{path}: capinfos cannot count its packets") from None
-    per = max(min_packets, min(MAX_CHUNK_PACKETS, -(-count // (2 * workers))))
+    per = chunk_size(count, workers, min_packets)
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         [editcap, "-c", str(per), "-F", "pcapng", path, str(folder / "chunk.pcapng")],
@@ -639,7 +688,6 @@ def hunt(
 
     model = Model.load(models)
     fps = load_all(fingerprint_files, model)
-    names = [f.name for f in fps]
     texts = tuple(read_bounded(Path(p)).decode("utf-8") for p in fingerprint_files)
     # Workers start elsewhere (another folder, another machine): the model folder goes as a full path.
     settings = Settings(texts, os.path.abspath(models) if models else None, threshold, max_false_match)
@@ -648,6 +696,31 @@ def hunt(
     files, skipped = find_captures(paths)
     if not files:
         raise HuntError(f"no capture found in {', '.join(paths)}")
+    engine = Engine(scheduler, max(1, workers or os.cpu_count() or 1))
+    try:
+        return _hunt(files, skipped, engine, settings, key, fps, rule, out, all_hosts,
+                     batch_bytes, chunk_bytes, chunk_packets, on_start, on_progress)  # fmt: skip
+    finally:
+        engine.close()
+
+
+def _hunt(
+    files: list[str],
+    skipped: int,
+    engine: Engine,
+    settings: Settings,
+    key: str,
+    fps: list[Fingerprint],
+    rule: Verdict,
+    out: str | os.PathLike | None,
+    all_hosts: bool,
+    batch_bytes: int,
+    chunk_bytes: int,
+    chunk_packets: int,
+    on_start: Callable[[int, int], None] | None,
+    on_progress: Progress | None,
+) -> HuntResult:
+    """hunt(), once the captures are found and the engine is starting."""
     captures = [Capture(p, *_sha256(p)) for p in files]
     log = Log(out) if out is not None else None
     results: dict[str, dict[str, Any]] = {}  # sha256 -> record
@@ -659,14 +732,13 @@ def hunt(
     for c in captures:
         if c.sha256 and c.sha256 not in results:
             todo.setdefault(c.sha256, c)
-    workers = max(1, workers or os.cpu_count() or 1)
     if on_start is not None:
         on_start(len(todo), sum(c.size for c in todo.values()))
     peaks: dict[str, dict[str, int]] = {}
     scanned = 0
     if todo:
         scanned, peaks = _run(
-            list(todo.values()), settings, key, model, fps, rule, results, log, workers, scheduler, out,
+            list(todo.values()), settings, key, fps, rule, results, log, engine, out,
             batch_bytes, chunk_bytes, chunk_packets, on_progress,
         )  # fmt: skip
     records, failed, warned = [], [], []
@@ -686,31 +758,90 @@ def hunt(
     return HuntResult(
         captures=len(captures),
         packets=sum(r["packets"] for r in good),
-        fingerprints=names,
+        fingerprints=[f.name for f in fps],
         rule=rule.describe(),
         cohort_hosts=len(rule.cohort) if rule.cohort is not None else 0,
         scanned=scanned,
         reused=reused,
         failed=failed,
         warnings=warned,
-        hosts=merge_hosts(good, names, rule, all_hosts),
+        hosts=merge_hosts(good, [f.name for f in fps], rule, all_hosts),
         records=records,
         skipped=skipped,
         workers=peaks,
     )
 
 
+class Engine:
+    """A hunt's Dask client: connected to `scheduler`, or to a local cluster of `workers` processes.
+
+    It starts in a thread from the moment it is made: a local cluster takes about as long to start as
+    the captures take to hash (1 s for 600 MB), and the hunt needs both before it sends any work.
+    """
+
+    def __init__(self, scheduler: str | None, workers: int):
+        self.scheduler = scheduler
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._started = self._pool.submit(self._start)
+
+    def _start(self) -> tuple[Any, Any]:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise HuntError("Dask is not installed: pip install 'deepnetprint[hunt]'") from None
+        import logging
+
+        # Dask logs restarted workers, closed connections and, while a cluster stops, workers' failed
+        # heartbeats with their tracebacks: the hunt reports what matters (a task's failure comes back
+        # as its result), so the engine's own logs stay silent, here and in the local cluster's workers.
+        for name in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        if self.scheduler:
+            return None, Client(self.scheduler, timeout="20s")
+        cluster = LocalCluster(
+            n_workers=self.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+            preload=["tool.hunt"],
+        )
+        try:
+            return cluster, Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+
+    def client(self) -> Any:
+        """The connected client, once it is; with a scheduler, `workers` becomes its workers' count."""
+        client = self._started.result()[1]
+        if self.scheduler:  # batches are sized for the cluster's workers
+            self.workers = max(1, len(client.scheduler_info().get("workers", {})))
+        return client
+
+    def close(self) -> None:
+        """Stop the local cluster (or leave the scheduler's), waiting for a start still under way."""
+        try:
+            cluster, client = self._started.result()
+        except BaseException:  # it never started: nothing to stop
+            return
+        finally:
+            self._pool.shutdown(wait=True)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def _run(
     todo: list[Capture],
     settings: Settings,
     key: str,
-    model: Model,
     fingerprints: list[Fingerprint],
     rule: Verdict,
     results: dict[str, dict[str, Any]],
     log: Log | None,
-    workers: int,
-    scheduler: str | None,
+    engine: Engine,
     out: str | os.PathLike | None,
     batch_bytes: int,
     chunk_bytes: int,
@@ -718,17 +849,6 @@ def _run(
     on_progress: Progress | None,
 ) -> tuple[int, dict[str, dict[str, int]]]:
     """Scan the captures on the cluster, writing each result as it comes; (how many, peak memory)."""
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise HuntError("Dask is not installed: pip install 'deepnetprint[hunt]'") from None
-    import logging
-
-    # Dask logs restarted workers, closed connections and, while a cluster stops, workers' failed
-    # heartbeats with their tracebacks: the hunt reports what matters (a task's failure comes back as
-    # its result), so the engine's own logs stay silent, here and in the local cluster's workers.
-    for name in ("distributed", "tornado"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     done_captures = done_bytes = done_packets = 0
 
     def finish(capture: Capture, record: dict[str, Any]) -> None:
@@ -748,70 +868,74 @@ def _run(
     # Chunks go in the hunt's folder when there is one: on shared storage, a cluster's workers see them.
     folder = os.path.abspath(out) if out is not None else None
     scratch = Path(tempfile.mkdtemp(prefix=".dnp-hunt-", dir=folder)) if large else None
-    cluster = None
+    splitter = ThreadPoolExecutor(1, thread_name_prefix="split")
     try:
-        if scheduler:
-            client = Client(scheduler, timeout="20s")
-        else:
-            cluster = LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.CRITICAL,
-                preload=["tool.hunt"],
-            )
-            client = Client(cluster)
-        with client:
-            if scheduler:  # batches are sized for the cluster's workers
-                workers = max(1, len(client.scheduler_info().get("workers", {})))
-            futures = {}
-            for batch in plan(small, workers, batch_bytes):
-                # Full paths: a worker's working folder is not the client's.
-                f = client.submit(scan_batch, [os.path.abspath(c.path) for c in batch], settings, pure=False)
-                futures[f] = ("batch", batch)
-            chunks: dict[str, list[dict[str, Any] | None]] = {}
-            for n, c in enumerate(large):
-                try:
-                    pieces = split(c.path, scratch / str(n), workers, chunk_packets)  # type: ignore[operator]
-                except CaptureError as e:
-                    finish(c, {"error": str(e)})
-                    continue
-                chunks[c.sha256] = [None] * len(pieces)  # type: ignore[index]
-                for i, (piece, first) in enumerate(pieces):
-                    f = client.submit(scan_chunk, piece, first, settings, pure=False)
-                    futures[f] = ("chunk", (c, i))
-            for f in as_completed(list(futures)):
-                kind, what = futures.pop(f)
-                try:
-                    value = f.result()
-                except Exception as e:  # a task that failed on every worker it ran on
-                    reason = f"the task failed: {type(e).__name__}: {e}".strip()
-                    value = None
-                if kind == "batch":
-                    for c, rec in zip(what, value or [{"error": reason}] * len(what)):
-                        finish(c, rec)
-                    continue
-                c, i = what
-                parts = chunks.get(c.sha256)
-                if parts is None:  # an earlier chunk failed the capture
-                    continue
-                parts[i] = value if value is not None else {"error": reason}
-                if any(p is not None and "error" in p for p in parts):
-                    del chunks[c.sha256]
-                    finish(c, {"error": next(p["error"] for p in parts if p and "error" in p)})
-                elif all(p is not None for p in parts):
-                    del chunks[c.sha256]
-                    finish(c, _whole(c, parts, fingerprints, rule))  # type: ignore[arg-type]
-            peaks = client.run(worker_peak_rss)
+        # A local cluster's workers are known before it is up: the large captures are cut meanwhile.
+        splitting = None
+        if not engine.scheduler:
+            splitting = splitter.submit(_split_all, large, scratch, engine.workers, chunk_packets)
+        client = engine.client()  # raises HuntError where Dask is not installed
+        from distributed import as_completed
+
+        workers = engine.workers
+        futures = {}
+        for batch in plan(small, workers, batch_bytes):
+            # Full paths: a worker's working folder is not the client's.
+            f = client.submit(scan_batch, [os.path.abspath(c.path) for c in batch], settings, pure=False)
+            futures[f] = ("batch", batch)
+        chunks: dict[str, list[dict[str, Any] | None]] = {}
+        cut = splitting.result() if splitting else _split_all(large, scratch, workers, chunk_packets)
+        for c, pieces in zip(large, cut):
+            if isinstance(pieces, CaptureError):
+                finish(c, {"error": str(pieces)})
+                continue
+            chunks[c.sha256] = [None] * len(pieces)  # type: ignore[index]
+            for i, (piece, first) in enumerate(pieces):
+                f = client.submit(scan_chunk, piece, first, settings, pure=False)
+                futures[f] = ("chunk", (c, i))
+        for f in as_completed(list(futures)):
+            kind, what = futures.pop(f)
+            try:
+                value = f.result()
+            except Exception as e:  # a task that failed on every worker it ran on
+                reason = f"the task failed: {type(e).__name__}: {e}".strip()
+                value = None
+            if kind == "batch":
+                for c, rec in zip(what, value or [{"error": reason}] * len(what)):
+                    finish(c, rec)
+                continue
+            c, i = what
+            parts = chunks.get(c.sha256)
+            if parts is None:  # an earlier chunk failed the capture
+                continue
+            parts[i] = value if value is not None else {"error": reason}
+            if any(p is not None and "error" in p for p in parts):
+                del chunks[c.sha256]
+                finish(c, {"error": next(p["error"] for p in parts if p and "error" in p)})
+            elif all(p is not None for p in parts):
+                del chunks[c.sha256]
+                finish(c, _whole(c, parts, fingerprints, rule))  # type: ignore[arg-type]
+        peaks = client.run(worker_peak_rss)
     finally:
-        if cluster is not None:
-            cluster.close()
+        splitter.shutdown(wait=True)  # before its folder goes
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
         if log is not None:
             log.close()
     return done_captures, peaks
+
+
+def _split_all(
+    large: Sequence[Capture], scratch: Path | None, workers: int, chunk_packets: int
+) -> list[list[tuple[str, int]] | CaptureError]:
+    """Each large capture's chunks (see split), or why it could not be cut."""
+    cut: list[list[tuple[str, int]] | CaptureError] = []
+    for n, c in enumerate(large):
+        try:
+            cut.append(split(c.path, scratch / str(n), workers, chunk_packets))  # type: ignore[operator]
+        except CaptureError as e:
+            cut.append(e)
+    return cut
 
 
 def _whole(

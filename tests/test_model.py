@@ -133,3 +133,21 @@ def test_torch_and_onnxruntime_agree_on_real_packets(tmp_path, packets):
     protos = np.stack([model.prototype(got[i : i + 20]) for i in (0, 200)])
     np.testing.assert_allclose(protos, want_protos.numpy(), atol=1e-4)
     np.testing.assert_allclose(model.match(got, protos), want_p, atol=1e-4)
+
+
+def test_an_ensemble_of_the_model_with_itself_scores_as_the_model(model, tmp_path):
+    """export.ensemble (a model card row): the members' embeddings side by side, so that dot products
+    are the mean of the members' cosines; the model twice over is the model."""
+    pytest.importorskip("onnx")
+    from export.ensemble import ensemble
+
+    ensemble([models_dir(), models_dir()], tmp_path / "twice")
+    twice = Model.load(tmp_path / "twice")
+    texts = [
+        packet_text("ARP", "Who has 10.0.0.1? Tell 10.0.0.7"),
+        packet_text("DNS", "Standard query 0x1 A a.b"),
+    ]
+    one, two = model.embed(texts, [60, 74]), twice.embed(texts, [60, 74])
+    assert two.shape == (2, 2 * model.embedding_dim)
+    np.testing.assert_allclose(two @ two.T, one @ one.T, atol=1e-5)
+    assert twice.scale == pytest.approx(model.scale)

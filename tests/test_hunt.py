@@ -23,6 +23,8 @@ DEVICES = ["D-LinkDayCam", "Aria", "TP-LinkPlugHS110", "EdimaxPlug1101W", "MAXGa
 ENROLLED = ["D-LinkDayCam", "Aria"]
 BAD = {"empty.pcap": "empty file", "junk.pcap": "isn't a capture file", "damaged.pcap": "damaged or corrupt"}
 TIMEOUT = 120
+# sys.modules[name] = None makes `import name` fail, as on a machine without the extra.
+WITHOUT_DASK = "import sys; sys.modules['distributed'] = sys.modules['dask'] = None; "
 
 
 def _bad_files(folder: Path, sample: Path) -> None:
@@ -260,11 +262,8 @@ def test_large_capture_in_chunks_equals_dnp_scan(devices, fingerprints, tmp_path
 
 
 def test_without_dask_dnp_scan_works_and_dnp_hunt_says_what_to_install(folder, fingerprints, clean_env):
-    # sys.modules[name] = None makes `import name` fail, as on a machine without the extra.
-    hidden = "import sys; sys.modules['distributed'] = sys.modules['dask'] = None; "
-
     def run(command: str, *args: str) -> subprocess.CompletedProcess:
-        code = f"{hidden}import tool.cli.{command} as m; m.main()"
+        code = f"{WITHOUT_DASK}import tool.cli.{command} as m; m.main()"
         return subprocess.run(
             [sys.executable, "-c", code, *args, *_fp_args(fingerprints)],
             cwd=ROOT, env=clean_env, capture_output=True, text=True, timeout=TIMEOUT,
@@ -324,3 +323,22 @@ def test_a_large_capture_gives_every_worker_as_many_chunks():
         chunks = -(-count // per)
         assert CHUNK_PACKETS <= per <= MAX_CHUNK_PACKETS
         assert chunks >= 2 * workers and chunks % workers == 0, (count, workers, chunks)
+
+
+def test_a_finished_hunt_answers_without_the_engine(local_hunt, folder, fingerprints, clean_env, tmp_path):
+    """Every capture's result is in the hunt's folder: the table comes back with no engine at all
+    (Dask is hidden here, as on a machine without the extra)."""
+    _, expected, records = local_hunt
+    out = tmp_path / "h"
+    out.mkdir()
+    (out / "captures.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+    good = sorted(str(p) for p in folder.rglob("*-11.pcap"))
+    done = subprocess.run(
+        [sys.executable, "-c", f"{WITHOUT_DASK}import tool.cli.hunt as m; m.main()", *good,
+         *_fp_args(fingerprints), "--out", str(out), "--json", str(tmp_path / "hunt.json"), "--all-hosts"],
+        cwd=ROOT, env=clean_env, capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "hunt.json").read_text())
+    assert (report["reused"], report["scanned"]) == (len(DEVICES), 0)
+    assert report["hosts"] == expected["hosts"]

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -720,13 +720,17 @@ def _hunt(
     on_start: Callable[[int, int], None] | None,
     on_progress: Progress | None,
 ) -> HuntResult:
-    """hunt(), once the captures are found and the engine is starting."""
-    captures = [Capture(p, *_sha256(p)) for p in files]
+    """hunt(), once the captures are found."""
     log = Log(out) if out is not None else None
     results: dict[str, dict[str, Any]] = {}  # sha256 -> record
-    for c in captures:
+    captures = []
+    for path in files:
+        c = Capture(path, *_sha256(path))
+        captures.append(c)
         if c.sha256 and log is not None and (rec := log.get(c.sha256, key)) is not None:
             results[c.sha256] = rec
+        elif c.sha256:
+            engine.start()  # there is work: the engine starts while the other captures are hashed
     reused = len(results)
     todo: dict[str, Capture] = {}
     for c in captures:
@@ -775,15 +779,20 @@ def _hunt(
 class Engine:
     """A hunt's Dask client: connected to `scheduler`, or to a local cluster of `workers` processes.
 
-    It starts in a thread from the moment it is made: a local cluster takes about as long to start as
-    the captures take to hash (1 s for 600 MB), and the hunt needs both before it sends any work.
+    `start` starts it in a thread, as soon as the hunt knows it has a capture to scan: a local cluster
+    takes about as long to start as the captures take to hash (1 s for 600 MB), and the hunt needs
+    both before it sends any work. A hunt whose every result is in its folder starts nothing.
     """
 
     def __init__(self, scheduler: str | None, workers: int):
         self.scheduler = scheduler
         self.workers = workers
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
-        self._started = self._pool.submit(self._start)
+        self._started: Future | None = None
+
+    def start(self) -> None:
+        if self._started is None:
+            self._started = self._pool.submit(self._start)
 
     def _start(self) -> tuple[Any, Any]:
         try:
@@ -815,7 +824,8 @@ class Engine:
 
     def client(self) -> Any:
         """The connected client, once it is; with a scheduler, `workers` becomes its workers' count."""
-        client = self._started.result()[1]
+        self.start()
+        client = self._started.result()[1]  # type: ignore[union-attr]
         if self.scheduler:  # batches are sized for the cluster's workers
             self.workers = max(1, len(client.scheduler_info().get("workers", {})))
         return client
@@ -823,6 +833,8 @@ class Engine:
     def close(self) -> None:
         """Stop the local cluster (or leave the scheduler's), waiting for a start still under way."""
         try:
+            if self._started is None:
+                return
             cluster, client = self._started.result()
         except BaseException:  # it never started: nothing to stop
             return

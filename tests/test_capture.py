@@ -112,3 +112,16 @@ def test_missing_file(tmp_path):
 def test_bad_display_filter(some_captures):
     with pytest.raises(CaptureError, match="filter"):
         list(read_packets(some_captures[0], "eth.src ==== nonsense"))
+
+
+def test_a_capture_of_several_interfaces_is_refused_in_a_merge(devices, tmp_path):
+    """read_many tells files apart by interface id, one per file; a file of two interfaces whose
+    packets interleave would lend its second id to the next file (the last here has no packets, so
+    the ids never run past the files): refused, and dnp-hunt reads such a batch capture by capture."""
+    one = devices["Aria"].captures[1]
+    two = tmp_path / "two-interfaces.pcapng"
+    subprocess.run(["mergecap", "-I", "none", "-F", "pcapng", "-w", str(two), str(one), str(one)], check=True)
+    empty = tmp_path / "no-packets.pcap"
+    empty.write_bytes(one.read_bytes()[:24])  # a pcap header and nothing after it
+    with pytest.raises(CaptureError, match="several interfaces"):
+        list(read_many([two, devices["HueBridge"].captures[1], empty]))

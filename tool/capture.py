@@ -439,9 +439,10 @@ def read_many_fields(
                     iface = parts[0]
                     source = int(iface or 0)
                     # Interface ids stand for input files only while every input had one interface;
-                    # a file whose id repeats or jumps would be misattributed, so refuse instead.
-                    if source >= len(paths):
+                    # a file whose ids come back (its interfaces' packets interleave) or run past the
+                    # inputs would be misattributed, so refuse instead.
+                    if source >= len(paths) or source in offsets:
                         raise CaptureError("an input capture has several interfaces; read it on its own")
-                    first = offsets.setdefault(source, int(previous))
+                    first = offsets[source] = int(previous)
                 previous = parts[1]
                 yield source, first, parts

@@ -183,10 +183,7 @@ def _tally(scorer: _Scorer, lines: Iterable[tuple[int, int, list[str]]], sources
             for i, (_, shift, parts) in enumerate(group):
                 if not counted[i]:
                     continue
-                packet = packet_of(parts)
-                if shift and " in " in packet.info:
-                    packet = dataclasses.replace(packet, info=shift_references(packet.info, shift))
-                first.setdefault(index[i], []).append(packet)
+                first.setdefault(index[i], []).append(shift_references(packet_of(parts), shift))
             counts[source] += end - start
             start = end
     # One encoder call for every file's first packets, through the worker's memo.
@@ -273,20 +270,19 @@ def _record(capture: str, part: Part, scorer: _Scorer, warning: str | None = Non
 _FRAME_REFERENCE = re.compile(r"\b((?:request|reply|response) in )(\d+)")
 
 
-def shift_references(info: str, shift: int) -> str:
-    """An Info text with the frame numbers it refers to moved by `shift`."""
-    return _FRAME_REFERENCE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + shift}", info)
+def shift_references(packet: Packet, shift: int) -> Packet:
+    """The packet with the frame numbers its Info text refers to moved by `shift`."""
+    if not shift or " in " not in packet.info:
+        return packet
+    info = _FRAME_REFERENCE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + shift}", packet.info)
+    return packet if info == packet.info else dataclasses.replace(packet, info=info)
 
 
 def read_chunk(path: str | os.PathLike, first: int = 0) -> Iterator[Packet]:
     """The packets of a chunk whose first frame is frame `first + 1` of its capture, with the frame
     numbers in their Info texts as the whole capture gives them."""
     for p in read_packets(path):
-        if first and " in " in p.info:
-            info = shift_references(p.info, first)
-            if info != p.info:
-                p = dataclasses.replace(p, info=info)
-        yield p
+        yield shift_references(p, first)
 
 
 def _one(path: str, scorer: _Scorer, first: int = 0) -> tuple[Part | None, str | None, str | None]:
@@ -688,6 +684,7 @@ def hunt(
 
     model = Model.load(models)
     fps = load_all(fingerprint_files, model)
+    names = [f.name for f in fps]
     texts = tuple(read_bounded(Path(p)).decode("utf-8") for p in fingerprint_files)
     # Workers start elsewhere (another folder, another machine): the model folder goes as a full path.
     settings = Settings(texts, os.path.abspath(models) if models else None, threshold, max_false_match)
@@ -696,55 +693,34 @@ def hunt(
     files, skipped = find_captures(paths)
     if not files:
         raise HuntError(f"no capture found in {', '.join(paths)}")
-    engine = Engine(scheduler, max(1, workers or os.cpu_count() or 1))
-    try:
-        return _hunt(files, skipped, engine, settings, key, fps, rule, out, all_hosts,
-                     batch_bytes, chunk_bytes, chunk_packets, on_start, on_progress)  # fmt: skip
-    finally:
-        engine.close()
-
-
-def _hunt(
-    files: list[str],
-    skipped: int,
-    engine: Engine,
-    settings: Settings,
-    key: str,
-    fps: list[Fingerprint],
-    rule: Verdict,
-    out: str | os.PathLike | None,
-    all_hosts: bool,
-    batch_bytes: int,
-    chunk_bytes: int,
-    chunk_packets: int,
-    on_start: Callable[[int, int], None] | None,
-    on_progress: Progress | None,
-) -> HuntResult:
-    """hunt(), once the captures are found."""
     log = Log(out) if out is not None else None
     results: dict[str, dict[str, Any]] = {}  # sha256 -> record
     captures = []
-    for path in files:
-        c = Capture(path, *_sha256(path))
-        captures.append(c)
-        if c.sha256 and log is not None and (rec := log.get(c.sha256, key)) is not None:
-            results[c.sha256] = rec
-        elif c.sha256:
-            engine.start()  # there is work: the engine starts while the other captures are hashed
-    reused = len(results)
-    todo: dict[str, Capture] = {}
-    for c in captures:
-        if c.sha256 and c.sha256 not in results:
-            todo.setdefault(c.sha256, c)
-    if on_start is not None:
-        on_start(len(todo), sum(c.size for c in todo.values()))
     peaks: dict[str, dict[str, int]] = {}
     scanned = 0
-    if todo:
-        scanned, peaks = _run(
-            list(todo.values()), settings, key, fps, rule, results, log, engine, out,
-            batch_bytes, chunk_bytes, chunk_packets, on_progress,
-        )  # fmt: skip
+    engine = Engine(scheduler, max(1, workers or os.cpu_count() or 1))
+    try:
+        for path in files:
+            c = Capture(path, *_sha256(path))
+            captures.append(c)
+            if c.sha256 and log is not None and (rec := log.get(c.sha256, key)) is not None:
+                results[c.sha256] = rec
+            elif c.sha256:
+                engine.start()  # there is work: the engine starts while the other captures are hashed
+        reused = len(results)
+        todo: dict[str, Capture] = {}
+        for c in captures:
+            if c.sha256 and c.sha256 not in results:
+                todo.setdefault(c.sha256, c)
+        if on_start is not None:
+            on_start(len(todo), sum(c.size for c in todo.values()))
+        if todo:
+            scanned, peaks = _run(
+                list(todo.values()), settings, key, fps, rule, results, log, engine, out,
+                batch_bytes, chunk_bytes, chunk_packets, on_progress,
+            )  # fmt: skip
+    finally:
+        engine.close()
     records, failed, warned = [], [], []
     for c in captures:
         rec = results.get(c.sha256) if c.sha256 else {"error": c.error}
@@ -762,14 +738,14 @@ def _hunt(
     return HuntResult(
         captures=len(captures),
         packets=sum(r["packets"] for r in good),
-        fingerprints=[f.name for f in fps],
+        fingerprints=names,
         rule=rule.describe(),
         cohort_hosts=len(rule.cohort) if rule.cohort is not None else 0,
         scanned=scanned,
         reused=reused,
         failed=failed,
         warnings=warned,
-        hosts=merge_hosts(good, [f.name for f in fps], rule, all_hosts),
+        hosts=merge_hosts(good, names, rule, all_hosts),
         records=records,
         skipped=skipped,
         workers=peaks,

@@ -214,7 +214,9 @@ def test_scheduler_and_two_workers_one_killed_midway(local_hunt, folder, fingerp
 
 def test_resume_after_sigint_scans_only_what_is_left(local_hunt, folder, fingerprints, clean_env, tmp_path):
     out = tmp_path / "h"
-    args = [str(folder), *_fp_args(fingerprints), "--workers", "2", "--out", str(out), "--all-hosts",
+    # One worker and a task per capture: the captures come one at a time, so the interrupt lands
+    # between the first and the last (with two workers the rest could all finish before it).
+    args = [str(folder), *_fp_args(fingerprints), "--workers", "1", "--out", str(out), "--all-hosts",
             "--batch-mb", "0", "--json", str(tmp_path / "hunt.json")]  # fmt: skip
     hunt = _start_hunt(args, clean_env)
     _wait(lambda: _lines(out / "captures.jsonl") >= 1 or hunt.poll() is not None, "the first capture")

@@ -214,3 +214,59 @@ def test_dnp_eval_missing_models_is_one_line_and_exit_2(tmp_path, clean_env):
     done = run_command("dnp-eval", "--models", str(tmp_path), env=clean_env)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "manifest" in done.stderr
+
+
+# lab2: three of uclouvain-boot's devices, two of one brand (EVALUATION.md, protocol lab2).
+LAB2_CHOSEN = ("TapoLight", "TapoPlug", "TuyaPlug")
+
+
+@pytest.fixture(scope="module")
+def lab2_small(tmp_path_factory):
+    from tool.evaluation.dataset import default_data_dir
+
+    lab2 = default_data_dir("lab2")
+    if not lab2.is_dir():
+        pytest.fail(f"the uclouvain-boot data set is missing at {lab2}")
+    root = tmp_path_factory.mktemp("lab2-small")
+    for name in LAB2_CHOSEN:
+        (root / name).symlink_to(lab2 / name, target_is_directory=True)
+    return root
+
+
+def test_lab2_protocol_reads_boots_in_order_with_its_brands_and_router(lab2_small):
+    from tool.evaluation.dataset import UCLOUVAIN_BOOT, brand, lab_of
+
+    assert lab_of(lab2_small) is UCLOUVAIN_BOOT  # found by its captures' names, boot-NN
+    data = load_protocol(lab2_small)
+    assert data.lab.protocol == "lab2" and data.lab.router == "c0:56:27:38:8f:8c"
+    assert data.splits == {name: "unseen" for name in LAB2_CHOSEN}
+    assert [c.name for c in data.devices[0].captures] == [f"boot-{i:02d}.pcap" for i in range(1, 21)]
+    for name in LAB2_CHOSEN:
+        assert [t.path.name for t in data.tests if t.device == name] == [
+            f"boot-{i}.pcap" for i in range(11, 21)
+        ]
+        assert data.enrollment[name] == data.packets[name].per_capture[0][:20]
+    dev = load_protocol(lab2_small, half="dev")
+    assert {t.path.name for t in dev.tests} == {f"boot-{i:02d}.pcap" for i in range(2, 11)}
+    assert [brand(n) for n in LAB2_CHOSEN] == ["TP-Link", "TP-Link", "Tuya"]
+    # No device of lab2 is seen by training: the n-gram's idf is fitted on the fingerprints.
+    assert len(ngram_fit_texts(data)) == 60
+    report = summarise(evaluate_ngram(data))
+    assert report["protocol"] == "lab2"
+    assert report["captures"] == {"all": 30, "seen": 0, "unseen": 30}
+    assert report["capture_top1"]["seen"] is None and _in_unit(report["capture_top1"]["unseen"])
+    assert _in_unit(report["host_rank1"]["all"]) and report["self_rank1"] == 1.0
+
+
+def test_dnp_eval_runs_lab2_with_the_ngram_beside_it(lab2_small, clean_env):
+    if not (models_dir() / MANIFEST).is_file():
+        pytest.skip(f"no shipped model in {models_dir()} yet: dnp-train writes it")
+    args = ("--protocol", "lab2", "--data", str(lab2_small), "--baselines", "--json", "-")
+    done = run_command("dnp-eval", *args, env=clean_env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["protocol"] == "lab2" and report["lab"] == "uclouvain-boot"
+    assert report["baselines"]["ngram"]["protocol"] == "lab2"
+    for r in (report, report["baselines"]["ngram"]):
+        assert r["captures"]["all"] == 30
+        assert _in_unit(r["capture_top1"]["all"]) and _in_unit(r["host_rank1"]["all"])

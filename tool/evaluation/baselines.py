@@ -90,13 +90,13 @@ class NgramScorer:
 
 
 def ngram_fit_texts(data: ProtocolData) -> list[str]:
-    """The n-gram baseline's fitting texts: every packet of the seen devices' development half."""
+    """The n-gram baseline's fitting texts: every packet of the seen devices' development half; in a
+    lab with no seen device (lab2), the fingerprints' packets (what a user of that network has)."""
+    seen = [d for d in data.devices if d.split == "seen"]
+    if not seen:
+        return [packet_text(p.protocol, p.info) for d in data.devices for p in data.enrollment[d.name]]
     return [
-        packet_text(p.protocol, p.info)
-        for d in data.devices
-        if d.split == "seen"
-        for capture in data.development[d.name]
-        for p in capture
+        packet_text(p.protocol, p.info) for d in seen for capture in data.development[d.name] for p in capture
     ]
 
 
@@ -109,8 +109,10 @@ def evaluate_ngram(data: ProtocolData) -> Evaluation:
     scorer = NgramScorer(texts)
     ev = evaluate_scorer(data, scorer)
     ev.seconds = time.perf_counter() - start
+    seen = any(d.split == "seen" for d in data.devices)
     ev.notes = {
-        "idf_fitted_on": f"{len(texts)} packets of the development half of the seen devices",
+        "idf_fitted_on": f"{len(texts)} packets of "
+        + ("the development half of the seen devices" if seen else "the fingerprints (enrollment packets)"),
         "ngrams": len(scorer.vectorizer.vocabulary_),
     }
     return ev
@@ -396,6 +398,7 @@ def evaluate_sentinel(data: ProtocolData, seed: int = SEED) -> Evaluation:
         capture_devices=truth,
         capture_predicted=predicted,
         capture_scores=columns,
+        protocol=data.lab.protocol,
         seconds=time.perf_counter() - start,
         notes={
             "trained_on": "development half (captures 1-10) of all devices, seen and unseen: "

@@ -1,4 +1,4 @@
-"""dnp-eval: the dnp-23 evaluation of the shipped model (docs/evaluation.md), with baselines."""
+"""dnp-eval: the dnp-23 or lab2 evaluation of the shipped model (../shared/EVALUATION.md), with baselines."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ Examples:
 
   dnp-eval
 
+  dnp-eval --protocol lab2 --baselines
+
   dnp-eval --baselines --json report.json --plot figures/
 
   dnp-eval --data ~/captures/iot --json - | jq .capture_top1
@@ -29,10 +31,18 @@ METHOD_TITLES = {"deepnetprint": "DeepNetPrint", "ngram": "n-gram", "iot_sentine
 
 @click.command(epilog=EXAMPLE)
 @click.option(
+    "--protocol",
+    "protocol_name",
+    type=click.Choice(["dnp-23", "lab2"]),
+    default=None,
+    help="dnp-23 (IoT Sentinel's 23 device types) or lab2 (uclouvain-boot's 10 devices) "
+    "[default: the one the --data folder holds, else dnp-23].",
+)
+@click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False),
-    help="Data folder, one sub-folder per device type with _iotdevice-mac.txt "
-    "(default: $DNP_DATA, else ../shared/data/iot-sentinel from the working folder).",
+    help="Data folder, one sub-folder per device type with _iotdevice-mac.txt (default: the protocol's "
+    "lab under ../shared/data from the working folder; for dnp-23 $DNP_DATA first).",
 )
 @click.option(
     "--json", "json_path", metavar="PATH", help="Write the report as JSON ('-': only JSON, to stdout)."
@@ -59,6 +69,7 @@ METHOD_TITLES = {"deepnetprint": "DeepNetPrint", "ngram": "n-gram", "iot_sentine
     "The host score measured (as dnp-scan's --host-score); first20 is the paper's mean p(Target)."
 )
 def command(
+    protocol_name: str | None,
     data: str | None,
     json_path: str | None,
     plot_dir: str | None,
@@ -67,11 +78,12 @@ def command(
     half: str,
     host_score: str,
 ) -> int:
-    """Measure the model on the dnp-23 protocol: enroll each device from the first 20 packets of
-    its first capture, then identify its test captures (11-20) among all devices' fingerprints.
+    """Measure the model on the dnp-23 or lab2 protocol: enroll each device from the first 20
+    packets of its first capture, then identify its test captures (11-20) among all devices'
+    fingerprints.
 
-    Devices outside the 12 seen by training count as unseen. A device with fewer than 11
-    captures is tested on the captures after those its enrollment used.
+    Devices outside the 12 seen by the paper's training count as unseen (every lab2 device). A
+    device with fewer than 11 captures is tested on the captures after those its enrollment used.
     """
     from tool.evaluation.protocol import (
         EvaluationError,
@@ -92,14 +104,16 @@ def command(
 
     check_outputs({"--json": json_path}, {})
     try:
-        _check_data(data)
+        lab = _lab(protocol_name, data)
+        data = data or str(_default_data(lab))
+        _check_data(data, lab)
         status.say("loading the model")
         t0 = time.perf_counter()
         scorer = ModelScorer(models, host_score=host_score)
         load_seconds = time.perf_counter() - t0
         status.say("reading the captures")
         t0 = time.perf_counter()
-        protocol = load_protocol(data, half)
+        protocol = load_protocol(data, half, lab)
         read_seconds = time.perf_counter() - t0
         if not protocol.tests:
             raise EvaluationError("no test captures: every device needs captures after its enrollment")
@@ -116,7 +130,9 @@ def command(
     if len(evaluations) > 1:
         report["baselines"] = {ev.method: summarise(ev) for ev in evaluations[1:]}
     report["half"] = half
-    report["data"] = str(Path(protocol.root).resolve()) if protocol.root else str(_default_data())
+    report["lab"] = protocol.lab.name
+    report["router"] = protocol.lab.router
+    report["data"] = str(Path(protocol.root).resolve()) if protocol.root else str(_default_data(protocol.lab))
     report["devices"] = {
         "all": len(protocol.devices),
         "seen": sum(d.split == "seen" for d in protocol.devices),
@@ -154,23 +170,29 @@ def command(
     return 0
 
 
-def _check_data(data: str | None) -> None:
+def _lab(protocol_name: str | None, data: str | None) -> Any:
+    """The lab measured: the one --protocol names, else the one the --data folder holds."""
+    from tool.evaluation.dataset import lab_named, lab_of
+
+    return lab_named(protocol_name) if protocol_name else lab_of(data)
+
+
+def _check_data(data: str | None, lab: Any) -> None:
     from tool.capture import CaptureError
     from tool.evaluation.dataset import load_devices
     from tool.evaluation.protocol import EvaluationError
 
     try:
-        load_devices(data)
+        load_devices(data, lab)
     except CaptureError as e:
-        raise EvaluationError(
-            f"{e}; give the data set's folder with --data DIR or the environment variable DNP_DATA"
-        ) from None
+        hint = " or the environment variable DNP_DATA" if lab.protocol == "dnp-23" else ""
+        raise EvaluationError(f"{e}; give the data set's folder with --data DIR{hint}") from None
 
 
-def _default_data() -> Path:
+def _default_data(lab: Any) -> Path:
     from tool.evaluation.dataset import default_data_dir
 
-    return default_data_dir().resolve()
+    return default_data_dir(lab).resolve()
 
 
 def _need(module: str, option: str) -> None:
@@ -230,7 +252,9 @@ def _print_tables(report: dict[str, Any]) -> None:
         return Table(title=title, box=style, title_justify="left", pad_edge=False)
 
     half = "test captures 11-20" if report.get("half", "test") == "test" else "development captures 2-10"
-    t = table(f"dnp-23: {report['captures']['all']} {half} of {report['devices']['all']} devices")
+    t = table(
+        f"{report['protocol']}: {report['captures']['all']} {half} of {report['devices']['all']} devices"
+    )
     # One row per number, one column per method: the methods side by side, narrow enough for 80 columns.
     t.add_column("metric", no_wrap=True)
     for method in reports:

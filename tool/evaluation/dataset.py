@@ -1,10 +1,12 @@
-"""The IoT Sentinel data set as the dnp-23 protocol sees it (docs/evaluation.md).
+"""The two labs' data sets as the protocols see them (../shared/EVALUATION.md): dnp-23 and lab2.
 
-A data folder holds one folder per device type, each with its captures and `_iotdevice-mac.txt`.
-This module knows the split (seen / unseen devices, development / test halves), the capture
-order, and how to read every device's own packets with as few tshark starts as possible: the
-extraction of each capture is cached under its sha256, and the captures not yet cached are read
-in one tshark run over their concatenation.
+A data folder holds one folder per device, each with its captures and `_iotdevice-mac.txt`. A `Lab`
+knows what differs between the labs: its device list and split (seen / unseen devices), how its
+captures are ordered, the brands, the router's MAC and the protocol's name; everything else
+(development / test halves, enrollment) is one rule for both. This module also reads every
+device's own packets with as few tshark starts as possible: the extraction of each capture is
+cached under its sha256, and the captures not yet cached are read in one tshark run over their
+concatenation.
 """
 
 from __future__ import annotations
@@ -68,28 +70,125 @@ BRAND_PREFIXES = {"D-Link": "D-Link", "EdimaxPlug": "Edimax", "TP-Link": "TP-Lin
 DEV_CAPTURES = 10  # captures 1-10 of each device are the development half, 11-20 the test half
 # Relative to the working folder, not to this file: after `pip install .` this file lives in
 # site-packages, where no data set is.
-DEFAULT_DATA = Path("..") / "shared" / "data" / "iot-sentinel"
+DATA_ROOT = Path("..") / "shared" / "data"
+DEFAULT_DATA = DATA_ROOT / "iot-sentinel"
 
 _CAPTURE_RE = re.compile(r"Setup-([A-Za-z]+)-(\d+)-")
+_BOOT_RE = re.compile(r"boot-(\d+)\.")
 T = TypeVar("T")
 
 
-def brand(device: str) -> str:
-    """The vendor of a device type, as docs/evaluation.md's brand_top1 counts it."""
-    if device in BRANDS:
-        return BRANDS[device]
-    for prefix, name in BRAND_PREFIXES.items():
-        if device.startswith(prefix):
-            return name
-    return device
+@dataclass(frozen=True)
+class Lab:
+    """One lab's data set: what its protocol needs to know beyond the common rules."""
+
+    name: str  # its folder under ../shared/data
+    protocol: str  # the protocol's name in EVALUATION.md and in dnp-eval's report
+    devices: tuple[str, ...]  # every device of the lab, as its folders are named
+    seen: tuple[str, ...]  # the devices the paper's 12-device model may train on; the rest are unseen
+    brands: dict[str, str]  # device -> brand, where not the device's own name ...
+    brand_prefixes: dict[str, str]  # ... or given by a prefix of its name
+    router: str  # the router's MAC: its answers and the internet's packets come from it
+    other_hosts: dict[str, str] = field(default_factory=dict)  # MAC -> what it is (phones, laptops)
+
+    def brand(self, device: str) -> str:
+        """The vendor of a device, as brand_top1 counts it."""
+        if device in self.brands:
+            return self.brands[device]
+        for prefix, name in self.brand_prefixes.items():
+            if device.startswith(prefix):
+                return name
+        return device
+
+    def split(self, device: str) -> str:
+        return "seen" if device in self.seen else "unseen"
+
+
+IOT_SENTINEL = Lab(
+    name="iot-sentinel",
+    protocol="dnp-23",
+    devices=tuple(sorted(SEEN + UNSEEN)),
+    seen=SEEN,
+    brands=BRANDS,
+    brand_prefixes=BRAND_PREFIXES,
+    router="00:b5:6d:06:08:ba",
+    other_hosts={"38:0b:40:ef:85:41": "Samsung (the setup phone)", "24:77:03:7c:ea:dc": "Intel"},
+)
+UCLOUVAIN_BOOT = Lab(
+    name="uclouvain-boot",
+    protocol="lab2",
+    devices=(
+        "DLinkCamera",
+        "HueLight",
+        "SmartThingsOutlet",
+        "TapoCamera",
+        "TapoLight",
+        "TapoPlug",
+        "TpLinkPlug",
+        "TuyaLight",
+        "TuyaPlug",
+        "XiaomiCamera",
+    ),
+    seen=(),  # the paper's model never reads this lab: every device is unseen to it
+    brands={
+        "TapoCamera": "TP-Link",
+        "TapoLight": "TP-Link",
+        "TapoPlug": "TP-Link",
+        "TpLinkPlug": "TP-Link",
+        "TuyaLight": "Tuya",
+        "TuyaPlug": "Tuya",
+    },
+    brand_prefixes={},
+    router="c0:56:27:38:8f:8c",
+)
+LABS = {lab.name: lab for lab in (IOT_SENTINEL, UCLOUVAIN_BOOT)}
+PROTOCOLS = {lab.protocol: lab for lab in LABS.values()}
+
+
+def lab_named(name: str) -> Lab:
+    """A lab by its folder name or its protocol's name (iot-sentinel / dnp-23, uclouvain-boot / lab2)."""
+    lab = LABS.get(name) or PROTOCOLS.get(name)
+    if lab is None:
+        known = ", ".join(f"{lab.protocol} ({lab.name})" for lab in LABS.values())
+        raise CaptureError(f"no lab or protocol named {name!r}: {known}")
+    return lab
+
+
+def lab_of(root: str | os.PathLike | None) -> Lab:
+    """The lab a data folder holds: by the folder's name, else by its captures' names (boot-NN is
+    lab2's); a folder of neither kind is read the dnp-23 way."""
+    if root is None:
+        return IOT_SENTINEL
+    root = Path(root)
+    if root.name in LABS:
+        return LABS[root.name]
+    if root.is_dir():
+        for folder in root.iterdir():
+            if folder.is_dir() and any(_BOOT_RE.match(p.name) for p in folder.iterdir()):
+                return UCLOUVAIN_BOOT
+    return IOT_SENTINEL
+
+
+def brand(device: str, lab: Lab | None = None) -> str:
+    """The vendor of a device type, as brand_top1 counts it (the labs' device names do not collide)."""
+    if lab is not None:
+        return lab.brand(device)
+    for candidate in LABS.values():
+        if device in candidate.devices:
+            return candidate.brand(device)
+    return IOT_SENTINEL.brand(device)
 
 
 def capture_order(path: Path) -> tuple[str, int, str]:
-    """Sort key: setup person, then sequence number as an integer (A-1, A-2, ..., A-10, B-1)."""
+    """Sort key: dnp-23's setup person, then sequence number as an integer (A-1, A-2, ..., A-10,
+    B-1); lab2's boot number (boot-01 ... boot-20)."""
     m = _CAPTURE_RE.search(path.name)
-    if not m:
-        return ("~", 0, path.name)
-    return (m.group(1), int(m.group(2)), path.name)
+    if m:
+        return (m.group(1), int(m.group(2)), path.name)
+    m = _BOOT_RE.match(path.name)
+    if m:
+        return ("", int(m.group(1)), path.name)
+    return ("~", 0, path.name)
 
 
 @dataclass
@@ -100,6 +199,7 @@ class Device:
     mac: str
     captures: list[Path]
     split: str  # "seen" or "unseen"
+    lab: Lab = IOT_SENTINEL
 
     @property
     def dev_captures(self) -> list[Path]:
@@ -110,15 +210,26 @@ class Device:
         return self.captures[DEV_CAPTURES:]
 
 
-def default_data_dir() -> Path:
-    """The data folder: $DNP_DATA, else ../shared/data/iot-sentinel from the working folder."""
+def default_data_dir(lab: Lab | str | None = None) -> Path:
+    """A lab's data folder (default dnp-23's): ../shared/data/<lab> from the working folder; for
+    iot-sentinel $DNP_DATA first, and for another lab the folder beside $DNP_DATA where that is set."""
+    lab = lab_named(lab) if isinstance(lab, str) else (lab or IOT_SENTINEL)
     env = os.environ.get("DNP_DATA")
-    return Path(env) if env else (Path.cwd() / DEFAULT_DATA).resolve()
+    if env and lab is IOT_SENTINEL:
+        return Path(env)
+    local = (Path.cwd() / DATA_ROOT / lab.name).resolve()
+    if env and not local.is_dir() and (Path(env).parent / lab.name).is_dir():
+        return Path(env).parent / lab.name
+    return local
 
 
-def load_devices(root: str | os.PathLike | None = None) -> list[Device]:
-    """Every device folder under `root`, sorted by name; devices outside SEEN count as unseen."""
-    root = Path(root) if root else default_data_dir()
+def load_devices(root: str | os.PathLike | None = None, lab: Lab | str | None = None) -> list[Device]:
+    """Every device folder under `root` (default: the lab's folder), sorted by name, with the lab's
+    split (a device outside its seen list counts as unseen). `lab` defaults to lab_of(root)."""
+    lab = lab_named(lab) if isinstance(lab, str) else lab
+    if lab is None:
+        lab = lab_of(root)
+    root = Path(root) if root else default_data_dir(lab)
     if not root.is_dir():
         raise CaptureError(f"{root}: no such data folder")
     devices = []
@@ -130,7 +241,7 @@ def load_devices(root: str | os.PathLike | None = None) -> list[Device]:
             (p for p in folder.iterdir() if p.suffix in (".pcap", ".pcapng")), key=capture_order
         )
         mac = mac_file.read_text().strip().lower()
-        devices.append(Device(folder.name, mac, captures, "seen" if folder.name in SEEN else "unseen"))
+        devices.append(Device(folder.name, mac, captures, lab.split(folder.name), lab))
     if not devices:
         raise CaptureError(f"{root}: no device folders with _iotdevice-mac.txt")
     return devices

@@ -1,4 +1,5 @@
-"""The dnp-23 evaluation protocol (docs/evaluation.md): enrollment, test captures, the report.
+"""The evaluation protocols dnp-23 and lab2 (../shared/EVALUATION.md): enrollment, test captures, the
+report. Both labs go through the same code; tool.evaluation.dataset.Lab holds what differs.
 
 A method is measured through a small `Scorer` interface (enroll a device from its packets, score
 packets against enrolled devices), so the shipped model and the training-free baselines go through
@@ -25,13 +26,13 @@ import numpy as np
 from tool.capture import Packet
 from tool.constants import MAX_FALSE_MATCH, PACKETS, SET_SCORES
 from tool.evaluation import metrics
-from tool.evaluation.dataset import DEV_CAPTURES, Device, DevicePackets, brand
+from tool.evaluation.dataset import DEV_CAPTURES, IOT_SENTINEL, Device, DevicePackets, Lab, brand
 from tool.files import sha256_file
 
 if TYPE_CHECKING:
     from tool.model import Model
 
-PROTOCOL = "dnp-23"
+PROTOCOL = IOT_SENTINEL.protocol  # the default protocol
 THRESHOLD = 0.5  # packet_balanced_accuracy's p(Target) threshold (docs/evaluation.md, metric 3)
 ENROLL_CURVE = (5, 10, 20, 50, 100)  # docs/evaluation.md, metric 7
 QUERY_CURVE = (1, 5, 20, 50, None)  # None: all the capture's device packets
@@ -145,6 +146,7 @@ class ProtocolData:
     development: dict[str, list[list[Packet]]]  # each device's packets in the captures before its tests
     empty_tests: list[str] = field(default_factory=list)  # test captures without a device packet
     enrollment_hosts: dict[str, list[Packet]] = field(default_factory=dict)  # the enrollment capture(s)
+    lab: Lab = IOT_SENTINEL
 
     @property
     def names(self) -> list[str]:
@@ -177,16 +179,21 @@ def tested_captures(device: Device, enrollment_captures: int, half: str = "test"
     return list(range(first, n))
 
 
-def load_protocol(root: str | os.PathLike | None = None, half: str = "test") -> ProtocolData:
-    """Read a data folder the dnp-23 way: every device's enrollment packets and test captures
-    (half="dev": the development half's captures after enrollment stand in for the test half)."""
+def load_protocol(
+    root: str | os.PathLike | None = None, half: str = "test", lab: Lab | str | None = None
+) -> ProtocolData:
+    """Read a lab's data folder the protocol's way: every device's enrollment packets and test
+    captures (half="dev": the development half's captures after enrollment stand in for the test
+    half). `lab` (a Lab, or its folder or protocol name) defaults to the one `root` holds; `root`
+    to the lab's folder under ../shared/data."""
     from tool.capture import CaptureError
-    from tool.evaluation.dataset import device_packets, load_devices
+    from tool.evaluation.dataset import device_packets, lab_named, lab_of, load_devices
 
     if half not in ("test", "dev"):
         raise ValueError(f"half is test or dev, got {half!r}")
     try:
-        devices = load_devices(root)
+        lab = lab_named(lab) if isinstance(lab, str) else (lab or lab_of(root))
+        devices = load_devices(root, lab)
         if half == "dev":
             for d in devices:
                 d.captures = d.dev_captures  # the test half is not even read
@@ -213,7 +220,7 @@ def load_protocol(root: str | os.PathLike | None = None, half: str = "test") -> 
             else:
                 empty.append(str(device.captures[i]))
     return ProtocolData(
-        Path(root) if root else None, devices, packets, enrollment, tests, development, empty, hosts
+        Path(root) if root else None, devices, packets, enrollment, tests, development, empty, hosts, lab
     )
 
 
@@ -237,6 +244,7 @@ class Evaluation:
     self_scores: np.ndarray | None = None  # [K hosts, K]: each device's enrollment capture(s) as a host
     curves: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
     host_score: str = "set"  # how capture_scores were computed (tool.constants.HOST_SCORES)
+    protocol: str = PROTOCOL  # dnp-23 or lab2
 
 
 def _capture_numbers(data: ProtocolData, scores: np.ndarray) -> dict[str, float | None]:
@@ -303,6 +311,7 @@ def evaluate_scorer(data: ProtocolData, scorer: Scorer, curves: bool = False) ->
         self_scores=np.asarray(scorer.host_scores(hosts, states, PACKETS), dtype=np.float64),
         curves=learning_curves(data, scorer) if curves else {},
         host_score=getattr(scorer, "host_score", "set"),
+        protocol=data.lab.protocol,
         seconds=time.perf_counter() - start,
     )
 
@@ -397,7 +406,7 @@ def summarise(ev: Evaluation) -> dict[str, Any]:
     truth, pred, splits = ev.capture_devices, ev.capture_predicted, ev.splits
     brand_pred = [t if brand(t) == brand(p) else p for t, p in zip(truth, pred)]
     report: dict[str, Any] = {
-        "protocol": PROTOCOL,
+        "protocol": ev.protocol,
         "method": ev.method,
         "models": dict(ev.models),
         "captures": {

@@ -107,8 +107,8 @@ def _capture(fifo: str, iface: str, fingerprint: str, bpf: str | None, max_false
     from tool.fingerprint import load
     from tool.model import Model
     from tool.pcapng import comment_text, commented_packet, commented_stream_header
-    from tool.scan import verdict_rule
     from tool.stream import start_dumpcap, stream_segments
+    from tool.verdict import verdict_rule
     from tool.watch import Watcher
 
     class _Stopped(Exception):

@@ -43,7 +43,7 @@ from tool.engine import (
     scan_chunk,
     worker_peak_rss,
 )
-from tool.hosts import add_ips
+from tool.records import HuntRow
 from tool.verdict import Verdict, verdict_rule
 
 if TYPE_CHECKING:
@@ -302,69 +302,33 @@ Progress = Callable[[int, int, int], None]  # (captures done, bytes done, packet
 def merge_hosts(
     records: Sequence[dict[str, Any]], names: Sequence[str], rule: Verdict, all_hosts: bool = False
 ) -> list[dict[str, Any]]:
-    """One row per host and fingerprint it matched in some capture, best first, over the captures
-    where it matched: best score, lowest false-match rate, how many captures, first and last seen, and
-    the capture of the best match. `all_hosts` adds every other host, once, under its best fingerprint
-    over every capture it was seen in, with verdict None."""
-    matched: dict[tuple[str, str], dict[str, Any]] = {}
-    others: dict[str, dict[str, Any]] = {}
+    """One row (tool.records.HuntRow) per host and fingerprint it matched in some capture, best first,
+    over the captures where it matched: best score, lowest false-match rate, how many captures, first
+    and last seen, and the capture of the best match. `all_hosts` adds every other host, once, under
+    its best fingerprint over every capture it was seen in, with verdict None."""
+    matched: dict[tuple[str, str], HuntRow] = {}
+    others: dict[str, HuntRow] = {}
     hit: set[str] = set()
     for rec in records:
+        capture = rec["capture"]
         for row in rec.get("hosts", []):
             for name in names:
                 rate = row["false_match"][name] if "false_match" in row else None
                 if rule.matches(row["match"][name], rate):
                     hit.add(row["host"])
-                    _add(matched, (row["host"], name), row, name, rec["capture"], name)
+                    _add(matched, (row["host"], name), row, name, capture, name)
             if all_hosts:
-                _add(others, row["host"], row, row["best"], rec["capture"], None)
+                _add(others, row["host"], row, row["best"], capture, None)
     rows = list(matched.values()) + [r for h, r in others.items() if h not in hit]
-    rows.sort(
-        key=lambda r: (
-            r["verdict"] is None,
-            r.get("false_match_rate") or 0.0,
-            -r["score"],
-            r["host"],
-            r["fingerprint"],
-        )
-    )
-    return rows
+    rows.sort(key=lambda r: (r.verdict is None, r.false_match_rate or 0.0, -r.score, r.host, r.fingerprint))
+    return [r.to_dict() for r in rows]
 
 
 def _add(table: dict, key: Any, row: dict[str, Any], name: str, capture: str, verdict: str | None) -> None:
-    rate = row["false_match"][name] if "false_match" in row else None
-    score = row["match"][name]
-    agg = table.get(key)
-    if agg is None:
-        table[key] = {
-            "mac": row["mac"],
-            "host": row["host"],
-            "host_kind": row["host_kind"],
-            "ips": list(row["ips"]),
-            "fingerprint": name,
-            "score": score,
-            "false_match_rate": rate,
-            "verdict": verdict,
-            "captures": 1,
-            "packets": row["packets"],
-            "first_seen": row["first_seen"],
-            "last_seen": row["last_seen"],
-            "best_capture": capture,
-        }
-        return
-    agg["captures"] += 1
-    agg["packets"] += row["packets"]
-    add_ips(agg["ips"], row["ips"])  # as dnp-scan keeps them: a router's would be hundreds
-    agg["first_seen"] = min(agg["first_seen"], row["first_seen"])
-    agg["last_seen"] = max(agg["last_seen"], row["last_seen"])
-    better = (rate if rate is not None else 0.0, -score) < (
-        agg["false_match_rate"] if agg["false_match_rate"] is not None else 0.0,
-        -agg["score"],
-    )
-    if verdict is None and better:  # the unmatched row follows the host's best fingerprint
-        agg["fingerprint"] = name
-    if better:
-        agg["score"], agg["false_match_rate"], agg["best_capture"] = score, rate, capture
+    if key in table:
+        table[key].add(row, name, capture)
+    else:
+        table[key] = HuntRow.of(row, name, capture, verdict)
 
 
 def hunt(

@@ -2,7 +2,8 @@
 
 A scored packet is a `PacketRow` (the CSV, the Wireshark sidecar, the pcapng comments, the JSON
 report's best packets); a host with its scores and verdict is a `HostRow` (the JSON report's hosts,
-the hosts table, a hunt's per-capture records); an alert of dnp-watch is an `Alert` (a JSONL line).
+the hosts table, a hunt's per-capture records); a host over a hunt's captures is a `HuntRow` (the
+hunt's table and JSON); an alert of dnp-watch is an `Alert` (a JSONL line).
 The field names are the outputs' column and key names: a contract, as Zeek's Info records are. Every
 score is written by `score_text` or held by `score_value`.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -172,6 +173,58 @@ def host_rows(
         )
     rows.sort(key=lambda r: (r.false_match[r.best] if r.false_match is not None else 0.0, -r.score, r.host))
     return [r.to_dict() for r in rows]
+
+
+@dataclass
+class HuntRow:
+    """One host and one fingerprint over a hunt's captures: a row of dnp-hunt's table and of its --json
+    "hosts" (`to_dict`, in this order), merged from the host's HostRows in every capture where it
+    matched the fingerprint (with --all-hosts and verdict None: every capture it was seen in, under
+    its best fingerprint)."""
+
+    mac: str | None  # as HostRow's: the host's MAC, None for a host known by its IP
+    host: str  # the host's address, for every kind of host
+    host_kind: str  # "mac", "sll" or "ip"
+    ips: list[str]  # its IP sources over the captures, up to tool.hosts.MAX_HOST_IPS
+    fingerprint: str  # the fingerprint matched (verdict None: the host's best one)
+    score: float  # its best score for the fingerprint over the captures
+    false_match_rate: float | None  # the false-match rate of the best match; None for a raw --threshold
+    verdict: str | None  # `fingerprint` where the verdict held, else None
+    captures: int  # the captures merged into the row
+    packets: int  # the packets the host sent in them
+    first_seen: float  # the times of its first and last packets over them (epoch seconds)
+    last_seen: float
+    best_capture: str  # the capture of the best match
+
+    @classmethod
+    def of(cls, row: dict[str, Any], name: str, capture: str, verdict: str | None) -> HuntRow:
+        """The row of one capture's host row (HostRow.to_dict) for the fingerprint `name`."""
+        return cls(
+            row["mac"], row["host"], row["host_kind"], list(row["ips"]), name, row["match"][name],
+            row["false_match"][name] if "false_match" in row else None, verdict, 1, row["packets"],
+            row["first_seen"], row["last_seen"], capture,
+        )  # fmt: skip
+
+    def add(self, row: dict[str, Any], name: str, capture: str) -> None:
+        """Merge in the same host's row of another capture, for the fingerprint `name`."""
+        from tool.hosts import add_ips
+
+        rate = row["false_match"][name] if "false_match" in row else None
+        score = row["match"][name]
+        self.captures += 1
+        self.packets += row["packets"]
+        add_ips(self.ips, row["ips"])  # as dnp-scan keeps them: a router's would be hundreds
+        self.first_seen = min(self.first_seen, row["first_seen"])
+        self.last_seen = max(self.last_seen, row["last_seen"])
+        mine = self.false_match_rate if self.false_match_rate is not None else 0.0
+        better = (rate if rate is not None else 0.0, -score) < (mine, -self.score)
+        if self.verdict is None and better:  # the unmatched row follows the host's best fingerprint
+            self.fingerprint = name
+        if better:
+            self.score, self.false_match_rate, self.best_capture = score, rate, capture
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class TopPackets:

@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, TYPE_CHECKING
 
 from tool.files import AtomicFile, check_outputs, commit_all
+from tool.hosts import host_of
 from tool.pcapng import write_commented_pcapng_to
 from tool.records import CSV_HEADER, PacketRow, ScanResult
 from tool.sidecar import CaptureIdentity, write_sidecar_to
@@ -59,7 +60,7 @@ class _Spool:
 
     def write(self, packet: Packet, probs: np.ndarray) -> None:
         self.writer.writerow(
-            (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.host,
+            (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, host_of(packet)[0],
              packet.protocol, packet.length, packet.info, *map(repr, probs.tolist()))
         )  # fmt: skip
 

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tool.capture import Packet
+from tool.hosts import Host, add_ips, host_of
 from tool.text import memo_info, packet_text
 
 if TYPE_CHECKING:
     from tool.fingerprint import Fingerprint
-    from tool.hosts import Host
     from tool.verdict import Verdict
 
 TOP_PACKETS = 10  # the best-matching packets a report lists
@@ -52,7 +52,7 @@ class PacketRow:
     time: float  # frame.time_epoch, seconds
     eth_src: str  # the Ethernet source ("" where the link has none)
     eth_dst: str  # the Ethernet destination
-    host: str  # the sending host's address (Packet.host): the key of the report's host rows
+    host: str  # the sending host's address (tool.hosts.host_of): the key of the report's host rows
     protocol: str  # tshark's Protocol column
     length: int  # the frame length
     info: str  # tshark's Info column, unmasked
@@ -63,7 +63,7 @@ class PacketRow:
     @classmethod
     def of(cls, packet: Packet, probs: np.ndarray | Sequence[float], names: list[str]) -> PacketRow:
         return cls(
-            packet.frame, packet.time, packet.eth_src, packet.eth_dst, packet.host, packet.protocol,
+            packet.frame, packet.time, packet.eth_src, packet.eth_dst, host_of(packet)[0], packet.protocol,
             packet.length, packet.info, [float(p) for p in probs], names,
         )  # fmt: skip
 
@@ -207,8 +207,6 @@ class HuntRow:
 
     def add(self, row: dict[str, Any], name: str, capture: str) -> None:
         """Merge in the same host's row of another capture, for the fingerprint `name`."""
-        from tool.hosts import add_ips
-
         rate = row["false_match"][name] if "false_match" in row else None
         score = row["match"][name]
         self.captures += 1

@@ -19,15 +19,13 @@ from tool.capture import Packet, read_packets
 from tool.constants import HOST_SCORES, PACKETS, SET_SCORES
 from tool.fingerprint import Fingerprint
 from tool.hosts import HostTally
+from tool.hosts import host_packets_embedded as host_packets_embedded  # export/cohort.py's import
 from tool.records import ScanResult, TopPackets, host_rows
 from tool.scores import Matcher, grown, set_scores, sum_scores
 from tool.verdict import verdict_rule
 
 if TYPE_CHECKING:
     from tool.model import Model
-
-# export/cohort.py takes its hosts' embeddings from here (export/ keeps its import; they live in hosts).
-from tool.hosts import host_packets_embedded  # noqa: E402, F401
 
 PacketSink = Callable[[Packet, np.ndarray], None]
 

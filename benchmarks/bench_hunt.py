@@ -105,7 +105,8 @@ def tshark_alone(capture: Path) -> float:
 
 def boundaries(capture: Path, workdir: Path, workers: int) -> dict:
     """Packets whose text differs when the capture is read in the chunks the hunt cuts it into."""
-    from tool.hunt import read_chunk, split
+    from tool.engine import read_chunk
+    from tool.hunt import split
     from tool.text import packet_text
 
     pieces = split(str(capture), workdir / "chunks", workers)

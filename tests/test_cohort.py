@@ -10,7 +10,8 @@ import pytest
 
 from tool.cohort import Cohort
 from tool.fingerprint import Fingerprint
-from tool.model import Model, chamfer, set_similarity, set_vector, unit
+from tool.model import Model, set_vector, unit
+from tool.scores import set_scores
 
 
 class _Set:
@@ -59,17 +60,18 @@ def test_cohort_scores_its_windows_as_the_scan_scores_a_host():
     windows = [rng.choice(40, size=int(n), replace=False) for n in rng.integers(5, 21, 30)]
     cohort = Cohort(table, windows, np.arange(30) % 3, 20, "0" * 64)
     fps = [_Set(rng.normal(size=(20, 8))), _Set(rng.normal(size=(7, 8)))]
-    expected = [[set_similarity(table[w], f.packets) for f in fps] for w in windows]
+    expected = [[set_scores([table[w]], [f])[0, 0] for f in fps] for w in windows]
     assert cohort.scores(fps) == pytest.approx(np.asarray(expected))
 
 
-def test_set_similarity_is_one_for_the_same_set_and_counts_repeats():
+def test_set_score_is_one_for_the_same_set_and_counts_repeats():
     rng = np.random.default_rng(2)
     a = unit(rng.normal(size=(4, 8)))
-    assert set_similarity(a, a) == pytest.approx(1.0)
+    assert set_scores([a], [_Set(a)])[0, 0] == pytest.approx(1.0)
     # The same kinds of packet in other numbers: Chamfer alone would tie, the mean part does not.
     more = np.concatenate([a, a[:1], a[:1], a[:1]])
-    assert chamfer(more, a) == pytest.approx(1.0) and set_similarity(more, a) < 1.0
+    assert set_scores([more], [_Set(a)], chamfer_weight=1.0)[0, 0] == pytest.approx(1.0)
+    assert set_scores([more], [_Set(a)])[0, 0] < 1.0
 
 
 @pytest.fixture(scope="module")

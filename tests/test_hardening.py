@@ -272,8 +272,8 @@ def test_macs_are_not_emoji(capture, fingerprint, tmp_path, clean_env):
 def test_info_with_markup_is_shown_as_text():
     from rich.console import Console
 
+    from tool.records import ScanResult
     from tool.report import print_scan
-    from tool.scan import ScanResult
 
     result = ScanResult.__new__(ScanResult)
     row = {

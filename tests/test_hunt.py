@@ -240,8 +240,9 @@ def test_large_capture_in_chunks_equals_dnp_scan(devices, fingerprints, tmp_path
     """One capture of several devices merged in time, cut into chunks of 500 packets: each host's first
     20 packets come from several chunks, and the merged hosts are dnp-scan's."""
     from tool.capture import read_packets
+    from tool.engine import read_chunk
     from tool.fingerprint import load
-    from tool.hunt import hunt, read_chunk, split
+    from tool.hunt import hunt, split
     from tool.model import Model
     from tool.scan import scan
     from tool.text import packet_text

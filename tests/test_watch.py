@@ -271,7 +271,7 @@ def test_state_stays_bounded_on_a_stream_of_new_hosts(merged, cam, clean_env):
     from tool.capture import read_packets
     from tool.fingerprint import load
     from tool.model import Model
-    from tool.scan import verdict_rule
+    from tool.verdict import verdict_rule
     from tool.watch import Watcher
 
     model = Model.load()
@@ -373,7 +373,7 @@ def test_a_host_that_comes_back_after_idle_alerts_again(merged, cam, devices):
     from tool.capture import read_packets
     from tool.fingerprint import load
     from tool.model import Model
-    from tool.scan import verdict_rule
+    from tool.verdict import verdict_rule
     from tool.watch import Watcher
 
     model = Model.load()
@@ -398,7 +398,7 @@ def test_the_memo_forgets_least_recently_used_and_scores_the_same(merged, cam):
     from tool.capture import read_packets
     from tool.fingerprint import load
     from tool.model import Model
-    from tool.scan import Matcher
+    from tool.scores import Matcher
 
     model = Model.load()
     fps = [load(cam, model)]

@@ -9,7 +9,7 @@ reported with its **false-match rate**: the share of cohort hosts that reach it.
 The cohort is `cohort.json` beside the model: windows of `packets` consecutive packets from the
 training devices' development captures, each a list of indexes into a table of distinct packet
 embeddings, with the index of its device (`group`) and the encoder hash it was computed with.
-`python -m export.cohort` writes it. A window is scored as a host is (tool.model.set_similarity for
+`python -m export.cohort` writes it. A window is scored as a host is (tool.scores.set_scores for
 `set`, the cosine of the mean embeddings for `set-all`).
 
 A fingerprint of a device type the model was trained on has its own type in the cohort, which would
@@ -86,7 +86,11 @@ class Cohort:
         return cls(table, windows, groups, packets, sha)
 
     def scores(self, fingerprints: Sequence[Fingerprint], how: str = "set") -> np.ndarray:
-        """Every cohort host's host score (`set` or `set-all`) for each fingerprint: [C, K]."""
+        """Every cohort host's host score (`set` or `set-all`) for each fingerprint: [C, K].
+
+        Its own arithmetic still, not tool.scores.set_scores: its mean part takes the fingerprint's
+        raw embeddings' mean (Fingerprint.vector), the hosts' the mean of its unit packets, up to
+        1.4e-6 apart, and dnp-eval's verdict rates move with it (see the next commit)."""
         from tool.model import CHAMFER_WEIGHT, unit
 
         out = np.zeros((len(self.windows), len(fingerprints)))

@@ -2,11 +2,12 @@
 
 A hunt scores every capture as dnp-scan does (the `set` host score, the cohort's false-match rate)
 and merges the hosts that match into one table: which host, which fingerprint, how well, in how many
-captures, first and last seen. The work runs on Dask distributed (an embedded local cluster of one
-worker process per core, or an existing cluster): each worker loads the models once and runs tshark
-itself. Small captures travel in batches read by one tshark run (`tool.capture.read_many_fields`); a
-large capture is cut into chunks with `editcap -c`, each chunk returns its hosts' first packets'
-embeddings, and the hosts are scored once the chunks are put back together in capture order.
+captures, first and last seen. The work runs on Dask distributed (tool/engine.py: an embedded local
+cluster of one worker process per core, or an existing cluster, whose workers keep the models). Here
+is what the client does: find the captures, plan the work (small captures in batches read by one
+tshark run; a large capture cut into chunks with `editcap -c`, whose hosts, tool.hosts.Host with
+their first packets' embeddings, are joined back in capture order and scored), keep the resume log,
+and merge every capture's host rows into the hunt's table.
 
 Every capture's result is a line of `captures.jsonl` in the hunt's folder, written as soon as it is
 known and keyed by the capture's sha256, the models' hashes, the fingerprints' digests and the verdict
@@ -18,43 +19,36 @@ rule: a hunt run again (after an interrupt, with more captures) scans only what 
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
-import itertools
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
-import threading
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from tool.capture import (
-    CaptureError,
-    CaptureTruncated,
-    Packet,
-    packet_of,
-    read_fields,
-    read_many_fields,
-    read_packets,
-    sender_of,
+from tool.capture import CaptureError
+from tool.engine import (
+    Engine,
+    HuntError,
+    Part,
+    Settings,
+    joined_part,
+    scan_batch,
+    scan_chunk,
+    worker_peak_rss,
 )
-from tool.cohort import Cohort
-from tool.constants import PACKETS
+from tool.records import HuntRow
+from tool.verdict import Verdict, verdict_rule
 
 if TYPE_CHECKING:
     from tool.fingerprint import Fingerprint
     from tool.model import Model
-    from tool.scan import Matcher, Verdict
 
 LOG = "captures.jsonl"  # one line per capture, in the hunt's --out folder
 SUMMARY = "hunt.json"  # the merged table, as --json writes it
@@ -79,281 +73,6 @@ BATCH_BYTES = 4 << 20
 CHUNK_BYTES = 32 << 20
 CHUNK_PACKETS = 20_000
 MAX_CHUNK_PACKETS = 200_000
-
-
-class HuntError(ValueError):
-    """A hunt that cannot start (no capture found, no engine): one line for the user."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# What a worker runs. Everything here is plain data in and out, so any Dask worker can run it.
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every task needs to score: the fingerprints' texts, the model folder and the verdict rule."""
-
-    fingerprints: tuple[str, ...]  # the fingerprint files' JSON texts (the worker may not see the files)
-    models: str | None
-    threshold: float | None
-    max_false_match: float | None
-    host_packets: int = PACKETS
-
-
-class _Scorer:
-    """A worker's models, fingerprints, verdict rule and memo, loaded once and kept for every task."""
-
-    def __init__(self, settings: Settings):
-        from tool.fingerprint import parse
-        from tool.model import Model
-        from tool.scan import Matcher, verdict_rule
-
-        self.model = Model.load(settings.models)
-        self.fingerprints = [parse(text) for text in settings.fingerprints]
-        for f in self.fingerprints:
-            f.check_model(self.model)
-        self.rule = verdict_rule(self.model, "set", settings.threshold, settings.max_false_match)
-        if self.rule.cohort is not None:
-            cohort = self.rule.cohort
-            self.rule.cohort = KeptCohort(**{k: getattr(cohort, k) for k in Cohort.__dataclass_fields__})
-        self.matcher: Matcher = Matcher(self.model, self.fingerprints)
-        self.host_packets = settings.host_packets
-
-
-class KeptCohort(Cohort):
-    """The cohort with its impostor scores kept: they depend on the fingerprints only, which never
-    change during a hunt, so a worker's thousands of captures need them computed once."""
-
-    def impostors(self, fingerprints, how="set"):  # noqa: ANN001, ANN201 - as Cohort.impostors
-        kept = self.__dict__.setdefault("_kept", {})
-        key = (tuple(id(f) for f in fingerprints), how)
-        if key not in kept:
-            kept[key] = super().impostors(fingerprints, how)
-        return kept[key]
-
-
-# One scorer per worker thread and settings: onnxruntime and the memo are not shared between threads.
-_local = threading.local()
-
-
-def _scorer(settings: Settings) -> _Scorer:
-    kept = getattr(_local, "scorers", None)
-    if kept is None:
-        kept = _local.scorers = {}
-    if settings not in kept:
-        kept.clear()  # another hunt's models and fingerprints go
-        kept[settings] = _Scorer(settings)
-    return kept[settings]
-
-
-@dataclass
-class Part:
-    """What the packets of one capture, or of one chunk of it, leave: each host with the embeddings of
-    its first packets, in capture order (plain data: it travels from a worker to the client)."""
-
-    packets: int = 0
-    hosts: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _tally(scorer: _Scorer, lines: Iterable[tuple[int, int, list[str]]], sources: int) -> list[Part]:
-    """One Part per file from the packets of `sources` files, read as (source, shift, fields): the
-    file's index, how much to add to the frame numbers in its Info texts (see shift_references), and
-    its line's fields (tool.capture.split_line).
-
-    Only a host's first `host_packets` packets are read past their sender and embedded: the set
-    score reads nothing else, and the rest of a large capture only counts packets, addresses and
-    times (tool.capture.sender_of costs a fraction of a whole Packet).
-    """
-    from tool.scan import CHUNK, HostTally
-
-    tallies = [HostTally(scorer.host_packets) for _ in range(sources)]
-    firsts: list[dict[int, list[Packet]]] = [{} for _ in range(sources)]
-    counts = [0] * sources
-    it = iter(lines)
-    while batch := list(itertools.islice(it, CHUNK)):
-        start = 0
-        while start < len(batch):  # the files follow one another: cut the batch where the file changes
-            source = batch[start][0]
-            end = start + 1
-            while end < len(batch) and batch[end][0] == source:
-                end += 1
-            group = batch[start:end]
-            index, counted = tallies[source].add([sender_of(parts) for _, _, parts in group])
-            first = firsts[source]
-            for i, (_, shift, parts) in enumerate(group):
-                if not counted[i]:
-                    continue
-                first.setdefault(index[i], []).append(shift_references(packet_of(parts), shift))
-            counts[source] += end - start
-            start = end
-    # One encoder call for every file's first packets, through the worker's memo.
-    ordered = [p for first in firsts for packets in first.values() for p in packets]
-    dim = scorer.model.embedding_dim
-    embedded = scorer.matcher.score_and_embed(ordered)[1] if ordered else np.zeros((0, dim), np.float32)
-    at = 0
-    parts = []
-    for tally, first, count in zip(tallies, firsts, counts):
-        hosts = []
-        for h in tally.hosts.values():
-            n = len(first.get(h.number, ()))
-            hosts.append(
-                {
-                    "host": h.mac,
-                    "host_kind": h.kind,
-                    "ips": h.ips,
-                    "packets": h.packets,
-                    "first_seen": h.first_seen,
-                    "last_seen": h.last_seen,
-                    "firsts": embedded[at : at + n],
-                }
-            )
-            at += n
-        parts.append(Part(count, hosts))
-    return parts
-
-
-def merge_parts(parts: Sequence[Part], host_packets: int = PACKETS) -> Part:
-    """The Part of a whole capture from those of its chunks, in capture order: a host's first packets
-    are the first `host_packets` of its chunks' first packets, taken in chunk order."""
-    from tool.scan import MAX_HOST_IPS
-
-    merged: dict[str, dict[str, Any]] = {}
-    for part in parts:
-        for h in part.hosts:
-            m = merged.get(h["host"])
-            if m is None:
-                merged[h["host"]] = dict(h, ips=list(h["ips"]))
-                continue
-            m["packets"] += h["packets"]
-            m["last_seen"] = h["last_seen"]
-            m["ips"] += [ip for ip in h["ips"] if ip not in m["ips"]]
-            del m["ips"][MAX_HOST_IPS:]
-            if len(m["firsts"]) < host_packets:
-                m["firsts"] = np.concatenate([m["firsts"], h["firsts"]])[:host_packets]
-    return Part(sum(p.packets for p in parts), list(merged.values()))
-
-
-def rank_part(part: Part, fingerprints: Sequence[Fingerprint], rule: Verdict) -> list[dict[str, Any]]:
-    """The host rows of a capture (dnp-scan's --json `hosts`, best match first), with first_seen and
-    last_seen, from its Part."""
-    from tool.scan import Host, set_host_rows
-
-    hosts = [
-        Host(h["host"], n, h["host_kind"], list(h["ips"]), h["packets"], len(h["firsts"]))
-        for n, h in enumerate(part.hosts)
-    ]
-    firsts = {n: list(h["firsts"]) for n, h in enumerate(part.hosts)}
-    rows = set_host_rows(hosts, firsts, fingerprints, rule)
-    times = {h["host"]: (h["first_seen"], h["last_seen"]) for h in part.hosts}
-    for row in rows:
-        row["first_seen"], row["last_seen"] = times[row["host"]]
-    return rows
-
-
-def _record(capture: str, part: Part, scorer: _Scorer, warning: str | None = None) -> dict[str, Any]:
-    if part.packets == 0:
-        return {"capture": capture, "error": f"{capture}: the capture holds no packets"}
-    record = {
-        "capture": capture,
-        "packets": part.packets,
-        "hosts": rank_part(part, scorer.fingerprints, scorer.rule),
-    }
-    if warning:
-        record["warning"] = warning
-    return record
-
-
-# Wireshark names another frame of the capture in some Info texts ("Echo (ping) reply ... (request in
-# 4123)"), by its number in the file it reads; a chunk numbers its frames from 1, and a batch's merge
-# numbers a capture's frames after the captures before it, so the references are shifted back to the
-# capture's own numbers. (The model reads these numbers: tool/text.py leaves them.)
-_FRAME_REFERENCE = re.compile(r"\b((?:request|reply|response) in )(\d+)")
-
-
-def shift_references(packet: Packet, shift: int) -> Packet:
-    """The packet with the frame numbers its Info text refers to moved by `shift`."""
-    if not shift or " in " not in packet.info:
-        return packet
-    info = _FRAME_REFERENCE.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + shift}", packet.info)
-    return packet if info == packet.info else dataclasses.replace(packet, info=info)
-
-
-def read_chunk(path: str | os.PathLike, first: int = 0) -> Iterator[Packet]:
-    """The packets of a chunk whose first frame is frame `first + 1` of its capture, with the frame
-    numbers in their Info texts as the whole capture gives them."""
-    for p in read_packets(path):
-        yield shift_references(p, first)
-
-
-def _one(path: str, scorer: _Scorer, first: int = 0) -> tuple[Part | None, str | None, str | None]:
-    """(part, warning, error) of one capture (or chunk: see read_chunk) read on its own."""
-    try:
-        with warnings.catch_warnings(record=True) as held:
-            warnings.simplefilter("always", CaptureTruncated)
-            part = _tally(scorer, ((0, first, parts) for parts in read_fields(path)), 1)[0]
-    except CaptureError as e:
-        return None, None, str(e)
-    cut = [str(w.message) for w in held if issubclass(w.category, CaptureTruncated)]
-    return part, (cut[0] if cut else None), None
-
-
-def scan_batch(paths: Sequence[str], settings: Settings) -> list[dict[str, Any]]:
-    """A task: the records of several small captures, read by one tshark run when they all read.
-
-    A capture that cannot be read (damaged, not a capture, cut short) makes the batch read each of its
-    captures on its own, so that only that one fails, with its own reason.
-    """
-    scorer = _scorer(settings)
-    parts: list[Part] | None = None
-    if len(paths) > 1:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", CaptureTruncated)
-                lines = ((source, -first, fields) for source, first, fields in read_many_fields(paths))
-                parts = _tally(scorer, lines, len(paths))
-        except (CaptureError, CaptureTruncated):
-            parts = None
-    if parts is not None:
-        return [_record(p, part, scorer) for p, part in zip(paths, parts)]
-    records = []
-    for path in paths:
-        part, warning, error = _one(path, scorer)
-        records.append(
-            {"capture": path, "error": error} if part is None else _record(path, part, scorer, warning)
-        )
-    return records
-
-
-def scan_chunk(path: str, first: int, settings: Settings) -> dict[str, Any]:
-    """A task: one chunk of a large capture, whose first frame is frame `first + 1` of the capture, as
-    a Part ({"packets", "hosts"}, or {"error"})."""
-    part, warning, error = _one(path, _scorer(settings), first)
-    if part is None:
-        return {"error": error}
-    return {"packets": part.packets, "hosts": part.hosts, "warning": warning}
-
-
-def dask_setup(worker: object) -> None:
-    """Run by Dask in each worker process of a hunt's local cluster (its `preload`): the worker ignores
-    SIGINT. Ctrl-C reaches every process of the terminal's group; the hunt itself stops the cluster,
-    and a worker that died of it would print Dask's tracebacks over the hunt's last words."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def worker_peak_rss() -> dict[str, int]:
-    """This worker process's peak resident memory and its children's (tshark), in bytes."""
-    import resource
-
-    return {
-        "worker": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "tshark": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
-    }
-
-
-# ---------------------------------------------------------------------------------------------------
-# What the client runs: finding captures, the resume log, the plan, the engine, the merged table.
 
 
 def _is_capture(path: Path) -> bool:
@@ -583,75 +302,33 @@ Progress = Callable[[int, int, int], None]  # (captures done, bytes done, packet
 def merge_hosts(
     records: Sequence[dict[str, Any]], names: Sequence[str], rule: Verdict, all_hosts: bool = False
 ) -> list[dict[str, Any]]:
-    """One row per host and fingerprint it matched in some capture, best first, over the captures
-    where it matched: best score, lowest false-match rate, how many captures, first and last seen, and
-    the capture of the best match. `all_hosts` adds every other host, once, under its best fingerprint
-    over every capture it was seen in, with verdict None."""
-    matched: dict[tuple[str, str], dict[str, Any]] = {}
-    others: dict[str, dict[str, Any]] = {}
+    """One row (tool.records.HuntRow) per host and fingerprint it matched in some capture, best first,
+    over the captures where it matched: best score, lowest false-match rate, how many captures, first
+    and last seen, and the capture of the best match. `all_hosts` adds every other host, once, under
+    its best fingerprint over every capture it was seen in, with verdict None."""
+    matched: dict[tuple[str, str], HuntRow] = {}
+    others: dict[str, HuntRow] = {}
     hit: set[str] = set()
     for rec in records:
+        capture = rec["capture"]
         for row in rec.get("hosts", []):
             for name in names:
-                if rule.threshold is not None:
-                    ok = row["match"][name] >= rule.threshold
-                else:
-                    ok = row["false_match"][name] <= rule.max_false_match
-                if ok:
+                rate = row["false_match"][name] if "false_match" in row else None
+                if rule.matches(row["match"][name], rate):
                     hit.add(row["host"])
-                    _add(matched, (row["host"], name), row, name, rec["capture"], name)
+                    _add(matched, (row["host"], name), row, name, capture, name)
             if all_hosts:
-                _add(others, row["host"], row, row["best"], rec["capture"], None)
+                _add(others, row["host"], row, row["best"], capture, None)
     rows = list(matched.values()) + [r for h, r in others.items() if h not in hit]
-    rows.sort(
-        key=lambda r: (
-            r["verdict"] is None,
-            r.get("false_match_rate") or 0.0,
-            -r["score"],
-            r["host"],
-            r["fingerprint"],
-        )
-    )
-    return rows
+    rows.sort(key=lambda r: (r.verdict is None, r.false_match_rate or 0.0, -r.score, r.host, r.fingerprint))
+    return [r.to_dict() for r in rows]
 
 
 def _add(table: dict, key: Any, row: dict[str, Any], name: str, capture: str, verdict: str | None) -> None:
-    from tool.scan import MAX_HOST_IPS
-
-    rate = row["false_match"][name] if "false_match" in row else None
-    score = row["match"][name]
-    agg = table.get(key)
-    if agg is None:
-        table[key] = {
-            "mac": row["mac"],
-            "host": row["host"],
-            "host_kind": row["host_kind"],
-            "ips": list(row["ips"]),
-            "fingerprint": name,
-            "score": score,
-            "false_match_rate": rate,
-            "verdict": verdict,
-            "captures": 1,
-            "packets": row["packets"],
-            "first_seen": row["first_seen"],
-            "last_seen": row["last_seen"],
-            "best_capture": capture,
-        }
-        return
-    agg["captures"] += 1
-    agg["packets"] += row["packets"]
-    agg["ips"] += [ip for ip in row["ips"] if ip not in agg["ips"]]
-    del agg["ips"][MAX_HOST_IPS:]  # as dnp-scan keeps them: a router's would be hundreds
-    agg["first_seen"] = min(agg["first_seen"], row["first_seen"])
-    agg["last_seen"] = max(agg["last_seen"], row["last_seen"])
-    better = (rate if rate is not None else 0.0, -score) < (
-        agg["false_match_rate"] if agg["false_match_rate"] is not None else 0.0,
-        -agg["score"],
-    )
-    if verdict is None and better:  # the unmatched row follows the host's best fingerprint
-        agg["fingerprint"] = name
-    if better:
-        agg["score"], agg["false_match_rate"], agg["best_capture"] = score, rate, capture
+    if key in table:
+        table[key].add(row, name, capture)
+    else:
+        table[key] = HuntRow.of(row, name, capture, verdict)
 
 
 def hunt(
@@ -680,7 +357,6 @@ def hunt(
     """
     from tool.fingerprint import load_all, read_bounded
     from tool.model import Model
-    from tool.scan import verdict_rule
 
     model = Model.load(models)
     fps = load_all(fingerprint_files, model)
@@ -750,75 +426,6 @@ def hunt(
         skipped=skipped,
         workers=peaks,
     )
-
-
-class Engine:
-    """A hunt's Dask client: connected to `scheduler`, or to a local cluster of `workers` processes.
-
-    `start` starts it in a thread, as soon as the hunt knows it has a capture to scan: a local cluster
-    takes about as long to start as the captures take to hash (1 s for 600 MB), and the hunt needs
-    both before it sends any work. A hunt whose every result is in its folder starts nothing.
-    """
-
-    def __init__(self, scheduler: str | None, workers: int):
-        self.scheduler = scheduler
-        self.workers = workers
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
-        self._started: Future | None = None
-
-    def start(self) -> None:
-        if self._started is None:
-            self._started = self._pool.submit(self._start)
-
-    def _start(self) -> tuple[Any, Any]:
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError:
-            raise HuntError("Dask is not installed: pip install 'deepnetprint[hunt]'") from None
-        import logging
-
-        # Dask logs restarted workers, closed connections and, while a cluster stops, workers' failed
-        # heartbeats with their tracebacks: the hunt reports what matters (a task's failure comes back
-        # as its result), so the engine's own logs stay silent, here and in the local cluster's workers.
-        for name in ("distributed", "tornado"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        if self.scheduler:
-            return None, Client(self.scheduler, timeout="20s")
-        cluster = LocalCluster(
-            n_workers=self.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.CRITICAL,
-            preload=["tool.hunt"],
-        )
-        try:
-            return cluster, Client(cluster)
-        except BaseException:
-            cluster.close()
-            raise
-
-    def client(self) -> Any:
-        """The connected client, once it is; with a scheduler, `workers` becomes its workers' count."""
-        self.start()
-        client = self._started.result()[1]  # type: ignore[union-attr]
-        if self.scheduler:  # batches are sized for the cluster's workers
-            self.workers = max(1, len(client.scheduler_info().get("workers", {})))
-        return client
-
-    def close(self) -> None:
-        """Stop the local cluster (or leave the scheduler's), waiting for a start still under way."""
-        try:
-            if self._started is None:
-                return
-            cluster, client = self._started.result()
-        except BaseException:  # it never started: nothing to stop
-            return
-        finally:
-            self._pool.shutdown(wait=True)
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _run(
@@ -929,10 +536,10 @@ def _split_all(
 def _whole(
     capture: Capture, pieces: list[dict[str, Any]], fingerprints: list[Fingerprint], rule: Verdict
 ) -> dict:
-    part = merge_parts([Part(p["packets"], p["hosts"]) for p in pieces])
+    part = joined_part([Part(p["packets"], p["hosts"]) for p in pieces])
     if part.packets == 0:
         return {"error": f"{capture.path}: the capture holds no packets"}
-    record: dict[str, Any] = {"packets": part.packets, "hosts": rank_part(part, fingerprints, rule)}
+    record: dict[str, Any] = {"packets": part.packets, "hosts": part.rows(fingerprints, rule)}
     if any(p.get("warning") for p in pieces):
         # The chunk's own warning names the chunk; the analyst knows the capture.
         record["warning"] = (

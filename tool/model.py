@@ -187,34 +187,7 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return v / np.where(norm > 0, norm, 1.0)
 
 
-CHAMFER_WEIGHT = 0.5  # of the set score; the rest is the cosine of the mean embeddings (model card)
-
-
-def chamfer(queries: np.ndarray, support: np.ndarray) -> float:
-    """The Chamfer similarity of two packet sets [n, E] and [m, E] (unit rows): half the mean, over
-    the host's packets, of each one's best cosine among the fingerprint's, plus half the same the
-    other way round. A join sequence is several kinds of packet (association, DHCP, ARP, DNS, TLS):
-    every kind must find its like on the other side, and a host that sends only the kind everybody
-    sends scores low."""
-    sims = np.asarray(queries, dtype=np.float64) @ np.asarray(support, dtype=np.float64).T
-    if sims.size == 0:
-        return 0.0
-    return float(0.5 * (sims.max(axis=1).mean() + sims.max(axis=0).mean()))
-
-
-def set_similarity(queries: np.ndarray, support: np.ndarray) -> float:
-    """dnp-scan's `set` host score of two packet sets [n, E] and [m, E] (unit rows), in [-1, 1]: the
-    Chamfer similarity and the cosine of the mean embeddings, half each.
-
-    Chosen on the development half's held-out fingerprints (model card): the Chamfer part ranks hosts
-    and fingerprints better than the mean alone; the mean part counts how often each kind of packet
-    comes, which the Chamfer part cannot, so two devices that send the same kinds in other numbers
-    do not tie.
-    """
-    if len(queries) == 0 or len(support) == 0:
-        return 0.0
-    mean = float(unit(np.asarray(queries).sum(axis=0)) @ unit(np.asarray(support).sum(axis=0)))
-    return CHAMFER_WEIGHT * chamfer(queries, support) + (1 - CHAMFER_WEIGHT) * mean
+CHAMFER_WEIGHT = 0.5  # of the set score (tool.scores.set_scores); the rest is the cosine of the means
 
 
 def set_score(hosts: np.ndarray, fingerprints: np.ndarray) -> np.ndarray:

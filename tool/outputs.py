@@ -1,7 +1,7 @@
 """The files a scan writes, from one row schema: per-packet CSV, Wireshark sidecar, commented pcapng, JSON.
 
-One scored packet is one `PacketRow` (declared once below, a comment per field); every per-packet
-output is written from it, and every score is written by `score_text`. A scan's outputs follow a
+One scored packet is one `PacketRow` (declared once in tool/records.py, a comment per field); every
+per-packet output is written from it, and every score is written by `score_text`. A scan's outputs follow a
 small life cycle, the same for dnp-scan and for a Python caller:
 
     >>> outputs = ScanOutputs("suspect.pcap", csv="packets.csv", annotate="suspect.scores.csv")
@@ -24,89 +24,18 @@ import csv
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from tool.files import AtomicFile, check_outputs, commit_all
+from tool.hosts import host_of
+from tool.pcapng import write_commented_pcapng_to
+from tool.records import CSV_HEADER, PacketRow, ScanResult
+from tool.sidecar import CaptureIdentity, write_sidecar_to
 
 if TYPE_CHECKING:
     import numpy as np
 
     from tool.capture import Packet
-    from tool.scan import ScanResult
-
-SCORE_DIGITS = 6  # decimals of a score in the CSV and the JSON report
-CSV_HEADER = ("frame", "time", "eth_src", "eth_dst", "protocol", "info")
-
-
-def score_text(score: float, digits: int | None = SCORE_DIGITS) -> str:
-    """A score as the outputs write it: `digits` decimals (the CSV: 6, a pcapng comment: 4), or with
-    None every digit of the float (the sidecar, so the plugin shows exactly what dnp-scan computed)."""
-    return repr(float(score)) if digits is None else f"{score:.{digits}f}"
-
-
-def score_value(score: float) -> float:
-    """A score as the JSON report holds it: a float rounded to SCORE_DIGITS decimals."""
-    return round(float(score), SCORE_DIGITS)
-
-
-@dataclass
-class PacketRow:
-    """One scored packet, as every per-packet output (CSV, sidecar, pcapng comment, the JSON report's
-    best packets) writes it. The field names are the outputs' column and key names: a contract."""
-
-    frame: int  # the 1-based number Wireshark gives the frame in its capture file
-    time: float  # frame.time_epoch, seconds
-    eth_src: str  # the Ethernet source ("" where the link has none)
-    eth_dst: str  # the Ethernet destination
-    host: str  # the sending host's address (Packet.host): the key of the report's host rows
-    protocol: str  # tshark's Protocol column
-    length: int  # the frame length
-    info: str  # tshark's Info column, unmasked
-    probabilities: list[float]  # p(Target) for each fingerprint, in the scan's order
-    names: list[str]  # the fingerprints' names, in the same order
-    host_match: float | None = None  # the sending host's score for its best fingerprint
-
-    @classmethod
-    def of(cls, packet: Packet, probs: np.ndarray | Sequence[float], names: list[str]) -> PacketRow:
-        return cls(
-            packet.frame, packet.time, packet.eth_src, packet.eth_dst, packet.host, packet.protocol,
-            packet.length, packet.info, [float(p) for p in probs], names,
-        )  # fmt: skip
-
-    @property
-    def best(self) -> int:
-        """The index of the fingerprint this packet matches best."""
-        return max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
-
-    def sidecar(self) -> tuple[int, float, str, float | None]:
-        """(frame, best p(Target), that fingerprint's name, host_match): the Wireshark sidecar's row."""
-        best = self.best
-        host = None if self.host_match is None else min(1.0, max(-1.0, self.host_match))
-        return self.frame, self.probabilities[best], self.names[best], host
-
-    def csv(self) -> list[object]:
-        """The --csv row: CSV_HEADER's fields, one p(Target) per fingerprint, then host_match."""
-        return [
-            self.frame, f"{self.time:.6f}", self.eth_src, self.eth_dst, self.protocol, self.info,
-            *(score_text(p) for p in self.probabilities),
-            "" if self.host_match is None else score_text(self.host_match),
-        ]  # fmt: skip
-
-    def top_packet(self) -> dict[str, Any]:
-        """The JSON report's row of a best-matching packet."""
-        best = self.best
-        return {
-            "frame": self.frame,
-            "time": self.time,
-            "eth_src": self.eth_src,
-            "host": self.host,
-            "protocol": self.protocol,
-            "length": self.length,
-            "info": self.info,
-            "target": self.names[best],
-            "probability": score_value(self.probabilities[best]),
-        }
 
 
 class PacketCsv:
@@ -131,7 +60,7 @@ class _Spool:
 
     def write(self, packet: Packet, probs: np.ndarray) -> None:
         self.writer.writerow(
-            (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, packet.host,
+            (packet.frame, repr(packet.time), packet.eth_src, packet.eth_dst, host_of(packet)[0],
              packet.protocol, packet.length, packet.info, *map(repr, probs.tolist()))
         )  # fmt: skip
 
@@ -202,9 +131,6 @@ class ScanOutputs:
         names = [f["name"] for f in result.fingerprints]
         host_match = {h["host"]: h["score"] for h in result.hosts}
         if self.spool is not None:
-            from tool.pcapng import write_commented_pcapng_to
-            from tool.sidecar import CaptureIdentity, write_sidecar_to
-
             if "csv" in self.files:
                 packet_csv = PacketCsv(self.files["csv"].handle, names)
                 for row in self.spool.rows(names, host_match):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tool.files import OutputError, atomic_output
-from tool.outputs import score_text
+from tool.records import score_text
 from tool.sidecar import check_row
 
 COMMENT_PREFIX = "deepnetprint.match="

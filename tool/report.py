@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
     from tool.fingerprint import Fingerprint
-    from tool.scan import ScanResult
+    from tool.records import ScanResult
 
 # The hosts table's first column, by what a scan keyed its hosts on (Packet.host_kind).
 HOST_HEADERS = {"mac": "MAC", "sll": "host (SLL source MAC)", "ip": "host (IP source)"}

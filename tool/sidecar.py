@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from tool.files import atomic_output
-from tool.outputs import score_text
+from tool.records import score_text
 
 SIDECAR_HEADER = ("frame", "score", "target", "host_match")
 OLD_SIDECAR_HEADER = SIDECAR_HEADER[:3]

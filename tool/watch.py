@@ -1,9 +1,10 @@
 """Watching: a stream of packets that never ends, scored host by host, with an alert when a host matches.
 
 The paper's setting: the fingerprints are encoded once, and every packet of the monitored link is a
-query. Packets are scored by dnp-scan's Matcher, and a host's score is dnp-scan's `set` score of its
-first `host_packets` packets, with the same calibrated verdict (tool.scan.Verdict), so that a watch
-over a capture alerts on exactly the hosts that dnp-scan gives a verdict.
+query. Hosts are counted as dnp-scan counts them (tool.hosts), packets are scored by the same Matcher,
+and a host's score is the same `set` score of its first `host_packets` packets (tool.scores), with the
+same calibrated verdict (tool.verdict), so that a watch over a capture alerts on exactly the hosts
+that dnp-scan gives a verdict.
 
 Memory stays bounded however long the watch runs:
 - a host keeps the embeddings of its first `host_packets` packets only until its set score is final;
@@ -13,11 +14,11 @@ Memory stays bounded however long the watch runs:
   others (up to MAX_RETIRED_OTHERS); when it comes back it starts a new set, which is its rejoin
   traffic, the kind of traffic a fingerprint is made of;
 - at most `max_hosts` hosts are tracked; past that the least recently seen goes first;
-- the Matcher's memo of encoded inputs is bounded, least recently used first (tool.scan.MEMO_LIMIT).
+- the Matcher's memo of encoded inputs is bounded, least recently used first (tool.scores.MEMO_LIMIT).
 
 An alert is raised when a host's verdict first holds once it has sent `min_packets` packets, again when
 its best fingerprint changes or its score moves by MATERIAL while its set is still growing, and again
-when it comes back after being idle. The alert's JSON keys are a contract (ALERT_KEYS, README).
+when it comes back after being idle. The alert's JSON keys are a contract (tool.records.ALERT_KEYS, README).
 """
 
 from __future__ import annotations
@@ -31,17 +32,15 @@ import numpy as np
 
 from tool.capture import Packet
 from tool.constants import PACKETS
-from tool.outputs import score_value
-from tool.scan import MAX_HOST_IPS, Host, Matcher, ScanResult, TopPackets, Verdict, best_fingerprint
+from tool.hosts import Host, host_of
+from tool.records import Alert, ScanResult, TopPackets, host_rows
+from tool.scores import Matcher, set_scores
+from tool.verdict import Verdict
 
 if TYPE_CHECKING:
     from tool.fingerprint import Fingerprint
     from tool.model import Model
 
-# The keys of an alert line of --jsonl, in order: a contract with whoever reads them (a SIEM, jq).
-ALERT_KEYS = ("event", "time", "mac", "ips", "fingerprint", "score", "false_match_rate", "packets")
-# The keys of the summary line of each matching host, written at exit.
-HOST_KEYS = (*ALERT_KEYS, "host_kind", "first_seen", "last_seen", "alerts")
 IDLE = 600.0  # seconds of capture time without a packet after which a host is evicted
 MAX_HOSTS = 20_000  # hosts tracked at once: up to PACKETS embeddings each while their set grows
 MAX_RETIRED = 10_000  # evicted hosts that matched, kept for the report
@@ -50,37 +49,10 @@ MATERIAL = 0.05  # a change of the set score that is worth a new alert
 
 
 @dataclass
-class Alert:
-    """A host that reached the verdict: what one alert line says (see ALERT_KEYS)."""
-
-    time: float  # capture time (epoch seconds) of the packet that brought the host to the verdict
-    mac: str  # the host's address: its MAC, or its IP where the link layer has none
-    ips: list[str]
-    fingerprint: str
-    score: float
-    false_match_rate: float | None  # None where the verdict is a raw --threshold
-    packets: int  # packets the host had sent when the alert was raised
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "event": "alert",
-            "time": self.time,
-            "mac": self.mac,
-            "ips": list(self.ips),
-            "fingerprint": self.fingerprint,
-            "score": score_value(self.score),
-            "false_match_rate": None if self.false_match_rate is None else score_value(self.false_match_rate),
-            "packets": self.packets,
-        }
-
-
-@dataclass
 class WatchedHost:
-    """One host's state during a watch: dnp-scan's Host, its growing first set, and its verdict."""
+    """One host's state during a watch: its Host (tool.hosts), its growing first set, and its verdict."""
 
     host: Host
-    first_seen: float
-    last_seen: float
     first: list[np.ndarray] | None = field(default_factory=list)  # None once the set score is final
     scores: np.ndarray | None = None  # [K], the latest set score for each fingerprint
     false_match: np.ndarray | None = None  # [K]
@@ -117,9 +89,8 @@ class Watcher:
         self.min_packets = min(min_packets, host_packets)
         self.idle = idle
         self.max_hosts = max_hosts
-        # The cohort's scores for the fingerprints, computed once: a rate is asked for at every packet
-        # of a host's first ones.
-        self.impostors = rule.cohort.impostors(fingerprints, rule.how) if rule.cohort is not None else None
+        # The cohort's scores for the fingerprints, before the first packet: no alert waits for them.
+        rule.prepare(self.fingerprints)
         self.hosts: OrderedDict[str, WatchedHost] = OrderedDict()  # least recently seen first
         self.retired: OrderedDict[str, WatchedHost] = OrderedDict()  # evicted hosts, for the report
         self.top = TopPackets()
@@ -146,26 +117,19 @@ class Watcher:
         alerts: list[Alert] = []
         hosts = self.hosts
         for i, packet in enumerate(batch):
-            address = packet.host
             if packet.time > self.clock:
                 self.clock = packet.time
+            address, kind = host_of(packet)
             if not address:
                 continue  # as in dnp-scan: a packet without a source address belongs to no host
             state = hosts.get(address)
             if state is None:
-                state = self._arrive(address, packet)
+                state = self._arrive(address, kind, packet)
             else:
                 hosts.move_to_end(address)
-            state.last_seen = packet.time
-            host = state.host
-            host.packets += 1
-            ip = packet.ip_src
-            if ip and len(host.ips) < MAX_HOST_IPS and ip not in host.ips and ip not in ("0.0.0.0", "::"):
-                host.ips.append(ip)
-            first = state.first
-            if first is not None:
+            first = state.first  # None once the host's set score is final
+            if state.host.count(packet, self.host_packets) and first is not None:
                 first.append(embedded[i].copy())  # a view would keep the whole chunk's array alive
-                host.first_count = len(first)
                 if len(first) >= self.min_packets:
                     alert = self._evaluate(state, packet.time, final=len(first) >= self.host_packets)
                     if alert is not None:
@@ -186,11 +150,11 @@ class Watcher:
         hosts = self.hosts
         while hosts:
             address, state = next(iter(hosts.items()))
-            if state.last_seen >= self.clock - self.idle and len(hosts) <= self.max_hosts:
+            if state.host.last_seen >= self.clock - self.idle and len(hosts) <= self.max_hosts:
                 break
             del hosts[address]
             self.evicted += 1
-            alert = self._evaluate(state, state.last_seen, final=True) if state.first else None
+            alert = self._evaluate(state, state.host.last_seen, final=True) if state.first else None
             if alert is not None:
                 alerts.append(alert)
             if state.scores is not None:
@@ -218,41 +182,37 @@ class Watcher:
         alerts = []
         for state in self.hosts.values():
             if state.first:
-                alert = self._evaluate(state, state.last_seen, final=True)
+                alert = self._evaluate(state, state.host.last_seen, final=True)
                 if alert is not None:
                     alerts.append(alert)
         return alerts
 
-    def _arrive(self, address: str, packet: Packet) -> WatchedHost:
+    def _arrive(self, address: str, kind: str, packet: Packet) -> WatchedHost:
         old = self.retired.pop(address, None)
         if old is not None:
             self.retired_matched -= old.ever_matched
             # Back after being idle: a new set (its rejoin traffic), the counters carried on.
-            state = WatchedHost(old.host, old.first_seen, packet.time, alerts=old.alerts)
+            state = WatchedHost(old.host, alerts=old.alerts)
             state.ever_matched = old.ever_matched
             state.scores, state.false_match, state.best = old.scores, old.false_match, old.best
             state.matched = old.matched
             state.host.first_count = 0
         else:
-            host = Host(address, 0, packet.host_kind)
-            state = WatchedHost(host, packet.time, packet.time)
+            state = WatchedHost(Host(address, kind, first_seen=packet.time))
         self.hosts[address] = state
         return state
 
     def _evaluate(self, state: WatchedHost, when: float, final: bool) -> Alert | None:
         """Score the host's set as it stands; an alert if its verdict is new or changed materially."""
-        from tool.scan import set_scores
-
         assert state.first
         scores = set_scores([np.asarray(state.first)], self.fingerprints)
-        rates = None
-        if self.rule.cohort is not None:
-            rates = self.rule.cohort.false_match(self.fingerprints, scores, self.rule.how, self.impostors)
-        k = int(best_fingerprint(scores, rates)[0])
+        judged = self.rule.judge(self.fingerprints, scores)
+        k = int(judged.best[0])
         score = float(scores[0, k])
-        rate = None if rates is None else float(rates[0, k])
-        state.scores, state.false_match, state.best = scores[0], None if rates is None else rates[0], k
-        state.matched = self.rule.matches(score, rate)
+        rate = None if judged.false_match is None else float(judged.false_match[0, k])
+        state.scores, state.best = scores[0], k
+        state.false_match = None if judged.false_match is None else judged.false_match[0]
+        state.matched = judged.matched[0]
         if final:
             state.first = None  # the set score is final: its embeddings are no longer needed
         if not state.matched:
@@ -264,7 +224,7 @@ class Watcher:
         state.alerts += 1
         self.alerts += 1
         host = state.host
-        return Alert(when, host.mac, list(host.ips), self.names[k], score, rate, host.packets)
+        return Alert(when, host.address, list(host.ips), self.names[k], score, rate, host.packets)
 
     # -- what is shown and reported ---------------------------------------------------------------
 
@@ -286,22 +246,17 @@ class Watcher:
             if not s.ever_matched:
                 continue
             assert s.scores is not None
-            rate = None if s.false_match is None else score_value(s.false_match[s.best])
-            row = {
-                "event": "host",
-                "time": s.last_seen,
-                "mac": s.host.mac,
-                "ips": list(s.host.ips),
-                "fingerprint": self.names[s.best],
-                "score": score_value(s.scores[s.best]),
-                "false_match_rate": rate,
-                "packets": s.host.packets,
-                "host_kind": s.host.kind,
-                "first_seen": s.first_seen,
-                "last_seen": s.last_seen,
+            host = s.host
+            rate = None if s.false_match is None else float(s.false_match[s.best])
+            summary = {
+                "host_kind": host.kind, "first_seen": host.first_seen, "last_seen": host.last_seen,
                 "alerts": s.alerts,
-            }
-            out.append(row)
+            }  # fmt: skip
+            score = float(s.scores[s.best])
+            alert = Alert(
+                host.last_seen, host.address, host.ips, self.names[s.best], score, rate, host.packets, summary
+            )
+            out.append(alert.to_dict())
         return out
 
     def result(self, capture: str, fingerprint_files: Sequence[str] | None = None) -> ScanResult:
@@ -309,8 +264,6 @@ class Watcher:
 
         Past MAX_RETIRED (MAX_RETIRED_OTHERS) evicted hosts the oldest are left out (counted in
         `retired_dropped`): a watch of days would otherwise list every host that ever spoke."""
-        from tool.scan import rank_hosts
-
         states = [s for s in (*self.hosts.values(), *self.retired.values()) if s.scores is not None]
         scores = np.asarray([s.scores for s in states], dtype=np.float64).reshape(
             len(states), len(self.names)
@@ -328,7 +281,7 @@ class Watcher:
             host_packets=self.host_packets,
             packets=self.packets,
             distinct_inputs=self.matcher.distinct_inputs,
-            hosts=rank_hosts([s.host for s in states], self.names, scores, self.fingerprints, rule),
+            hosts=host_rows([s.host for s in states], self.fingerprints, scores, rule),
             top_packets=self.top.rows(self.names),
             rule=rule.describe(),
             cohort_hosts=len(rule.cohort) if rule.cohort is not None else 0,

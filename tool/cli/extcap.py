@@ -105,10 +105,11 @@ def _capture(fifo: str, iface: str, fingerprint: str, bpf: str | None, max_false
 
     from tool.capture import StreamEnd
     from tool.fingerprint import load
+    from tool.hosts import host_of
     from tool.model import Model
     from tool.pcapng import comment_text, commented_packet, commented_stream_header
-    from tool.scan import verdict_rule
     from tool.stream import start_dumpcap, stream_segments
+    from tool.verdict import verdict_rule
     from tool.watch import Watcher
 
     class _Stopped(Exception):
@@ -146,7 +147,8 @@ def _capture(fifo: str, iface: str, fingerprint: str, bpf: str | None, max_false
             sec, usec, _, orig = struct.unpack_from(order + "IIII", record)
             if header[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
                 usec //= 1000
-            host = watcher.host_score(packet.host) if packet.host else None
+            address = host_of(packet)[0]
+            host = watcher.host_score(address) if address else None
             k = int(row.argmax())
             comment = comment_text(float(row[k]), watcher.names[k], host)
             blocks.append(commented_packet(sec * 1_000_000 + usec, record[16:], orig, comment))

@@ -193,7 +193,7 @@ class _Screen:
         table.add_column("verdict")
         for s in watcher.scored()[:TABLE_HOSTS]:
             k = s.best
-            row = [cell(s.host.mac), cell(", ".join(s.host.ips[:2])), cell(f"{s.host.packets:,}")]
+            row = [cell(s.host.address), cell(", ".join(s.host.ips[:2])), cell(f"{s.host.packets:,}")]
             row += [cell(self.names[k]), cell(f"{s.scores[k]:.3f}")]
             if watcher.rule.cohort is not None:
                 row.append(cell(_rate(float(s.false_match[k]), len(watcher.rule.cohort))))
@@ -321,7 +321,7 @@ def command(
     from tool.capture import CaptureError, CaptureTruncated, StreamEnd
     from tool.fingerprint import load_all
     from tool.model import Model
-    from tool.scan import verdict_rule
+    from tool.verdict import verdict_rule
     from tool.watch import Watcher
 
     model = Model.load(models)

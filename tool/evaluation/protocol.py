@@ -92,14 +92,14 @@ class ModelScorer:
             raise EvaluationError(f"{name}: {e}") from None
 
     def score(self, packets: Sequence[Packet], states: Sequence[Any]) -> np.ndarray:
-        from tool.scan import score_packets
+        from tool.scores import score_packets
 
         return np.asarray(score_packets(self.model, packets, states), dtype=np.float64)
 
     def host_scores(
         self, hosts: Sequence[Sequence[Packet]], states: Sequence[Any], packets: int | None
     ) -> Any:
-        from tool.scan import host_scores
+        from tool.scores import host_scores
 
         how = self.host_score
         if packets is None:  # every packet of the host: the all-packet variant of the same score

@@ -1,0 +1,105 @@
+"""The verdict: which fingerprint a host matches best, and whether it matches it at all.
+
+One rule for every mode: a raw threshold on the host score (--threshold, or the fallback where no
+cohort calibrates the score), or a false-match rate against the model's cohort (tool/cohort.py).
+`Verdict.judge` applies it to hosts' scores; scan, watch and hunt all call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from tool.cohort import Cohort
+from tool.constants import FALLBACK_THRESHOLD, MAX_FALSE_MATCH, SET_SCORES
+
+if TYPE_CHECKING:
+    from tool.fingerprint import Fingerprint
+    from tool.model import Model
+
+
+class Judgement(NamedTuple):
+    """The verdict on H hosts' scores [H, K]."""
+
+    false_match: np.ndarray | None  # [H, K] each score's false-match rate; None without a cohort
+    best: np.ndarray  # [H] each host's best fingerprint
+    matched: list[bool]  # [H] whether the verdict holds for it
+
+
+@dataclass
+class Verdict:
+    """The rule that turns a host score into a verdict: a raw threshold, or a false-match rate."""
+
+    threshold: float | None  # raw host score, when given (or when no cohort calibrates the score)
+    max_false_match: float | None  # the share of cohort hosts allowed to reach a match
+    cohort: Cohort | None
+    how: str = "set"  # the host score the cohort's hosts are scored by
+    # The cohort's scores for the fingerprints last judged (see prepare).
+    _impostors: tuple[list, list] | None = field(default=None, repr=False, compare=False)
+
+    def matches(self, score: float, false_match: float | None) -> bool:
+        """Whether a host's score (and its false-match rate, for a calibrated rule) is a match."""
+        if self.threshold is not None:
+            return score >= self.threshold
+        assert false_match is not None and self.max_false_match is not None
+        return false_match <= self.max_false_match
+
+    def prepare(self, fingerprints: Sequence[Fingerprint]) -> list | None:
+        """The cohort's scores for the fingerprints (Cohort.impostors), computed once and kept while the
+        fingerprints are the same: a watch judges a host at every one of its first packets, a hunt's
+        worker thousands of captures. A watch prepares them before its first packet."""
+        if self.cohort is None:
+            return None
+        kept = self._impostors
+        if (
+            kept is None
+            or len(kept[0]) != len(fingerprints)
+            or any(a is not b for a, b in zip(kept[0], fingerprints))
+        ):
+            kept = self._impostors = (list(fingerprints), self.cohort.impostors(fingerprints, self.how))
+        return kept[1]
+
+    def judge(self, fingerprints: Sequence[Fingerprint], scores: np.ndarray) -> Judgement:
+        """The verdict on hosts' scores [H, K] for the fingerprints: the one place it is decided."""
+        false_match = None
+        if self.cohort is not None and len(scores):
+            impostors = self.prepare(fingerprints)
+            false_match = self.cohort.false_match(fingerprints, scores, self.how, impostors)
+        best = best_fingerprint(scores, false_match)
+        matched = [
+            self.matches(scores[h, k], None if false_match is None else false_match[h, k])
+            for h, k in enumerate(best.tolist())
+        ]
+        return Judgement(false_match, best, matched)
+
+    def describe(self) -> str:
+        if self.threshold is not None:
+            return f"threshold {self.threshold:.3f}"
+        assert self.max_false_match is not None and self.cohort is not None
+        return f"false-match rate <= {self.max_false_match:g} ({len(self.cohort)} cohort hosts)"
+
+
+def verdict_rule(
+    model: Model, host_score: str, threshold: float | None = None, max_false_match: float | None = None
+) -> Verdict:
+    """The verdict a scan applies: --threshold if given, else the cohort's false-match rate for the set
+    scores (default MAX_FALSE_MATCH), else the fallback threshold (the paper's p(Target) scores, or a
+    model that ships no cohort)."""
+    if threshold is not None:
+        return Verdict(float(threshold), None, None, host_score)
+    cohort = Cohort.load(model) if host_score in SET_SCORES else None
+    if cohort is None:
+        return Verdict(FALLBACK_THRESHOLD, None, None, host_score)
+    rate = MAX_FALSE_MATCH if max_false_match is None else float(max_false_match)
+    return Verdict(None, rate, cohort, host_score)
+
+
+def best_fingerprint(scores: np.ndarray, false_match: np.ndarray | None) -> np.ndarray:
+    """Each host's best fingerprint [H]: the lowest false-match rate, ties (and no cohort) by score."""
+    if false_match is None:
+        return scores.argmax(axis=1)
+    # lexsort's last key is the primary one.
+    return np.asarray([np.lexsort((-s, f))[0] for s, f in zip(scores, false_match)], dtype=np.intp)

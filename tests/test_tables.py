@@ -31,7 +31,7 @@ MAC = r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}"
 CUT = re.compile(r"(\S+)…")  # what was cut, before its ellipsis
 
 
-def in_terminal(command: str, *args: str, env: dict[str, str], columns: int = 80) -> str:
+def in_terminal(command: str, *args: str, env: dict[str, str], columns: int = 80, cwd: Path = ROOT) -> str:
     """What the command shows in a terminal `columns` wide, styles and cursor moves taken out."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
@@ -41,7 +41,7 @@ def in_terminal(command: str, *args: str, env: dict[str, str], columns: int = 80
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=slave,
-        cwd=ROOT,
+        cwd=cwd,
         env=dict(env, COLUMNS=str(columns), LINES="50", TERM="xterm-256color"),
     )
     os.close(slave)

@@ -39,7 +39,8 @@ Examples:
     f"shipped with the model) reach its score; {verdict_help()}. Measured on device types the model "
     "never trained on, the default flags 3.9% of other devices' hosts (mostly the device's same-vendor "
     "siblings) and misses 11.8% of the device's own; 0.003: 5.2% and 6.4% (model card).",
-    "The verdict on the raw host score instead (cosine for set, p(Target) for first20 / mean).",
+    "The verdict on the raw host score instead (for set, half Chamfer similarity and half cosine of"
+    " the mean embeddings; for set-all, that cosine; for first20 / mean, p(Target)).",
 )
 @host_score_option(
     "set: the host's first --host-packets packets compared with the fingerprint as a set; set-all: "

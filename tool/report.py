@@ -18,7 +18,12 @@ if TYPE_CHECKING:
     from tool.scan import ScanResult
 
 # The hosts table's first column, by what a scan keyed its hosts on (Packet.host_kind).
-HOST_HEADERS = {"mac": "MAC", "sll": "host (SLL source MAC)", "ip": "host (IP source)"}
+HOST_HEADERS = {
+    "mac": "MAC",
+    "wlan": "host (802.11 source MAC)",
+    "sll": "host (SLL source MAC)",
+    "ip": "host (IP source)",
+}
 
 
 def printable(text: str) -> str:
@@ -139,6 +144,8 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
             f"Hosts in {Path(result.capture).name}: {result.packets} packets, "
             f"host score = {result.host_score}, verdict at {result.rule}"
         ),
+        # A table with no host row still keeps its title on a line or two, not in a narrow column.
+        min_width=min(console.width, 80),
         **table_options(console),  # type: ignore[arg-type]
     )
     # The host column says what identifies a host: a capture without Ethernet has no MACs to show.

@@ -284,7 +284,7 @@ class Host:
 
     mac: str  # the host's address (Packet.host): a MAC, or an IP address where the link has none
     number: int  # the host's row in a scan's per-host arrays
-    kind: str = "mac"  # Packet.host_kind: "mac", "sll" or "ip"
+    kind: str = "mac"  # Packet.host_kind: "mac", "wlan", "sll" or "ip"
     ips: list[str] = field(default_factory=list)
     packets: int = 0
     first_count: int = 0  # how many of its packets count as its first ones (up to host_packets)
@@ -583,7 +583,7 @@ def rank_hosts(
         matched = rule.matches(scores[h, k], None if false_match is None else false_match[h, k])
         row: dict[str, Any] = {
             # "mac" stays what it always was for Ethernet hosts; "host" is the key for every kind.
-            "mac": host.mac if host.kind in ("mac", "sll") else None,
+            "mac": host.mac if host.kind in ("mac", "wlan", "sll") else None,
             "host": host.mac,
             "host_kind": host.kind,
             "ips": host.ips,

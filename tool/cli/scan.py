@@ -167,6 +167,13 @@ def command(
         outputs.commit(result, cut=any(issubclass(w.category, CaptureTruncated) for w in held))
     finally:
         outputs.discard()
+    if not result.hosts:
+        # Bluetooth, USB, ...: packets are scored, but none names its sender, so no host can match.
+        warnings.warn(
+            f"{capture}: no host: none of its {result.packets} packets has a sender address read here "
+            "(Ethernet, 802.11, Linux cooked capture or IP source): see the README's link types",
+            stacklevel=1,
+        )
     if json_path == "-":
         sys.stdout.write(result.to_json())
     elif not quiet:

@@ -169,3 +169,34 @@ def test_hunt_table_at_80_columns_keeps_every_mac_score_and_rate(camera, clean_e
     cohort = int(re.search(r"\((\d+) cohort hosts\)", result["rule"]).group(1))
     rows = [(h["host"], f"{h['score']:.3f}", _rate(h["false_match_rate"], cohort)) for h in result["hosts"]]
     _check_whole(shown, rows)
+
+
+def test_watch_last_table_gives_the_run_rate(camera, clean_env):
+    """A run shorter than the table's measuring interval said "0 packets/s" in its last table."""
+    shown = in_terminal("dnp-watch", "-r", str(ROOT / "examples" / "enroll-camera.pcap"), "-f", str(camera),
+                        env=clean_env)  # fmt: skip
+    title = " ".join(shown[shown.rindex("dnp-watch ") :].split("\n\n")[0].split())
+    rate = re.search(r"packets, ([\d,]+) packets/s", title)
+    assert rate and int(rate.group(1).replace(",", "")) > 0, title
+    assert "1 host," in title
+
+
+def test_hunt_without_a_match_has_the_table_of_one_with_matches(camera, clean_env, tmp_path):
+    """On a pipe, a hunt that finds nothing shows the same columns, so a script reads both alike."""
+    pytest.importorskip("distributed", reason="dnp-hunt's engine: pip install '.[hunt]'")
+    # Another D-Link camera of the demo: the camera's own capture holds no host that matches it.
+    other = tmp_path / "other.fp"
+    args = (str(DEMO), "--mac", "b0:c5:54:25:5b:0e", "--name", "other", "-o", str(other), "--quiet")
+    done = run_command("dnp-enroll", *args, env=clean_env)
+    assert done.returncode == 0, done.stderr
+    headers = []
+    for capture, fp, status in ((DEMO, camera, 0), (ROOT / "examples" / "enroll-camera.pcap", other, 1)):
+        folder = tmp_path / f"in-{status}"
+        folder.mkdir()
+        (folder / capture.name).symlink_to(capture)
+        done = run_command("dnp-hunt", str(folder), "-f", str(fp), "--out", str(tmp_path / f"out-{status}"),
+                           "--workers", "1", env=clean_env)  # fmt: skip
+        assert done.returncode == status, done.stdout + done.stderr
+        headers.append(next(line for line in done.stdout.splitlines() if line.startswith("| ")))
+    with_match, without = headers
+    assert without.split() == with_match.split(), headers

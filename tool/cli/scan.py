@@ -13,6 +13,7 @@ from tool.cli.common import (
     host_packets_option,
     host_score_option,
     nonempty_filter,
+    one_capture,
     require_stdout,
     run,
     verdict_help,
@@ -32,7 +33,7 @@ Examples:
 
 
 @click.command(epilog=EXAMPLE)
-@click.argument("capture", type=click.Path(exists=True, dir_okay=False))
+@click.argument("capture", type=click.Path(exists=True), callback=one_capture)
 @fingerprint_option
 @verdict_options(
     "The verdict: a host matches when at most this share of other devices' hosts (the cohort "

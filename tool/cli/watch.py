@@ -158,7 +158,11 @@ class _Screen:
     def refresh(self, watcher: Any, lag: float | None, dropped: int, final: bool = False) -> None:
         now = time.monotonic()
         then, count = self._last
-        if now - then >= 0.5:
+        if final:
+            # The last table gives the whole run's rate: a run shorter than one measuring interval
+            # would otherwise say 0 packets/s, or whatever its last half second did.
+            self.rate = watcher.packets / max(now - self.started, 1e-3)
+        elif now - then >= 0.5:
             self.rate = (watcher.packets - count) / (now - then)
             self._last = (now, watcher.packets)
         if self.live is not None:
@@ -174,7 +178,8 @@ class _Screen:
         table = Table(
             title=cell(
                 f"{self.title}: {watcher.packets:,} packets, {self.rate:,.0f} packets/s{behind}, "
-                f"{hosts:,} hosts, {watcher.alerts} alert{'s' * (watcher.alerts != 1)}, {dropped} dropped, "
+                f"{hosts:,} host{'s' * (hosts != 1)}, {watcher.alerts} alert{'s' * (watcher.alerts != 1)}, "
+                f"{dropped} dropped, "
                 f"{time.monotonic() - self.started:.0f} s"
             ),
             caption=None if final else "^C stops and writes the report",

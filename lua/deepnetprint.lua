@@ -11,12 +11,13 @@
 --
 -- Fields (a contract with the analyst: filters, columns and `tshark -e` use them; never rename them):
 --   deepnetprint         the protocol: present on every scored frame
---   deepnetprint.match   double: the best fingerprint's match probability, in [0, 1] (3 decimals)
+--   deepnetprint.match   double: the best fingerprint's match probability, in [0, 1] (the full score)
 --   deepnetprint.target  string: that fingerprint's name
 --   deepnetprint.host_match  double: the score of the packet's sending host for its best fingerprint
---                        (dnp-scan's host score, in [-1, 1], 3 decimals): the same on every packet of a host
+--                        (dnp-scan's host score, from -1 to 1): the same on every packet of a host
+--   deepnetprint.match_text  string, hidden: deepnetprint.match to 3 decimals, zeros kept (a column)
 -- e.g. display filter `deepnetprint.match > 0.9`, `deepnetprint.host_match > 0.95` (every packet of a
--- matching host), custom column `%Cus:deepnetprint.match`.
+-- matching host), custom column `%Cus:deepnetprint.match_text`.
 --
 -- Where the sidecar path comes from (the first that is set):
 --   the preference deepnetprint.scores_file (Preferences > Protocols > DEEPNETPRINT, or
@@ -85,11 +86,16 @@ local f_match = ProtoField.double("deepnetprint.match", "Match probability", "Pr
 local f_target = ProtoField.string("deepnetprint.target", "Fingerprint", "Name of the fingerprint "
     .. "with the best match probability")
 local f_host = ProtoField.double("deepnetprint.host_match", "Host match", "dnp-scan's score of the "
-    .. "packet's sending host for its best fingerprint: the same on every packet of the host")
-deepnetprint.fields = { f_match, f_target, f_host }
+    .. "packet's sending host for its best fingerprint, from -1 to 1: the same on every packet of the host")
+-- Wireshark prints a double with up to 15 significant digits and drops trailing zeros (0.91 beside
+-- 0.929), in a column too; this hidden text field holds the match probability as the tree shows it, 3
+-- decimals with zeros kept, for a Match column (%Cus:deepnetprint.match_text). Filters use the double.
+local f_match_text = ProtoField.string("deepnetprint.match_text", "Match probability (3 decimals)",
+    "The match probability to 3 decimals, zeros kept: for a Match column")
+deepnetprint.fields = { f_match, f_target, f_host, f_match_text }
 
 -- A packet written by the DeepNetPrint extcap (or dnp-scan --pcapng) carries its score as a packet
--- comment `deepnetprint.match=0.9312 target=cam host_match=0.9871`; it is read when no sidecar row
+-- comment `deepnetprint.match=0.9312345028877258 target=cam host_match=0.987123`; it is read when no sidecar row
 -- applies to the frame. The field is frame.comment from Wireshark 1.12 on (pkt_comment before).
 local ok_comment, f_comment = pcall(Field.new, "frame.comment")
 if not ok_comment then
@@ -103,10 +109,10 @@ local function from_comment()
     end
     for _, info in ipairs({ f_comment() }) do
         local text = tostring(info.value)
-        local score, rest = string.match(text, "^deepnetprint%.match=([%d%.]+) target=(.*)$")
+        local score, rest = string.match(text, "^deepnetprint%.match=([%d%.eE+-]+) target=(.*)$")
         score = tonumber(score)
         if score ~= nil and score >= 0 and score <= 1 then
-            local target, host = string.match(rest, "^(.-) host_match=(%-?[%d%.]+)$")
+            local target, host = string.match(rest, "^(.-) host_match=([%d%.eE+-]+)$")
             if target == nil then
                 return score, rest, nil
             end
@@ -503,12 +509,10 @@ function deepnetprint.init()
     end
 end
 
--- A score as the fields show it: 3 decimals. Wireshark prints a double with 15 significant digits,
--- which a column of scores does not need; a filter then compares what the column shows. The sidecar
--- keeps every digit for tools that want them.
-local function shown(x)
-    return math.floor(x * 1000 + 0.5) / 1000
-end
+-- The fields hold the full score (the sidecar's, the comment's), so a filter compares what dnp-scan
+-- computed: `deepnetprint.match > 0.9` keeps a frame scored 0.900129. People read 3 decimals, zeros
+-- kept: the tree's labels and deepnetprint.match_text.
+local format = string.format
 
 function deepnetprint.dissector(tvb, pinfo, tree)
     local frame = pinfo.number
@@ -531,10 +535,12 @@ function deepnetprint.dissector(tvb, pinfo, tree)
     -- and a tree.visible test about 1.5 s. So the subtree keeps its plain name and the fields carry
     -- the values.
     local item = tree:add(deepnetprint)
-    item:add(f_match, shown(score))
+    local text = format("%.3f", score)
+    item:add(f_match, score, "Match probability: " .. text)
+    item:add(f_match_text, text):set_hidden()
     item:add(f_target, target)
     if host ~= nil then
-        item:add(f_host, shown(host))
+        item:add(f_host, host, format("Host match: %.3f (the host's score, from -1 to 1)", host))
     end
 end
 

@@ -28,7 +28,7 @@ LUA_ERRORS = ("Lua: Error", "Lua Error", "stack traceback", "attempt to ", "bad 
 # Names with what CSV must quote, and more than ASCII.
 TARGETS = ["D-LinkCam", 'Hue, bridge "living room"', "Küche ☕"]
 MERGED_DEVICES = ["D-LinkCam", "HueBridge", "Withings", "Aria", "TP-LinkPlugHS110", "MAXGateway"]
-COLUMNS = 'gui.column.format:"No.","%m","Info","%i","Match","%Cus:deepnetprint.match"'
+COLUMNS = 'gui.column.format:"No.","%m","Info","%i","Match","%Cus:deepnetprint.match_text"'
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +108,9 @@ def messages(done: subprocess.CompletedProcess) -> list[str]:
     return [line for line in done.stderr.splitlines() if "deepnetprint:" in line]
 
 
-def shown_value(score: float) -> float:
-    """A score as the plugin's fields show it: rounded half up to 3 decimals."""
-    return math.floor(score * 1000 + 0.5) / 1000
+def field_value(score: float) -> float:
+    """A score as tshark prints the plugin's double field: the full score, to 15 significant digits."""
+    return float(f"{score:.15g}")
 
 
 def assert_shows(shown: dict[int, tuple[str, str]], frames: list[int], scores) -> None:
@@ -119,8 +119,8 @@ def assert_shows(shown: dict[int, tuple[str, str]], frames: list[int], scores) -
         match, target = shown[frame]
         if frame in scores:
             score, name = scores[frame]
-            # The fields show 3 decimals (the sidecar keeps every digit).
-            assert float(match) == shown_value(score), (frame, match, score)
+            # The field holds the full score, as the sidecar.
+            assert float(match) == field_value(score), (frame, match, score)
             assert target == name
         else:
             assert (match, target) == ("", ""), frame
@@ -146,11 +146,12 @@ def test_display_filter_keeps_exactly_the_frames_above_0_9(capture, scores, side
         scores=sidecar,
     )
     shown = [int(x) for x in done.stdout.split()]
-    expected = sorted(f for f, (s, _) in scores.items() if shown_value(s) > 0.9)
+    expected = sorted(f for f, (s, _) in scores.items() if s > 0.9)
     assert shown == expected
     assert any(s == 0.9 for s, _ in scores.values())  # the boundary itself was on a frame, and left out
-    # A filter compares what the column shows: just above 0.9 shows as 0.900, and is left out too.
-    assert any(0.9 < s < 0.9005 for s, _ in scores.values())
+    # A filter compares the full score: just above 0.9 (shown as 0.900) is kept.
+    above = [f for f, (s, _) in scores.items() if 0.9 < s < 0.9005]
+    assert above and set(above) <= set(shown)
 
 
 def test_protocol_filter_finds_the_scored_frames(capture, scores, sidecar, env):
@@ -191,7 +192,8 @@ def test_match_column_in_tshark_text_output(capture, frames, scores, sidecar, en
         assert words[: len(text)] == text, line
         match = " ".join(words[len(text) :])
         if int(number) in scores:
-            assert float(match) == shown_value(scores[int(number)][0]), line
+            # 3 decimals, trailing zeros kept: 0.900 and 0.910 line up with 0.929.
+            assert match == f"{scores[int(number)][0]:.3f}", line
         else:
             assert match == "", line
 
@@ -220,7 +222,7 @@ def test_packet_tree_shows_the_match(capture, frames, scores, sidecar, env):
     frame = frames[3]  # scored with 0.9000000000000001
     done = tshark(capture, "-V", "-Y", f"frame.number == {frame}", env=env, scores=sidecar)
     assert "DeepNetPrint match" in done.stdout
-    assert "Match probability: 0.9\n" in done.stdout
+    assert "Match probability: 0.900\n" in done.stdout
     assert f"Fingerprint: {TARGETS[1]}" in done.stdout
 
 
@@ -268,7 +270,7 @@ def test_bad_sidecar_gives_one_message_and_dissection_goes_on(capture, frames, e
     found = messages(done)
     assert len(found) == 1 and message in found[0], done.stderr
     shown = re.findall(r"^\s+Match probability: (\S+)$", done.stdout, re.M)
-    assert shown == (["0.25"] * 5 if template.startswith(HEADER + GOOD) else [])
+    assert shown == (["0.250"] * 5 if template.startswith(HEADER + GOOD) else [])
 
 
 @pytest.mark.parametrize("kind", ["/dev/zero", "fifo", "folder", "too large"])
@@ -391,7 +393,7 @@ def test_filter_on_the_whole_data_set(merged_all, env, tmp_path):
         scores=path,
     )
     shown = {int(f): float(m) for f, m in (line.split("\t") for line in done.stdout.splitlines())}
-    expected = {f: shown_value(s) for f, (s, _) in scores.items() if shown_value(s) > 0.99}
+    expected = {f: field_value(s) for f, (s, _) in scores.items() if s > 0.99}
     assert count > 170_000 and len(expected) > 1000
     assert shown == expected
     assert messages(done) == []
@@ -436,7 +438,7 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
     )
     shown_hosts = {int(f): float(v) for f, v in (line.split("\t") for line in hosts.stdout.splitlines())}
     assert shown_hosts.keys() == host_match.keys()
-    assert all(abs(shown_hosts[f] - host_match[f]) <= 5.1e-4 for f in host_match)  # 3 decimals shown
+    assert all(abs(shown_hosts[f] - host_match[f]) <= 1e-9 for f in host_match)  # the full score
     matching = tshark(
         cap, "-Y", "deepnetprint.host_match > 0.9", "-T", "fields", "-e", "eth.src", env=env, scores=sidecar
     )
@@ -445,16 +447,66 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
     for frame, probs in expected.items():
         match, target = shown[frame]
         # --csv rounds to 6 decimals; the sidecar keeps every digit.
-        assert abs(float(match) - max(probs)) <= 5.1e-4, frame  # the field shows 3 decimals
+        assert abs(float(match) - max(probs)) <= 5.1e-7, frame  # the field holds the full score
         tied = [name for name, p in zip(enrolled, probs) if p == max(probs)]
         assert target in tied, (frame, target, probs)
     # The commented copy, for analysts without the plugin, says the same.
     comments = fields(tshark(copy, *FIELD_ARGS[:4], "-e", "frame.comment", "-e", "frame.len", env=env))
     for frame, (score, target, host) in read_sidecar(sidecar).items():
         assert comments[frame][0] == comment_text(score, target, host)
-        assert float(comments[frame][0].split()[0].split("=")[1]) == pytest.approx(
-            max(expected[frame]), abs=6e-5
-        )
+        assert float(comments[frame][0].split()[0].split("=")[1]) == score  # every digit
+
+
+def test_one_value_from_the_sidecar_and_from_the_commented_copy(env, tmp_path):
+    """The demo scored by the real dnp-scan: the plugin shows every frame the same from the sidecar and
+    from the --pcapng copy's comments; the field holds the full score, so a filter at 0.9 keeps a frame
+    scored 0.9001; the Match column and the tree show 3 decimals with their zeros."""
+    mac = (ROOT / "examples" / "camera.mac").read_text().strip()
+    demo = ROOT / "examples" / "demo.pcapng"
+    fp, sidecar, copy = tmp_path / "camera.fp", tmp_path / "demo.scores.csv", tmp_path / "demo.scored.pcapng"
+    done = run_command(
+        "dnp-enroll", str(ROOT / "examples" / "enroll-camera.pcap"), "--mac", mac, "--name", "camera",
+        "-o", str(fp), "--quiet", env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = run_command(
+        "dnp-scan",
+        str(demo),
+        "-f",
+        str(fp),
+        "--annotate",
+        str(sidecar),
+        "--pcapng",
+        str(copy),
+        "--quiet",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    scores = read_sidecar(sidecar)
+    args = ("-T", "fields", "-e", "frame.number", "-e", "deepnetprint.match", "-e", "deepnetprint.match_text")
+    args += ("-e", "deepnetprint.host_match")
+    from_sidecar = tshark(demo, *args, env=env, scores=sidecar).stdout.splitlines()
+    from_comments = tshark(copy, *args, env=env).stdout.splitlines()
+    assert from_sidecar == from_comments and len(from_sidecar) == len(scores) == 713
+    for line in from_sidecar:
+        frame, match, text, host = line.split("\t")
+        score, _, host_match = scores[int(frame)]
+        assert float(match) == field_value(score) and text == f"{score:.3f}", line
+        assert float(host) == field_value(host_match), line
+    # One filter, one answer: the frames whose full score is above 0.9, from either source.
+    above = sorted(f for f, (s, _, _) in scores.items() if s > 0.9)
+    assert any(line.split("\t")[2].endswith("0") for line in from_sidecar)  # 0.910: its zero kept
+    for capture, sidecar_path in ((demo, sidecar), (copy, None)):
+        kept = tshark(
+            capture, "-Y", "deepnetprint.match > 0.9", "-T", "fields", "-e", "frame.number", env=env,
+            scores=sidecar_path,
+        )  # fmt: skip
+        assert [int(f) for f in kept.stdout.split()] == above
+    # The tree: 3 decimals, and what range the host score runs in.
+    frame = above[0]
+    tree = tshark(copy, "-V", "-Y", f"frame.number == {frame}", env=env).stdout
+    assert f"Match probability: {scores[frame][0]:.3f}\n" in tree
+    assert f"Host match: {scores[frame][2]:.3f} (the host's score, from -1 to 1)\n" in tree
 
 
 def test_sidecar_of_another_capture_is_refused_with_one_message(capture, frames, scores, env, tmp_path):

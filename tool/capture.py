@@ -32,6 +32,7 @@ FIELDS = (
     "eth.src",
     "eth.dst",
     "sll.src.eth",  # Linux cooked capture (SLL, SLL2): the sender's MAC, where eth.src is absent
+    "wlan.sa",  # 802.11 (with or without radiotap): the source address, the sender's MAC on Wi-Fi
     "ip.src",
     "ip.dst",
     "ipv6.src",
@@ -79,27 +80,34 @@ class Packet:
     info: str
     source: int = 0  # index of the input file, when several were read in one tshark run
     sll_src: str = ""  # the sender's MAC in a Linux cooked capture (no Ethernet header there)
+    wlan_src: str = ""  # the source address of an 802.11 frame (no Ethernet header there either)
 
     @property
     def host(self) -> str:
         """The sending host's address: the best the link layer offers (see `host_kind`); "" if none."""
-        return source_host(self.eth_src, self.sll_src, self.ip_src)[0]
+        return source_host(self.eth_src, self.sll_src, self.ip_src, self.wlan_src)[0]
 
     @property
     def host_kind(self) -> str:
-        """What `host` is: "mac" (Ethernet source), "sll" (cooked-capture source MAC), "ip", or "".
+        """What `host` is: "mac" (Ethernet source), "wlan" (802.11 source address), "sll" (cooked-capture
+        source MAC), "ip", or "".
 
-        Captures without Ethernet (`tcpdump -i any`, raw IP from tunnels and VPNs) have no eth.src;
-        keyed by it, all their packets would make one host.
+        Captures without Ethernet (Wi-Fi, `tcpdump -i any`, raw IP from tunnels and VPNs) have no
+        eth.src; keyed by it, all their packets would make one host.
         """
-        return source_host(self.eth_src, self.sll_src, self.ip_src)[1]
+        return source_host(self.eth_src, self.sll_src, self.ip_src, self.wlan_src)[1]
 
 
-def source_host(eth_src: str, sll_src: str, ip_src: str) -> tuple[str, str]:
+def source_host(eth_src: str, sll_src: str, ip_src: str, wlan_src: str = "") -> tuple[str, str]:
     """(address, kind) of a packet's sender, the best its link layer offers: the Ethernet source
-    ("mac"), the cooked-capture source MAC ("sll"), the IP source ("ip"), or ("", "") for none."""
+    ("mac"), the 802.11 source address ("wlan"), the cooked-capture source MAC ("sll"), the IP source
+    ("ip"), or ("", "") for none (Bluetooth, USB, ... with no IP: no host)."""
     if eth_src:
         return eth_src, "mac"
+    if wlan_src:
+        # The frame's source address, not the transmitter's: what the AP forwards from a wired host is
+        # that host's, as on Ethernet. Keyed by IP instead, a device's packets before DHCP are lost.
+        return wlan_src, "wlan"
     if sll_src:
         return sll_src, "sll"
     # 0.0.0.0 is what a DHCP client says before it has an address: every device's, not one host's.
@@ -135,7 +143,7 @@ def split_line(line: str) -> list[str]:
 
 def packet_of(parts: Sequence[str]) -> Packet:
     """The Packet of a line's fields (`split_line`)."""
-    iface, frame, when, esrc, edst, sll, ip4s, ip4d, ip6s, ip6d, length, proto, info = parts
+    iface, frame, when, esrc, edst, sll, wsa, ip4s, ip4d, ip6s, ip6d, length, proto, info = parts
     return Packet(
         frame=int(frame),
         time=float(when or 0.0),
@@ -148,15 +156,16 @@ def packet_of(parts: Sequence[str]) -> Packet:
         info=info,
         source=int(iface or 0),
         sll_src=sll.lower(),
+        wlan_src=wsa.lower(),
     )
 
 
 def sender_of(parts: Sequence[str]) -> Sender:
     """The Sender of a line's fields (`split_line`): a fraction of `packet_of`'s cost, for the many
     packets whose host is counted but whose text is never read."""
-    _, _, when, esrc, _, sll, ip4s, _, ip6s, _, _, _, _ = parts
+    _, _, when, esrc, _, sll, wsa, ip4s, _, ip6s, _, _, _, _ = parts
     ip = ip4s or ip6s
-    host, kind = source_host(esrc.lower(), sll.lower(), ip)
+    host, kind = source_host(esrc.lower(), sll.lower(), ip, wsa.lower())
     return Sender(host, kind, ip, float(when or 0.0))
 
 

@@ -336,7 +336,8 @@ def enroll(
     name = check_name(name) if name is not None else default_name(captures[0])
     if mac is not None:
         mac = normalise_mac(mac)
-        display_filter = f"eth.src == {mac}"
+        # The sender's MAC wherever the link layer carries it: Ethernet, 802.11, Linux cooked capture.
+        display_filter = f"eth.src == {mac} || wlan.sa == {mac} || sll.src.eth == {mac}"
     model = model or Model.load()
     packets: list[Packet] = []
     used: list[dict[str, Any]] = []

@@ -32,7 +32,7 @@ NO_ADDRESS = ("0.0.0.0", "::")
 
 
 def host_of(packet: Packet | Sender) -> tuple[str, str]:
-    """Which host sent the packet: (its address, what the address is: "mac", "sll" or "ip").
+    """Which host sent the packet: (its address, what the address is: "mac", "wlan", "sll" or "ip").
 
     The best address the link layer offers (tool.capture.source_host); ("", "") for a packet with
     none, which belongs to no host: lumped together, such packets would make one bogus host.
@@ -51,7 +51,7 @@ class Host:
     """One sending host: what it sent, and its first packets (those its set score reads)."""
 
     address: str  # the host's address (host_of): a MAC, or an IP address where the link has none
-    kind: str = "mac"  # what the address is: "mac", "sll" or "ip" (Packet.host_kind)
+    kind: str = "mac"  # what the address is: "mac", "wlan", "sll" or "ip" (Packet.host_kind)
     number: int = 0  # its place among the hosts of its tally, in order of first packet
     ips: list[str] = field(default_factory=list)  # its IP sources, up to MAX_HOST_IPS, first used first
     packets: int = 0  # packets it sent

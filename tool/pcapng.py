@@ -1,7 +1,7 @@
 """The commented copy (`dnp-scan --pcapng OUT`): a pcapng copy of the capture whose scored packets carry
 their match as a packet comment, for analysts who cannot install the Wireshark plugin.
 
-Each scored packet carries the comment `deepnetprint.match=0.9312 target=cam host_match=0.9871`,
+Each scored packet carries the comment `deepnetprint.match=0.9312345028877258 target=cam host_match=0.987123`,
 readable as `frame.comment`; the rows are the sidecar's (tool/sidecar.py).
 It is written here in Python, block by block, because `editcap -a` takes one argument per comment and
 fails with "argument list too long" near 60,000 comments.
@@ -47,11 +47,13 @@ class AnnotateError(Exception):
 
 
 def comment_text(score: float, target: str, host_match: float | None = None) -> str:
-    """The packet comment of a scored packet: `deepnetprint.match=0.9312 target=cam host_match=0.9871`."""
+    """The packet comment of a scored packet, every digit as in the sidecar:
+    `deepnetprint.match=0.9312345028877258 target=cam host_match=0.987123`."""
     # One line: Wireshark shows a comment's line breaks, and a filter on it should not need to know.
     target = " ".join(target.splitlines())
-    host = "" if host_match is None else f" host_match={score_text(host_match, 4)}"
-    return f"{COMMENT_PREFIX}{score_text(score, 4)} target={target}{host}"
+    # Every digit, as the sidecar: the plugin shows one value for a frame, from either.
+    host = "" if host_match is None else f" host_match={score_text(host_match, None)}"
+    return f"{COMMENT_PREFIX}{score_text(score, None)} target={target}{host}"
 
 
 def commented_stream_header(linktype: int, snaplen: int = 262144) -> bytes:
@@ -223,7 +225,7 @@ def write_commented_pcapng(
 ) -> None:
     """Write a pcapng copy of `capture` in which every scored packet carries a packet comment.
 
-    The comment reads `deepnetprint.match=0.9312 target=cam` (filter: `frame.comment contains
+    The comment reads `deepnetprint.match=0.9312345028877258 target=cam` (filter: `frame.comment contains
     "deepnetprint.match"`). pcap and pcapng are read directly, any other format tshark reads is first
     converted with `editcap -F pcapng`. The copy appears at `out` only once complete. Raises
     AnnotateError (one line) on an unreadable capture, a bad row, or a row for a frame the capture lacks.

@@ -157,7 +157,7 @@ def host_rows(
         rates = None if judged.false_match is None else judged.false_match[h]
         rows.append(
             HostRow(
-                mac=host.address if host.kind in ("mac", "sll") else None,
+                mac=host.address if host.kind in ("mac", "wlan", "sll") else None,
                 host=host.address,
                 host_kind=host.kind,
                 ips=host.ips,
@@ -184,7 +184,7 @@ class HuntRow:
 
     mac: str | None  # as HostRow's: the host's MAC, None for a host known by its IP
     host: str  # the host's address, for every kind of host
-    host_kind: str  # "mac", "sll" or "ip"
+    host_kind: str  # "mac", "wlan", "sll" or "ip"
     ips: list[str]  # its IP sources over the captures, up to tool.hosts.MAX_HOST_IPS
     fingerprint: str  # the fingerprint matched (verdict None: the host's best one)
     score: float  # its best score for the fingerprint over the captures

@@ -11,13 +11,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
     from rich.text import Text
 
     from tool.fingerprint import Fingerprint
     from tool.records import ScanResult
 
 # The hosts table's first column, by what a scan keyed its hosts on (Packet.host_kind).
-HOST_HEADERS = {"mac": "MAC", "sll": "host (SLL source MAC)", "ip": "host (IP source)"}
+HOST_HEADERS = {
+    "mac": "MAC",
+    "wlan": "host (802.11 source MAC)",
+    "sll": "host (SLL source MAC)",
+    "ip": "host (IP source)",
+}
 
 
 def printable(text: str) -> str:
@@ -49,6 +55,66 @@ def console(**kwargs: object) -> Console:
     return _Console(markup=False, emoji=False, highlight=False, **kwargs)  # type: ignore[arg-type]
 
 
+def kept_column(
+    table: Table,
+    header: object,
+    values: list[str],
+    justify: str = "left",
+    narrow: bool = True,
+    fold_header: bool = False,
+) -> None:
+    """A column whose values are never cut or wrapped (a MAC, a score, a rate, a verdict).
+
+    rich takes width from the columns it may wrap first, and only from these when nothing else is
+    left; on a `narrow` console the header also wraps at its spaces ("false-match" over "rate"), and
+    with `fold_header` (a fingerprint's name over its scores) it folds to the values' width.
+    """
+    from rich.text import Text
+
+    header = header.copy() if isinstance(header, Text) else cell(header)
+    header.no_wrap = False  # the column's no_wrap would cut it; the header wraps instead
+    words = max((len(w) for w in header.plain.split()), default=1)
+    if fold_header:
+        header.overflow, words = "fold", 5
+    table.add_column(
+        header,
+        justify=justify,  # type: ignore[arg-type]
+        no_wrap=True,
+        min_width=max((len(v) for v in values), default=1),
+        max_width=max([words, *(len(v) for v in values)]) if narrow else None,
+    )
+
+
+def yielding_column(table: Table, header: str, justify: str = "left", max_width: int | None = None) -> None:
+    """A column that gives way on a narrow terminal (IPs, Info, file names): its cells end in an ellipsis."""
+    table.add_column(header, justify=justify, overflow="ellipsis", max_width=max_width)  # type: ignore[arg-type]
+
+
+def line(text: object, style: str = "") -> Text:
+    """A cell of a yielding column: one line, cut with an ellipsis rather than wrapped when narrow."""
+    out = cell(text, style)
+    out.no_wrap, out.overflow = True, "ellipsis"
+    return out
+
+
+def narrow(console: Console) -> bool:
+    """Whether a table should fold its headers: the width of a terminal a person may well have."""
+    return console.width < 120
+
+
+def table_options(console: Console) -> dict[str, object]:
+    """The frame of every table: ASCII off a terminal; on a narrow one, one space between columns."""
+    from rich import box
+
+    tight = narrow(console)
+    return {
+        "box": box.SIMPLE_HEAVY if console.is_terminal else box.ASCII,
+        "title_justify": "left",
+        "collapse_padding": tight,
+        "pad_edge": not tight,
+    }
+
+
 def _fmt(score: float) -> str:
     return f"{score:.3f}"
 
@@ -69,11 +135,8 @@ def _clock(epoch: float) -> str:
 
 def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> None:
     """The two tables of a scan: hosts best match first, then the best-matching packets."""
-    from rich import box
     from rich.table import Table
 
-    plain = not console.is_terminal
-    style = box.ASCII if plain else box.SIMPLE_HEAVY
     names = [f["name"] for f in result.fingerprints]
     calibrated = any("false_match" in row for row in result.hosts)
     hosts = Table(
@@ -81,54 +144,70 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
             f"Hosts in {Path(result.capture).name}: {result.packets} packets, "
             f"host score = {result.host_score}, verdict at {result.rule}"
         ),
-        box=style,
-        title_justify="left",
+        # A table with no host row still keeps its title on a line or two, not in a narrow column.
+        min_width=min(console.width, 80),
+        **table_options(console),  # type: ignore[arg-type]
     )
     # The host column says what identifies a host: a capture without Ethernet has no MACs to show.
     kinds = {row.get("host_kind", "mac") for row in result.hosts}
     mixed = len(kinds) > 1
-    hosts.add_column(
-        HOST_HEADERS.get(kinds.pop() if kinds else "mac", "host") if not mixed else "host (kind: address)"
-    )
-    hosts.add_column("IPs")
-    hosts.add_column("packets", justify="right")
-    for name in names:
-        hosts.add_column(cell(name), justify="right")
-    if calibrated:
-        hosts.add_column("false-match rate", justify="right")
-    hosts.add_column("verdict")
-    for row in result.hosts[:max_hosts]:
-        cells = [cell(_fmt(row["match"][n])) for n in names]
-        if calibrated:
-            cells.append(cell(_rate(row["false_match"][row["best"]], result.cohort_hosts)))
-        verdict = cell(row["verdict"], "bold green") if row["verdict"] else cell("-")
-        ips = ", ".join(row["ips"][:3]) + (" ..." if len(row["ips"]) > 3 else "")
+    shown = result.hosts[:max_hosts]
+    rows = []
+    for row in shown:
         address = row.get("host", row["mac"])
-        if mixed:
-            address = f"{row['host_kind']}: {address}"
-        hosts.add_row(cell(address), cell(ips), cell(row["packets"]), *cells, verdict)
+        rows.append(
+            {
+                "host": f"{row['host_kind']}: {address}" if mixed else str(address),
+                "ips": ", ".join(row["ips"][:3]) + (" ..." if len(row["ips"]) > 3 else ""),
+                "packets": str(row["packets"]),
+                "scores": [_fmt(row["match"][n]) for n in names],
+                "rate": _rate(row["false_match"][row["best"]], result.cohort_hosts) if calibrated else "",
+                "verdict": str(row["verdict"] or "-"),
+            }
+        )
+    tight = narrow(console)
+    # At 80 columns the MAC, the scores, the rate and the verdict stay whole; the IPs give way.
+    kept_column(
+        hosts,
+        HOST_HEADERS.get(kinds.pop() if kinds else "mac", "host") if not mixed else "host (kind: address)",
+        [printable(r["host"]) for r in rows],
+        narrow=tight,
+    )
+    yielding_column(hosts, "IPs")
+    kept_column(hosts, "packets", [r["packets"] for r in rows], "right", tight)
+    for k, name in enumerate(names):
+        kept_column(hosts, cell(name), [r["scores"][k] for r in rows], "right", tight, fold_header=True)
+    if calibrated:
+        kept_column(hosts, "false-match rate", [r["rate"] for r in rows], "right", tight)
+    kept_column(hosts, "verdict", [printable(r["verdict"]) for r in rows], narrow=tight)
+    for row, r in zip(shown, rows):
+        cells = [cell(v) for v in r["scores"]] + ([cell(r["rate"])] if calibrated else [])
+        verdict = cell(row["verdict"], "bold green") if row["verdict"] else cell("-")
+        hosts.add_row(cell(r["host"]), line(r["ips"]), cell(r["packets"]), *cells, verdict)
     if len(result.hosts) > max_hosts:
         hosts.caption = f"{len(result.hosts) - max_hosts} more hosts in --json"
     console.print(hosts)
 
-    packets = Table(title="Best-matching packets", box=style, title_justify="left")
-    for col, justify in (
-        ("frame", "right"),
-        ("time (UTC)", "right"),
-        ("source", "left"),
-        ("protocol", "left"),
-    ):
-        packets.add_column(col, justify=justify)
-    packets.add_column("Info", overflow="fold", max_width=70)
-    packets.add_column("fingerprint")
-    packets.add_column("p", justify="right")
-    for row in result.top_packets:
+    packets = Table(title="Best-matching packets", **table_options(console))  # type: ignore[arg-type]
+    top = result.top_packets
+    # Below 100 columns the time goes (the frame number finds the packet; --csv has both), so Info
+    # keeps some room; the source MAC, the target and p are never cut.
+    timed = console.width >= 100
+    kept_column(packets, "frame", [str(r["frame"]) for r in top], "right", tight)
+    if timed:
+        kept_column(packets, "time (UTC)", [_clock(r["time"]) for r in top], "right", tight)
+    kept_column(packets, "source", [printable(str(r.get("host") or r["eth_src"])) for r in top], narrow=tight)
+    yielding_column(packets, "protocol")
+    yielding_column(packets, "Info", max_width=70)
+    kept_column(packets, "target", [printable(str(r["target"])) for r in top], narrow=tight)
+    kept_column(packets, "p", [_fmt(r["probability"]) for r in top], "right", tight)
+    for row in top:
         packets.add_row(
             cell(row["frame"]),
-            cell(_clock(row["time"])),
+            *([cell(_clock(row["time"]))] if timed else []),
             cell(row.get("host") or row["eth_src"]),
-            cell(row["protocol"]),
-            cell(row["info"]),
+            line(row["protocol"]),
+            line(row["info"]),
             cell(row["target"]),
             cell(_fmt(row["probability"])),
         )

@@ -98,6 +98,16 @@ def finite(_ctx: click.Context, _param: click.Parameter, value: float | None) ->
     return value
 
 
+def one_capture(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """A capture file; a folder is refused with the command that reads one."""
+    if os.path.isdir(value):
+        raise click.BadParameter(
+            f"{value!r} is a folder: dnp-scan reads one capture; `dnp-hunt {value} -f FP` reads every "
+            "capture in a folder"
+        )
+    return value
+
+
 def nonempty_filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """A click callback for --filter: an empty or blank display filter is refused."""
     if value is not None and not value.strip():
@@ -174,6 +184,26 @@ def _broken_pipe() -> NoReturn:
     sys.exit(EXIT_BROKEN_PIPE)
 
 
+def _no_such_option(error: click.NoSuchOption) -> str:
+    """click's message, with the options a shorthand abbreviates first: click's own guess goes by
+    spelling, so `--fp` drew `--help` rather than `--fingerprint`."""
+    command = error.ctx.command if error.ctx is not None else None
+    given = error.option_name.lstrip("-")
+    if command is None or not given:
+        return error.format_message()
+    names = [o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
+
+    def abbreviates(name: str) -> bool:
+        # The letters of the shorthand, in order, starting with the option's first: fp -> fingerprint.
+        letters = iter(name.lstrip("-"))
+        return name.lstrip("-")[:1] == given[:1] and all(c in letters for c in given)
+
+    matches = sorted({n for n in names if abbreviates(n)})
+    if not matches:
+        return error.format_message()
+    return f"No such option '{error.option_name}'. Did you mean {' or '.join(repr(m) for m in matches)}?"
+
+
 def run(command: click.Command, prog: str) -> Callable[[], None]:
     """A console-script entry point that turns every expected failure into one line."""
 
@@ -208,6 +238,8 @@ def run(command: click.Command, prog: str) -> Callable[[], None]:
             _broken_pipe()
         except click.exceptions.Exit as e:
             code = e.exit_code
+        except click.NoSuchOption as e:
+            fail(prog, _no_such_option(e))
         except click.ClickException as e:
             fail(prog, e.format_message())
         except click.exceptions.Abort:

@@ -4,7 +4,7 @@ Wireshark runs external capture programs through its extcap interface (the Wires
 guide, "Extcap: Capture Interfaces"): it asks this program for its interfaces, link types and options,
 then runs it with `--capture --fifo PATH`, and reads pcapng from the FIFO. This one captures on a
 network interface with dumpcap, scores every packet as dnp-watch does, and writes each packet with
-the comment `deepnetprint.match=0.93 target=cam host_match=0.9994` (tool.pcapng.comment_text),
+the comment `deepnetprint.match=0.9312345028877258 target=cam host_match=0.999376` (tool.pcapng.comment_text),
 which the Lua plugin shows as deepnetprint.match when no sidecar applies.
 
 `dnp-plugin install --extcap` puts a launcher for it into Wireshark's extcap folder.

@@ -171,16 +171,20 @@ def _when(epoch: float) -> str:
 
 
 def print_hunt(console: Console, result: HuntResult, max_hosts: int = 50) -> None:
-    """The merged hosts table, best first, then the captures that failed and those cut short."""
+    """The merged hosts table, best first, then the captures that failed and those cut short.
+
+    The MAC, the fingerprint, the score and the rate are never cut; below 120 columns the IPs go
+    under the MAC and the captures' times and best file under their count, and those give way.
+    """
     import os
 
-    from rich import box
     from rich.table import Table
     from rich.text import Text
 
-    from tool.report import HOST_HEADERS, _fmt, _rate, cell
+    from tool.report import HOST_HEADERS, _fmt, _rate, cell, kept_column, line, narrow, table_options
 
-    style = box.ASCII if not console.is_terminal else box.SIMPLE_HEAVY
+    options = table_options(console)
+    tight = narrow(console)
     # Captures are named from the folder they all lie under: rotated files share their names.
     paths = [os.path.abspath(r["capture"]) for r in result.records]
     root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0]) if paths else ""
@@ -190,32 +194,48 @@ def print_hunt(console: Console, result: HuntResult, max_hosts: int = 50) -> Non
             f"Hunt: {result.captures} captures{failed} ({result.scanned} scanned now, {result.reused} "
             f"from before), {result.packets:,} packets, verdict at {result.rule}"
         ),
-        box=style,
-        title_justify="left",
+        **options,  # type: ignore[arg-type]
     )
-    kinds = {h["host_kind"] for h in result.hosts}
-    # Addresses are never cut; on a narrow terminal the times wrap at their spaces, names fold.
-    table.add_column(HOST_HEADERS.get(kinds.pop(), "host") if len(kinds) == 1 else "host", no_wrap=True)
-    table.add_column("IPs", overflow="fold")
-    table.add_column("fingerprint")
-    table.add_column("score", justify="right")
-    calibrated = any(h["false_match_rate"] is not None for h in result.hosts)
+    shown = result.hosts[:max_hosts]
+    kinds = {h["host_kind"] for h in result.hosts} or {"mac"}
+    # The same columns with matches or without: the rule, not the rows, says whether rates are shown.
+    calibrated = result.rule.startswith("false-match")
+    names = [cell(h["fingerprint"]) if h["verdict"] else cell(f"({h['fingerprint']})") for h in shown]
+    scores = [_fmt(h["score"]) for h in shown]
+    rates = [_rate(h["false_match_rate"], result.cohort_hosts) if calibrated else "" for h in shown]
+    ips = [
+        (h["ips"][0] if h["ips"] else "") + (f" +{len(h['ips']) - 1}" if len(h["ips"]) > 1 else "")
+        for h in shown
+    ]
+    newline = Text("\n")
+    seen = [newline.join([cell(_when(h["first_seen"])), cell(_when(h["last_seen"]))]) for h in shown]
+    best = [os.path.relpath(os.path.abspath(h["best_capture"]), root) for h in shown]
+    host_header = HOST_HEADERS.get(kinds.pop(), "host") if len(kinds) == 1 else "host"
+    kept_column(table, host_header, [h["host"] for h in shown], narrow=tight)
+    if not tight:
+        table.add_column("IPs", overflow="ellipsis")
+    kept_column(table, "fingerprint", [n.plain for n in names], narrow=tight)
+    kept_column(table, "score", scores, "right", tight)
     if calibrated:
-        table.add_column("false-match rate", justify="right")
-    table.add_column("captures", justify="right")
-    table.add_column("first / last seen (UTC)", no_wrap=True)
-    table.add_column("best capture", overflow="fold")
-    for h in result.hosts[:max_hosts]:
-        ips = (h["ips"][0] if h["ips"] else "") + (f" +{len(h['ips']) - 1}" if len(h["ips"]) > 1 else "")
-        name = cell(h["fingerprint"], "bold green") if h["verdict"] else cell(f"({h['fingerprint']})")
-        cells = [cell(h["host"]), cell(ips), name, cell(_fmt(h["score"]))]
-        if calibrated:
-            cells.append(cell(_rate(h["false_match_rate"], result.cohort_hosts)))
-        cells += [
-            cell(h["captures"]),
-            Text("\n").join([cell(_when(h["first_seen"])), cell(_when(h["last_seen"]))]),
-            cell(os.path.relpath(os.path.abspath(h["best_capture"]), root)),
-        ]
+        kept_column(table, "false-match rate", rates, "right", tight)
+    if tight:
+        table.add_column("captures: first / last seen (UTC), best", overflow="fold")
+    else:
+        kept_column(table, "captures", [str(h["captures"]) for h in shown], "right", tight)
+        table.add_column("first / last seen (UTC)", no_wrap=True)
+        table.add_column("best capture", overflow="fold")
+    for k, h in enumerate(shown):
+        name = cell(h["fingerprint"], "bold green") if h["verdict"] else names[k]
+        if tight:
+            host = newline.join([cell(h["host"]), line(ips[k], "dim")])
+            host.no_wrap, host.overflow = True, "ellipsis"
+            count = cell(f"{h['captures']} capture{'s' * (h['captures'] != 1)}")
+            where = newline.join([count, seen[k], cell(best[k])])
+            cells = [host, name, cell(scores[k])] + ([cell(rates[k])] if calibrated else []) + [where]
+        else:
+            cells = [cell(h["host"]), line(ips[k]), name, cell(scores[k])]
+            cells += [cell(rates[k])] if calibrated else []
+            cells += [cell(h["captures"]), seen[k], cell(best[k])]
         table.add_row(*cells)
     if not result.hosts:
         table.caption = "no host reached the verdict (--all-hosts lists every host)"
@@ -225,8 +245,8 @@ def print_hunt(console: Console, result: HuntResult, max_hosts: int = 50) -> Non
     for what, rows, key in (("failed", result.failed, "error"), ("cut short", result.warnings, "warning")):
         if not rows:
             continue
-        listed = Table(title=f"Captures {what}: {len(rows)}", box=style, title_justify="left")
-        listed.add_column("capture")
+        listed = Table(title=f"Captures {what}: {len(rows)}", **options)  # type: ignore[arg-type]
+        listed.add_column("capture", overflow="fold")
         listed.add_column("reason", overflow="fold")
         for row in rows:
             listed.add_row(cell(row["capture"]), cell(row[key]))

@@ -31,10 +31,9 @@ Examples:
 AFTER_INSTALL = """\
 Restart Wireshark (or Analyze > Reload Lua Plugins), then:
   scores:  dnp-scan CAPTURE -f DEVICE.fp --annotate CAPTURE.scores.csv, and set that file in
-           Edit > Preferences > Protocols > DeepNetPrint > Scores file (or export DNP_SCORES=FILE)
-  column:  right-click "Match probability" in the packet details > Apply as Column
-           (or Preferences > Appearance > Columns: add a Custom column, field deepnetprint.match)
-  filter:  deepnetprint.match > 0.9
+           Edit > Preferences > Protocols > DEEPNETPRINT > Scores file (or export DNP_SCORES=FILE)
+  column:  Preferences > Appearance > Columns: add a Custom column, field deepnetprint.match_text
+  filter:  deepnetprint.host_match > 0.9 (every packet of a matching host), deepnetprint.match > 0.9
   tshark:  tshark -r CAPTURE -o deepnetprint.scores_file:CAPTURE.scores.csv -Y 'deepnetprint.match > 0.9'"""
 
 
@@ -80,7 +79,10 @@ def personal_lua_plugins() -> Path:
 
 @click.group(epilog=EXAMPLE)
 def command() -> None:
-    """The DeepNetPrint Wireshark plugin: the fields deepnetprint.match and deepnetprint.target."""
+    """The DeepNetPrint Wireshark plugin: the fields deepnetprint.match (each packet's match
+    probability, the full score), deepnetprint.target (its fingerprint), deepnetprint.host_match (its
+    host's score, -1 to 1: filter on it for every packet of a matching host) and
+    deepnetprint.match_text (the match to 3 decimals, for a column)."""
 
 
 def personal_extcap() -> Path:

@@ -13,6 +13,7 @@ from tool.cli.common import (
     host_packets_option,
     host_score_option,
     nonempty_filter,
+    one_capture,
     require_stdout,
     run,
     verdict_help,
@@ -32,14 +33,15 @@ Examples:
 
 
 @click.command(epilog=EXAMPLE)
-@click.argument("capture", type=click.Path(exists=True, dir_okay=False))
+@click.argument("capture", type=click.Path(exists=True), callback=one_capture)
 @fingerprint_option
 @verdict_options(
     "The verdict: a host matches when at most this share of other devices' hosts (the cohort "
     f"shipped with the model) reach its score; {verdict_help()}. Measured on device types the model "
     "never trained on, the default flags 3.9% of other devices' hosts (mostly the device's same-vendor "
     "siblings) and misses 11.8% of the device's own; 0.003: 5.2% and 6.4% (model card).",
-    "The verdict on the raw host score instead (cosine for set, p(Target) for first20 / mean).",
+    "The verdict on the raw host score instead (for set, half Chamfer similarity and half cosine of"
+    " the mean embeddings; for set-all, that cosine; for first20 / mean, p(Target)).",
 )
 @host_score_option(
     "set: the host's first --host-packets packets compared with the fingerprint as a set; set-all: "
@@ -166,6 +168,13 @@ def command(
         outputs.commit(result, cut=any(issubclass(w.category, CaptureTruncated) for w in held))
     finally:
         outputs.discard()
+    if not result.hosts:
+        # Bluetooth, USB, ...: packets are scored, but none names its sender, so no host can match.
+        warnings.warn(
+            f"{capture}: no host: none of its {result.packets} packets has a sender address read here "
+            "(Ethernet, 802.11, Linux cooked capture or IP source): see the README's link types",
+            stacklevel=1,
+        )
     if json_path == "-":
         sys.stdout.write(result.to_json())
     elif not quiet:

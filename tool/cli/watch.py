@@ -158,45 +158,53 @@ class _Screen:
     def refresh(self, watcher: Any, lag: float | None, dropped: int, final: bool = False) -> None:
         now = time.monotonic()
         then, count = self._last
-        if now - then >= 0.5:
+        if final:
+            # The last table gives the whole run's rate: a run shorter than one measuring interval
+            # would otherwise say 0 packets/s, or whatever its last half second did.
+            self.rate = watcher.packets / max(now - self.started, 1e-3)
+        elif now - then >= 0.5:
             self.rate = (watcher.packets - count) / (now - then)
             self._last = (now, watcher.packets)
         if self.live is not None:
             self.live.update(self._table(watcher, lag, dropped, final), refresh=True)
 
     def _table(self, watcher: Any, lag: float | None, dropped: int, final: bool) -> Any:
-        from rich import box
         from rich.table import Table
 
-        from tool.report import _rate, cell
+        from tool.report import _rate, cell, kept_column, line, narrow, table_options, yielding_column
 
         behind = f", {lag:.1f} s behind" if lag is not None and lag >= 2 else ""
         hosts = len(watcher.hosts) + watcher.evicted
         table = Table(
             title=cell(
                 f"{self.title}: {watcher.packets:,} packets, {self.rate:,.0f} packets/s{behind}, "
-                f"{hosts:,} hosts, {watcher.alerts} alert{'s' * (watcher.alerts != 1)}, {dropped} dropped, "
+                f"{hosts:,} host{'s' * (hosts != 1)}, {watcher.alerts} alert{'s' * (watcher.alerts != 1)}, "
+                f"{dropped} dropped, "
                 f"{time.monotonic() - self.started:.0f} s"
             ),
-            box=box.SIMPLE_HEAVY,
-            title_justify="left",
             caption=None if final else "^C stops and writes the report",
             caption_justify="left",
+            **table_options(self.console),  # type: ignore[arg-type]
         )
-        table.add_column("host")
-        table.add_column("IPs")
-        table.add_column("packets", justify="right")
-        table.add_column("best match")
-        table.add_column("score", justify="right")
-        if watcher.rule.cohort is not None:
-            table.add_column("false-match rate", justify="right")
-        table.add_column("verdict")
+        calibrated = watcher.rule.cohort is not None
+        rows = []
         for s in watcher.scored()[:TABLE_HOSTS]:
             k = s.best
-            row = [cell(s.host.address), cell(", ".join(s.host.ips[:2])), cell(f"{s.host.packets:,}")]
-            row += [cell(self.names[k]), cell(f"{s.scores[k]:.3f}")]
-            if watcher.rule.cohort is not None:
-                row.append(cell(_rate(float(s.false_match[k]), len(watcher.rule.cohort))))
+            rate = _rate(float(s.false_match[k]), len(watcher.rule.cohort)) if calibrated else ""
+            rows.append((s, k, f"{s.host.packets:,}", f"{s.scores[k]:.3f}", rate))
+        # At 80 columns the MAC, the score, the rate and the verdict stay whole; the IPs give way.
+        tight = narrow(self.console)
+        kept_column(table, "host", [r[0].host.address for r in rows], narrow=tight)
+        yielding_column(table, "IPs")
+        kept_column(table, "packets", [r[2] for r in rows], "right", tight)
+        kept_column(table, "best match", [self.names[r[1]] for r in rows], narrow=tight)
+        kept_column(table, "score", [r[3] for r in rows], "right", tight)
+        if calibrated:
+            kept_column(table, "false-match rate", [r[4] for r in rows], "right", tight)
+        kept_column(table, "verdict", [self.names[r[1]] if r[0].matched else "-" for r in rows], narrow=tight)
+        for s, k, packets, score, rate in rows:
+            row = [cell(s.host.address), line(", ".join(s.host.ips[:2])), cell(packets)]
+            row += [cell(self.names[k]), cell(score)] + ([cell(rate)] if calibrated else [])
             row.append(cell(self.names[k], "bold green") if s.matched else cell("-"))
             table.add_row(*row)
         return table

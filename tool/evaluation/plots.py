@@ -65,35 +65,7 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
         fig.colorbar(image, ax=ax, fraction=0.046, label="share of the device's captures")
         written.append(_save(fig, out / f"confusion-{ev.method}.png"))
 
-    fig, ax = plt.subplots(figsize=(12, 5.5))
-    width = 0.8 / len(evaluations)
-    x = np.arange(len(order))
-    shades = ("", "//", "..", "xx")
-    for m, ev in enumerate(evaluations):
-        values = []
-        for name in order:
-            mine = [(t, p) for t, p in zip(ev.capture_devices, ev.capture_predicted) if t == name]
-            acc = metrics.accuracy([t for t, _ in mine], [p for _, p in mine])
-            values.append(0.0 if np.isnan(acc) else acc)
-        # The colour says the split, the hatching the method: both read off each bar.
-        ax.bar(x + (m - (len(evaluations) - 1) / 2) * width, values, width, color=tick_colours,
-               hatch=shades[m % len(shades)], edgecolor="white", linewidth=0.5)  # fmt: skip
-    ax.set_xticks(x, order, rotation=90, fontsize=8)
-    for label, colour in zip(ax.get_xticklabels(), tick_colours):
-        label.set_color(colour)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("capture_top1")
-    ax.set_title("dnp-23: capture accuracy per device (blue: seen, red: unseen)")
-    from matplotlib.patches import Patch
-
-    handles = [Patch(facecolor=SEEN_COLOUR, label="seen"), Patch(facecolor=UNSEEN_COLOUR, label="unseen")]
-    handles += [
-        Patch(facecolor="lightgrey", hatch=shades[m % len(shades)], label=ev.method)
-        for m, ev in enumerate(evaluations)
-    ]
-    # Outside the axes: a legend inside covers bars.
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    written.append(_save(fig, out / "per_device.png"))
+    written.append(_save(per_device_figure(evaluations), out / "per_device.png"))
 
     scored = [ev for ev in evaluations if ev.packet_scores is not None and ev.packet_labels is not None]
     if scored:
@@ -130,6 +102,113 @@ def write_plots(evaluations: Sequence[Evaluation], directory: str | os.PathLike)
     return written
 
 
+def per_device_figure(evaluations: Sequence[Evaluation]):  # noqa: ANN201 - a matplotlib Figure
+    """capture_top1 per device, one bar per method: the colour says the split, the hatching the method.
+
+    A device none of whose captures is right gets a "0" on its axis, so its bar is not taken for a
+    missing one; one method alone is named in the title, and the legend shows only what is drawn.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    order = _device_order(evaluations[0])
+    colours = [SEEN_COLOUR if evaluations[0].splits[n] == "seen" else UNSEEN_COLOUR for n in order]
+    fig, ax = plt.subplots(figsize=(12, 5.5))
+    width = 0.8 / len(evaluations)
+    x = np.arange(len(order))
+    shades = ("", "//", "..", "xx")
+    for m, ev in enumerate(evaluations):
+        values = []
+        for name in order:
+            mine = [(t, p) for t, p in zip(ev.capture_devices, ev.capture_predicted) if t == name]
+            acc = metrics.accuracy([t for t, _ in mine], [p for _, p in mine])
+            values.append(0.0 if np.isnan(acc) else acc)
+        where = x + (m - (len(evaluations) - 1) / 2) * width
+        ax.bar(where, values, width, color=colours, hatch=shades[m % len(shades)], edgecolor="white",
+               linewidth=0.5)  # fmt: skip
+        for at, value, colour in zip(where, values, colours):
+            if value == 0:
+                ax.text(at, 0.01, "0", ha="center", va="bottom", fontsize=8, color=colour, fontweight="bold")
+    ax.set_xticks(x, order, rotation=90, fontsize=8)
+    for label, colour in zip(ax.get_xticklabels(), colours):
+        label.set_color(colour)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("capture_top1")
+    methods = "" if len(evaluations) > 1 else f", {evaluations[0].method}"
+    ax.set_title(f"dnp-23: capture accuracy per device{methods} (blue: seen, red: unseen)")
+    handles = [Patch(facecolor=SEEN_COLOUR, label="seen"), Patch(facecolor=UNSEEN_COLOUR, label="unseen")]
+    if len(evaluations) > 1:
+        handles += [
+            Patch(
+                facecolor="white",
+                edgecolor="dimgrey",
+                hatch=shades[m % len(shades)],
+                label=ev.method + (" (solid)" if not shades[m % len(shades)] else ""),
+            )  # fmt: skip
+            for m, ev in enumerate(evaluations)
+        ]
+    # Outside the axes: a legend inside covers bars.
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def det_figure(ev: Evaluation, report: dict):  # noqa: ANN201 - a matplotlib Figure
+    """The verdict's trade-off: miss rate against false-match rate, both measured on the test captures.
+
+    A measured rate of 0 has no place on a log axis: it is drawn on a dotted line at half of one
+    capture (0.5 / N) that says so, apart from the decades above it.
+    """
+    import matplotlib.pyplot as plt
+
+    assert ev.capture_scores is not None
+    index = {name: k for k, name in enumerate(ev.names)}
+    truth = np.asarray([index[d] for d in ev.capture_devices])
+    own = truth[:, None] == np.arange(len(ev.names))[None, :]
+    # Calibrated methods decide on the false-match rate, the others on the raw score: sweep that.
+    decision = -ev.capture_false_match if ev.capture_false_match is not None else ev.capture_scores
+    levels = np.unique(decision)
+    fmr = np.array([(decision[~own] >= t).mean() for t in levels])
+    miss = np.array([(decision[own] < t).mean() for t in levels])
+    others, owns = int((~own).sum()), int(own.sum())
+    x_floor, y_floor = 0.5 / others, 0.5 / owns
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.step(np.maximum(fmr, x_floor), np.maximum(miss, y_floor), where="post", color=SEEN_COLOUR)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if (miss == 0).any():
+        ax.axhline(y_floor, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"miss rate 0 (no own capture missed), drawn at 0.5/{owns}", xy=(0.99, y_floor),
+                    xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7,
+                    color="dimgrey")  # fmt: skip
+    if (fmr == 0).any():
+        ax.axvline(x_floor, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"false-match rate 0, drawn at 0.5/{others}", xy=(x_floor, 0.5),
+                    xycoords=("data", "axes fraction"), ha="right", va="center", rotation=90, fontsize=7,
+                    color="dimgrey")  # fmt: skip
+    verdict = report.get("verdict", {})
+    if verdict.get("false_match_rate") is not None:
+        rule = (
+            f"cohort rate <= {verdict['max_false_match']:g}" if verdict.get("max_false_match") else "default"
+        )
+        ax.plot(
+            max(verdict["false_match_rate"], x_floor),
+            max(verdict["miss_rate"], y_floor),
+            "o",
+            color=UNSEEN_COLOUR,
+            # The rule is on the cohort's rate; the dot stands where the test captures put it.
+            label=f"default verdict ({rule}): measured here\n"
+            f"{verdict['false_match_rate']:.2%} false matches, {verdict['miss_rate']:.1%} misses",
+        )
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel(
+        "false-match rate measured on the test captures\n(other devices' captures that get the verdict)"
+    )
+    ax.set_ylabel("miss rate (own test captures that do not)")
+    ax.set_title(f"{ev.method}: verdict trade-off, host score {ev.host_score}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
 def write_host_plots(ev: Evaluation, report: dict, directory: str | os.PathLike) -> list[Path]:
     """The figures of what dnp-scan does with one method's evaluation:
 
@@ -146,39 +225,7 @@ def write_host_plots(ev: Evaluation, report: dict, directory: str | os.PathLike)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     if ev.capture_scores is not None:
-        index = {name: k for k, name in enumerate(ev.names)}
-        truth = np.asarray([index[d] for d in ev.capture_devices])
-        own = truth[:, None] == np.arange(len(ev.names))[None, :]
-        # Calibrated methods decide on the false-match rate, the others on the raw score: sweep that.
-        decision = -ev.capture_false_match if ev.capture_false_match is not None else ev.capture_scores
-        levels = np.unique(decision)
-        fmr = np.array([(decision[~own] >= t).mean() for t in levels])
-        miss = np.array([(decision[own] < t).mean() for t in levels])
-        floor = 0.5 / (~own).sum()  # a measured rate of 0, drawn on the log axis
-        fig, ax = plt.subplots(figsize=(6, 5))
-        ax.step(np.maximum(fmr, floor), np.maximum(miss, 0.5 / own.sum()), where="post", color=SEEN_COLOUR)
-        verdict = report.get("verdict", {})
-        if verdict.get("false_match_rate") is not None:
-            ax.plot(
-                max(verdict["false_match_rate"], floor),
-                max(verdict["miss_rate"], 0.5 / own.sum()),
-                "o",
-                color=UNSEEN_COLOUR,
-                label="default verdict"
-                + (
-                    f" (cohort rate <= {verdict['max_false_match']:g})"
-                    if verdict.get("max_false_match")
-                    else ""
-                ),
-            )
-            ax.legend(fontsize=8, loc="upper right")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("false-match rate (other devices' test captures reaching the verdict)")
-        ax.set_ylabel("miss rate (own test captures below it)")
-        ax.set_title(f"{ev.method}: verdict trade-off, host score {ev.host_score}", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        written.append(_save(fig, out / "det.png"))
+        written.append(_save(det_figure(ev, report), out / "det.png"))
     curves = report.get("curves")
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)

@@ -86,8 +86,10 @@ def enroll_device(device, out: Path, env: dict[str, str], name: str | None = Non
 
 
 # The devices move to another network: every unicast address changes, consistently. (tcprewrite's
-# --seed would also turn 0.0.0.0 into a host address, which changes what an ARP probe means.)
-PNAT = "--pnat=10.0.0.0/8:11.0.0.0/8,192.168.0.0/16:172.20.0.0/16"
+# --seed would also turn 0.0.0.0 into a host address, which changes what an ARP probe means.) Private
+# addresses stay private: a host sending from a public address beside its private one forwards
+# (tool.routers), so moving a LAN into public space would change what a host is.
+PNAT = "--pnat=10.0.0.0/8:172.16.0.0/12,192.168.0.0/16:172.20.0.0/16"
 
 
 def rewrite_addresses(source: Path, out: Path) -> set[int]:

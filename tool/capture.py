@@ -123,6 +123,8 @@ class Sender(NamedTuple):
     host_kind: str
     ip_src: str
     time: float
+    protocol: str  # Wireshark's Protocol and Info columns: whether a router's packet is an answer
+    info: str
 
 
 def tshark_path() -> str:
@@ -163,10 +165,10 @@ def packet_of(parts: Sequence[str]) -> Packet:
 def sender_of(parts: Sequence[str]) -> Sender:
     """The Sender of a line's fields (`split_line`): a fraction of `packet_of`'s cost, for the many
     packets whose host is counted but whose text is never read."""
-    _, _, when, esrc, _, sll, wsa, ip4s, _, ip6s, _, _, _, _ = parts
+    _, _, when, esrc, _, sll, wsa, ip4s, _, ip6s, _, _, protocol, info = parts
     ip = ip4s or ip6s
     host, kind = source_host(esrc.lower(), sll.lower(), ip, wsa.lower())
-    return Sender(host, kind, ip, float(when or 0.0))
+    return Sender(host, kind, ip, float(when or 0.0), protocol, info)
 
 
 def parse_line(line: str) -> Packet:

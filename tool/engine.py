@@ -59,6 +59,7 @@ class Settings:
     models: str | None
     threshold: float | None
     max_false_match: float | None
+    judge_routers: bool = False
     host_packets: int = PACKETS
 
 
@@ -75,7 +76,9 @@ class _Scorer:
             f.check_model(self.model)
         # The rule keeps the cohort's scores for the fingerprints (tool.verdict.Verdict.judge): they
         # never change during a hunt, so a worker's thousands of captures need them computed once.
-        self.rule = verdict_rule(self.model, "set", settings.threshold, settings.max_false_match)
+        self.rule = verdict_rule(
+            self.model, "set", settings.threshold, settings.max_false_match, settings.judge_routers
+        )
         self.matcher: Matcher = Matcher(self.model, self.fingerprints)
         self.host_packets = settings.host_packets
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from tool.capture import Packet, Sender
 from tool.constants import PACKETS
+from tool.routers import ROUTER_SOURCES, is_answer, off_link
 from tool.text import packet_text
 
 if TYPE_CHECKING:
@@ -61,23 +62,62 @@ class Host:
     # Its first packets, as the mode keeps them: their embeddings [E] (scan, watch, hunt after the
     # encoder), or the packets themselves until they are embedded (a hunt's worker).
     firsts: list[Any] = field(default_factory=list, repr=False)
+    forwarded: int = 0  # packets it forwarded for hosts off this link (tool.routers): in no set
+    # The off-link sources (IPv4 addresses, IPv6 /64s) it has sent from, up to ROUTER_SOURCES.
+    off_link: set[str] = field(default_factory=set, repr=False)
+    lan_ipv4: bool = False  # it has sent from a private (on-link) IPv4 address
 
-    def count(self, packet: Packet | Sender, host_packets: int) -> bool:
-        """Count one of the host's packets; whether it is one of its first `host_packets`."""
+    @property
+    def router(self) -> bool:
+        """Whether the host forwards other hosts' packets (tool.routers)."""
+        return len(self.off_link) >= ROUTER_SOURCES
+
+    def forwards(self, ip_src: str) -> bool:
+        """Whether a packet from `ip_src` is one the host forwards (and learn from it): from its
+        second off-link source on, or from its first where it has sent from a private IPv4 address
+        (a host behind NAT never sends from a public one; an IPv6 host has global addresses of its
+        own, so there a second /64 is needed)."""
+        if not ip_src:
+            return False
+        source = off_link(ip_src)
+        if source is None:
+            if "." in ip_src and ip_src != "0.0.0.0":
+                self.lan_ipv4 = True
+            return False
+        if len(self.off_link) < ROUTER_SOURCES:
+            self.off_link.add(source)
+            if (
+                self.router
+            ):  # now known to forward: the off-link address it was first seen with is not its own
+                self.ips[:] = [a for a in self.ips if off_link(a) is None]
+        return self.router or (self.lan_ipv4 and "/" not in source)
+
+    def count(self, packet: Packet | Sender, host_packets: int, use_all: bool = False) -> bool:
+        """Count one of the host's packets; whether its score reads it: one of its first
+        `host_packets` (with `use_all`, any), never a packet it forwarded, nor, once it is a router,
+        its answers to its clients (tool.routers)."""
         self.packets += 1
         self.last_seen = packet.time
         ip = packet.ip_src
+        if self.forwards(ip):
+            self.forwarded += 1
+            return False  # nor is its source one of the host's addresses
         if ip and len(self.ips) < MAX_HOST_IPS and ip not in self.ips and ip not in NO_ADDRESS:
             self.ips.append(ip)
+        if self.router and is_answer(packet.protocol, packet.info):
+            return False
         if self.first_count < host_packets:
             self.first_count += 1
             return True
-        return False
+        return use_all
 
     def join(self, later: Host, host_packets: int) -> None:
         """Take in the same host's tally from a later part of the capture (a hunt's chunks): its first
         packets are the first `host_packets` of both parts' first packets, in capture order."""
         self.packets += later.packets
+        self.forwarded += later.forwarded
+        self.off_link = set(sorted(self.off_link | later.off_link)[:ROUTER_SOURCES])
+        self.lan_ipv4 |= later.lan_ipv4
         self.last_seen = later.last_seen
         add_ips(self.ips, later.ips)
         if len(self.firsts) < host_packets:
@@ -105,8 +145,7 @@ class HostTally:
             host = hosts.get(address)
             if host is None:
                 host = hosts[address] = Host(address, kind, len(hosts), first_seen=packet.time)
-            first = host.count(packet, host_packets)
-            counted.append(host if first or use_all else None)
+            counted.append(host if host.count(packet, host_packets, use_all) else None)
         return counted
 
 
@@ -119,7 +158,7 @@ def joined(parts: Sequence[Sequence[Host]], host_packets: int = PACKETS) -> list
             if m is None:
                 merged[h.address] = Host(
                     h.address, h.kind, len(merged), list(h.ips), h.packets, h.first_count,
-                    h.first_seen, h.last_seen, h.firsts,
+                    h.first_seen, h.last_seen, h.firsts, h.forwarded, set(h.off_link), h.lan_ipv4,
                 )  # fmt: skip
             else:
                 m.join(h, host_packets)

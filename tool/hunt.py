@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 LOG = "captures.jsonl"  # one line per capture, in the hunt's --out folder
 SUMMARY = "hunt.json"  # the merged table, as --json writes it
+# The rule for what a host is, in the resume key: a change to it (tool.hosts) makes old results stale.
+HOST_RULE = "forwarded packets set aside, routers judged apart (tool.routers)"
 # Names a folder's captures go by; other files in a folder count as captures when their first bytes
 # are a capture's (tcpdump -C names its files dump, dump1, dump2 ...).
 CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz")
@@ -147,7 +149,10 @@ def hunt_key(model: Model, settings: Settings) -> str:
         "fingerprints": [json.loads(t)["digest"] for t in settings.fingerprints],
         "threshold": settings.threshold,
         "max_false_match": settings.max_false_match,
+        "judge_routers": settings.judge_routers,
         "host_packets": settings.host_packets,
+        # What a host is: results counted before routers were recognised (tool.routers) are not reused.
+        "hosts": HOST_RULE,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -340,6 +345,7 @@ def hunt(
     out: str | os.PathLike | None = None,
     threshold: float | None = None,
     max_false_match: float | None = None,
+    judge_routers: bool = False,
     models: str | None = None,
     all_hosts: bool = False,
     batch_bytes: int = BATCH_BYTES,
@@ -363,8 +369,9 @@ def hunt(
     names = [f.name for f in fps]
     texts = tuple(read_bounded(Path(p)).decode("utf-8") for p in fingerprint_files)
     # Workers start elsewhere (another folder, another machine): the model folder goes as a full path.
-    settings = Settings(texts, os.path.abspath(models) if models else None, threshold, max_false_match)
-    rule = verdict_rule(model, "set", threshold, max_false_match)
+    models_path = os.path.abspath(models) if models else None
+    settings = Settings(texts, models_path, threshold, max_false_match, judge_routers)
+    rule = verdict_rule(model, "set", threshold, max_false_match, judge_routers)
     key = hunt_key(model, settings)
     files, skipped = find_captures(paths)
     if not files:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -109,14 +109,20 @@ class HostRow:
 
     mac: str | None  # the host's MAC; None for a host known by its IP (where the link has no MAC)
     host: str  # the host's address (tool.hosts.host_of): the key of the row, for every kind of host
-    host_kind: str  # what `host` is: "mac" (Ethernet), "sll" (cooked capture's source MAC) or "ip"
-    ips: list[str]  # its IP source addresses, up to tool.hosts.MAX_HOST_IPS, first used first
+    host_kind: str  # what `host` is: "mac" (Ethernet), "wlan" (802.11 source), "sll" (cooked capture's
+    # source MAC) or "ip"
+    router: bool  # it forwards other hosts' packets (tool.routers): no verdict unless routers are judged
+    forwarded: int  # the packets it forwarded (counted in `packets`, read by no score)
+    ips: list[str]  # its own IP source addresses, up to tool.hosts.MAX_HOST_IPS, first used first
     packets: int  # how many packets it sent
     match: dict[str, float]  # its host score for each fingerprint, by name (score_value)
     false_match: dict[str, float] | None  # each score's false-match rate; None without a cohort
     best: str  # the fingerprint it matches best: lowest false-match rate, then highest score
     score: float  # its score for `best`
     verdict: str | None  # `best` where the verdict holds for it, else None
+    # The other fingerprints whose verdict it also reaches, best score first: the verdict is then
+    # uncertain between `verdict` and these (same-vendor siblings send the same traffic).
+    alternatives: list[str]
     first_seen: float | None = None  # the times of its first and last packets (epoch seconds): a
     last_seen: float | None = None  # hunt's records hold them, dnp-scan's report does not
 
@@ -126,6 +132,8 @@ class HostRow:
             "mac": self.mac,
             "host": self.host,
             "host_kind": self.host_kind,
+            "router": self.router,
+            "forwarded": self.forwarded,
             "ips": self.ips,
             "packets": self.packets,
             "match": self.match,
@@ -135,6 +143,7 @@ class HostRow:
         row["best"] = self.best
         row["score"] = self.score
         row["verdict"] = self.verdict
+        row["alternatives"] = self.alternatives
         if self.first_seen is not None:
             row["first_seen"], row["last_seen"] = self.first_seen, self.last_seen
         return row
@@ -150,7 +159,7 @@ def host_rows(
     """The hosts' rows (HostRow.to_dict), best match first, from their scores [H, K] for the
     fingerprints under the verdict `rule`; `times`: with first_seen and last_seen."""
     names = [f.name for f in fingerprints]
-    judged = rule.judge(fingerprints, scores)
+    judged = rule.judge(fingerprints, scores, [host.router for host in hosts])
     rows = []
     for h, host in enumerate(hosts):
         k = int(judged.best[h])
@@ -160,6 +169,8 @@ def host_rows(
                 mac=host.address if host.kind in ("mac", "wlan", "sll") else None,
                 host=host.address,
                 host_kind=host.kind,
+                router=host.router,
+                forwarded=host.forwarded,
                 ips=host.ips,
                 packets=host.packets,
                 match={n: score_value(s) for n, s in zip(names, scores[h])},
@@ -167,6 +178,7 @@ def host_rows(
                 best=names[k],
                 score=score_value(scores[h, k]),
                 verdict=names[k] if judged.matched[h] else None,
+                alternatives=[names[j] for j in judged.also[h]],
                 first_seen=host.first_seen if times else None,
                 last_seen=host.last_seen if times else None,
             )
@@ -195,6 +207,7 @@ class HuntRow:
     first_seen: float  # the times of its first and last packets over them (epoch seconds)
     last_seen: float
     best_capture: str  # the capture of the best match
+    router: bool = False  # it forwarded other hosts' packets in some capture (HostRow.router)
 
     @classmethod
     def of(cls, row: dict[str, Any], name: str, capture: str, verdict: str | None) -> HuntRow:
@@ -202,7 +215,7 @@ class HuntRow:
         return cls(
             row["mac"], row["host"], row["host_kind"], list(row["ips"]), name, row["match"][name],
             row["false_match"][name] if "false_match" in row else None, verdict, 1, row["packets"],
-            row["first_seen"], row["last_seen"], capture,
+            row["first_seen"], row["last_seen"], capture, row.get("router", False),
         )  # fmt: skip
 
     def add(self, row: dict[str, Any], name: str, capture: str) -> None:
@@ -211,6 +224,7 @@ class HuntRow:
         score = row["match"][name]
         self.captures += 1
         self.packets += row["packets"]
+        self.router |= row.get("router", False)
         add_ips(self.ips, row["ips"])  # as dnp-scan keeps them: a router's would be hundreds
         self.first_seen = min(self.first_seen, row["first_seen"])
         self.last_seen = max(self.last_seen, row["last_seen"])
@@ -324,6 +338,8 @@ class Alert:
     )  # that score's false-match rate; None where the verdict is a raw --threshold
     packets: int  # packets the host had sent when the alert was raised
     summary: dict[str, Any] | None = None  # a summary's host_kind, first_seen, last_seen, alerts
+    # The other fingerprints whose verdict the host also reaches (HostRow.alternatives).
+    alternatives: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -332,6 +348,7 @@ class Alert:
             "mac": self.mac,
             "ips": list(self.ips),
             "fingerprint": self.fingerprint,
+            "alternatives": list(self.alternatives),
             "score": score_value(self.score),
             "false_match_rate": None if self.false_match_rate is None else score_value(self.false_match_rate),
             "packets": self.packets,

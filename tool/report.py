@@ -115,6 +115,18 @@ def table_options(console: Console) -> dict[str, object]:
     }
 
 
+def verdict_text(verdict: str | None, alternatives: list[str] | None = None, router: bool = False) -> str:
+    """A host's verdict as the tables word it: the fingerprint, "A or B" where the host reaches several
+    (same-vendor siblings send the same traffic), "router" for a router not judged, else "-".
+
+    >>> verdict_text("HS100", ["HS110"]), verdict_text(None, router=True)
+    ('HS100 or HS110', 'router')
+    """
+    if verdict is None:
+        return "router" if router else "-"
+    return " or ".join([verdict, *(alternatives or [])])
+
+
 def _fmt(score: float) -> str:
     return f"{score:.3f}"
 
@@ -162,7 +174,7 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
                 "packets": str(row["packets"]),
                 "scores": [_fmt(row["match"][n]) for n in names],
                 "rate": _rate(row["false_match"][row["best"]], result.cohort_hosts) if calibrated else "",
-                "verdict": str(row["verdict"] or "-"),
+                "verdict": verdict_text(row["verdict"], row.get("alternatives"), row.get("router", False)),
             }
         )
     tight = narrow(console)
@@ -182,7 +194,10 @@ def print_scan(console: Console, result: ScanResult, max_hosts: int = 25) -> Non
     kept_column(hosts, "verdict", [printable(r["verdict"]) for r in rows], narrow=tight)
     for row, r in zip(shown, rows):
         cells = [cell(v) for v in r["scores"]] + ([cell(r["rate"])] if calibrated else [])
-        verdict = cell(row["verdict"], "bold green") if row["verdict"] else cell("-")
+        verdict = cell(
+            r["verdict"],
+            ("bold yellow" if row.get("alternatives") else "bold green") if row["verdict"] else "",
+        )
         hosts.add_row(cell(r["host"]), line(r["ips"]), cell(r["packets"]), *cells, verdict)
     if len(result.hosts) > max_hosts:
         hosts.caption = f"{len(result.hosts) - max_hosts} more hosts in --json"

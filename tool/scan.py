@@ -37,6 +37,7 @@ def scan(
     *,
     threshold: float | None = None,
     max_false_match: float | None = None,
+    judge_routers: bool = False,
     host_score: str = "set",
     host_packets: int = PACKETS,
     display_filter: str | None = None,
@@ -68,7 +69,7 @@ def scan(
             model.head_sha256,
         ):
             fp.check_model(model)
-    rule = verdict_rule(model, host_score, threshold, max_false_match)
+    rule = verdict_rule(model, host_score, threshold, max_false_match, judge_routers)
     names = [f.name for f in fingerprints]
     matcher = Matcher(model, fingerprints)
     use_set = host_score in SET_SCORES

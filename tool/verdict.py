@@ -27,6 +27,9 @@ class Judgement(NamedTuple):
     false_match: np.ndarray | None  # [H, K] each score's false-match rate; None without a cohort
     best: np.ndarray  # [H] each host's best fingerprint
     matched: list[bool]  # [H] whether the verdict holds for it
+    # [H] the other fingerprints the host also reaches, best score first: where not empty the verdict
+    # is uncertain between them ("HS100 or HS110"); sibling devices of one vendor send the same traffic.
+    also: list[list[int]]
 
 
 @dataclass
@@ -37,6 +40,9 @@ class Verdict:
     max_false_match: float | None  # the share of cohort hosts allowed to reach a match
     cohort: Cohort | None
     how: str = "set"  # the host score the cohort's hosts are scored by
+    # Routers (tool.routers) get a verdict only when asked: their own packets are mostly answers to
+    # their clients and address resolution, which look like any device's.
+    judge_routers: bool = False
     # The cohort's scores for the fingerprints last judged (see prepare).
     _impostors: tuple[list, list] | None = field(default=None, repr=False, compare=False)
 
@@ -62,18 +68,29 @@ class Verdict:
             kept = self._impostors = (list(fingerprints), self.cohort.impostors(fingerprints, self.how))
         return kept[1]
 
-    def judge(self, fingerprints: Sequence[Fingerprint], scores: np.ndarray) -> Judgement:
-        """The verdict on hosts' scores [H, K] for the fingerprints: the one place it is decided."""
+    def judge(
+        self, fingerprints: Sequence[Fingerprint], scores: np.ndarray, routers: Sequence[bool] | None = None
+    ) -> Judgement:
+        """The verdict on hosts' scores [H, K] for the fingerprints: the one place it is decided.
+        `routers` [H]: which hosts forward (tool.hosts.Host.router); they match nothing unless the
+        rule judges routers."""
         false_match = None
         if self.cohort is not None and len(scores):
             impostors = self.prepare(fingerprints)
             false_match = self.cohort.false_match(fingerprints, scores, self.how, impostors)
         best = best_fingerprint(scores, false_match)
-        matched = [
-            self.matches(scores[h, k], None if false_match is None else false_match[h, k])
-            for h, k in enumerate(best.tolist())
-        ]
-        return Judgement(false_match, best, matched)
+        matched: list[bool] = []
+        also: list[list[int]] = []
+        for h, k in enumerate(best.tolist()):
+            judged = self.judge_routers or routers is None or not routers[h]
+            reached = [
+                j
+                for j in np.argsort(-scores[h], kind="stable").tolist()
+                if judged and self.matches(scores[h, j], None if false_match is None else false_match[h, j])
+            ]
+            matched.append(k in reached)
+            also.append([j for j in reached if j != k] if k in reached else [])
+        return Judgement(false_match, best, matched, also)
 
     def describe(self) -> str:
         if self.threshold is not None:
@@ -83,18 +100,22 @@ class Verdict:
 
 
 def verdict_rule(
-    model: Model, host_score: str, threshold: float | None = None, max_false_match: float | None = None
+    model: Model,
+    host_score: str,
+    threshold: float | None = None,
+    max_false_match: float | None = None,
+    judge_routers: bool = False,
 ) -> Verdict:
     """The verdict a scan applies: --threshold if given, else the cohort's false-match rate for the set
     scores (default MAX_FALSE_MATCH), else the fallback threshold (the paper's p(Target) scores, or a
-    model that ships no cohort)."""
+    model that ships no cohort); routers judged only with `judge_routers`."""
     if threshold is not None:
-        return Verdict(float(threshold), None, None, host_score)
+        return Verdict(float(threshold), None, None, host_score, judge_routers=judge_routers)
     cohort = Cohort.load(model) if host_score in SET_SCORES else None
     if cohort is None:
-        return Verdict(FALLBACK_THRESHOLD, None, None, host_score)
+        return Verdict(FALLBACK_THRESHOLD, None, None, host_score, judge_routers=judge_routers)
     rate = MAX_FALSE_MATCH if max_false_match is None else float(max_false_match)
-    return Verdict(None, rate, cohort, host_score)
+    return Verdict(None, rate, cohort, host_score, judge_routers=judge_routers)
 
 
 def best_fingerprint(scores: np.ndarray, false_match: np.ndarray | None) -> np.ndarray:

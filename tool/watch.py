@@ -58,6 +58,7 @@ class WatchedHost:
     false_match: np.ndarray | None = None  # [K]
     best: int = 0
     matched: bool = False
+    also: list[int] = field(default_factory=list)  # the other fingerprints it reaches (Judgement.also)
     ever_matched: bool = False
     alerted: tuple[int, float] | None = None  # (fingerprint, score) of this presence's last alert
     alerts: int = 0
@@ -206,13 +207,14 @@ class Watcher:
         """Score the host's set as it stands; an alert if its verdict is new or changed materially."""
         assert state.first
         scores = set_scores([np.asarray(state.first)], self.fingerprints)
-        judged = self.rule.judge(self.fingerprints, scores)
+        judged = self.rule.judge(self.fingerprints, scores, [state.host.router])
         k = int(judged.best[0])
         score = float(scores[0, k])
         rate = None if judged.false_match is None else float(judged.false_match[0, k])
         state.scores, state.best = scores[0], k
         state.false_match = None if judged.false_match is None else judged.false_match[0]
         state.matched = judged.matched[0]
+        state.also = judged.also[0]
         if final:
             state.first = None  # the set score is final: its embeddings are no longer needed
         if not state.matched:
@@ -224,7 +226,10 @@ class Watcher:
         state.alerts += 1
         self.alerts += 1
         host = state.host
-        return Alert(when, host.address, list(host.ips), self.names[k], score, rate, host.packets)
+        alternatives = [self.names[j] for j in state.also]
+        return Alert(
+            when, host.address, list(host.ips), self.names[k], score, rate, host.packets, None, alternatives
+        )
 
     # -- what is shown and reported ---------------------------------------------------------------
 
@@ -253,8 +258,10 @@ class Watcher:
                 "alerts": s.alerts,
             }  # fmt: skip
             score = float(s.scores[s.best])
+            alternatives = [self.names[j] for j in s.also]
+            name = self.names[s.best]
             alert = Alert(
-                host.last_seen, host.address, host.ips, self.names[s.best], score, rate, host.packets, summary
+                host.last_seen, host.address, host.ips, name, score, rate, host.packets, summary, alternatives
             )
             out.append(alert.to_dict())
         return out

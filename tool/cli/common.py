@@ -38,10 +38,17 @@ fingerprint_option = click.option(
 
 
 def verdict_options(max_false_match_help: str, threshold_help: str) -> Callable:
-    """--max-false-match and --threshold, the verdict's two rules, as every command that scores takes
-    them (NaN refused); `check_verdict` refuses both at once."""
+    """--max-false-match and --threshold, the verdict's two rules, and --judge-routers, as every
+    command that scores takes them (NaN refused); `check_verdict` refuses both rules at once."""
 
     def decorate(command: Callable) -> Callable:
+        command = click.option(
+            "--judge-routers",
+            is_flag=True,
+            help="Give routers (hosts that forward the internet's packets) a verdict too, on their own "
+            "packets less their answers to clients: to find a router that is itself the rogue device. "
+            "By default a router is shown as one and never named as a device.",
+        )(command)
         command = click.option(
             "--threshold", type=click.FloatRange(-1, 1), callback=finite, help=threshold_help
         )(command)

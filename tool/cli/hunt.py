@@ -86,6 +86,7 @@ def command(
     all_hosts: bool,
     max_false_match: float | None,
     threshold: float | None,
+    judge_routers: bool,
     batch_mb: float,
     chunk_mb: float,
     models: str | None,
@@ -130,6 +131,7 @@ def command(
             out=out,
             threshold=threshold,
             max_false_match=max_false_match,
+            judge_routers=judge_routers,
             models=models,
             all_hosts=all_hosts,
             batch_bytes=int(batch_mb * (1 << 20)),
@@ -200,7 +202,11 @@ def print_hunt(console: Console, result: HuntResult, max_hosts: int = 50) -> Non
     kinds = {h["host_kind"] for h in result.hosts} or {"mac"}
     # The same columns with matches or without: the rule, not the rows, says whether rates are shown.
     calibrated = result.rule.startswith("false-match")
-    names = [cell(h["fingerprint"]) if h["verdict"] else cell(f"({h['fingerprint']})") for h in shown]
+    # An unmatched row shows its best fingerprint in brackets; a router says so (it is never named).
+    names = [
+        cell(h["fingerprint"]) if h["verdict"] else cell(f"({h['fingerprint']})" + ", router" * h["router"])
+        for h in shown
+    ]
     scores = [_fmt(h["score"]) for h in shown]
     rates = [_rate(h["false_match_rate"], result.cohort_hosts) if calibrated else "" for h in shown]
     ips = [

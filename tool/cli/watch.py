@@ -201,13 +201,20 @@ class _Screen:
         kept_column(table, "score", [r[3] for r in rows], "right", tight)
         if calibrated:
             kept_column(table, "false-match rate", [r[4] for r in rows], "right", tight)
-        kept_column(table, "verdict", [self.names[r[1]] if r[0].matched else "-" for r in rows], narrow=tight)
-        for s, k, packets, score, rate in rows:
+        verdicts = [self._verdict(r[0]) for r in rows]
+        kept_column(table, "verdict", verdicts, narrow=tight)
+        for (s, k, packets, score, rate), verdict in zip(rows, verdicts):
             row = [cell(s.host.address), line(", ".join(s.host.ips[:2])), cell(packets)]
             row += [cell(self.names[k]), cell(score)] + ([cell(rate)] if calibrated else [])
-            row.append(cell(self.names[k], "bold green") if s.matched else cell("-"))
+            row.append(cell(verdict, ("bold yellow" if s.also else "bold green") if s.matched else ""))
             table.add_row(*row)
         return table
+
+    def _verdict(self, s: Any) -> str:
+        from tool.report import verdict_text
+
+        names = self.names
+        return verdict_text(names[s.best] if s.matched else None, [names[j] for j in s.also], s.host.router)
 
     def stop(self) -> None:
         if self.live is not None:
@@ -217,7 +224,7 @@ class _Screen:
 def _alert_line(alert: Any, cohort: int) -> str:
     import datetime as dt
 
-    from tool.report import _rate, printable
+    from tool.report import _rate, printable, verdict_text
 
     when = dt.datetime.fromtimestamp(alert.time, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     rate = (
@@ -225,7 +232,8 @@ def _alert_line(alert: Any, cohort: int) -> str:
     )
     ips = ",".join(alert.ips) or "-"
     return printable(
-        f"{when} ALERT {alert.fingerprint} host {alert.mac} ips {ips} score {alert.score:.3f}{rate} "
+        f"{when} ALERT {verdict_text(alert.fingerprint, alert.alternatives)} host {alert.mac} ips {ips} "
+        f"score {alert.score:.3f}{rate} "
         f"after {alert.packets} packets"
     )
 
@@ -288,6 +296,7 @@ def command(
     display_filter: str | None,
     max_false_match: float | None,
     threshold: float | None,
+    judge_routers: bool,
     host_packets: int,
     min_packets: int,
     idle: float,
@@ -335,7 +344,7 @@ def command(
     model = Model.load(models)
     fps = load_all(fingerprints, model)
     names = [f.name for f in fps]
-    rule = verdict_rule(model, "set", threshold, max_false_match)
+    rule = verdict_rule(model, "set", threshold, max_false_match, judge_routers)
     watcher = Watcher(model, fps, rule, host_packets=host_packets, min_packets=min_packets, idle=idle)
     report = AtomicFile(json_path) if json_path else None  # a folder that cannot be written fails now
     log: IO[str] | None = None

@@ -45,6 +45,25 @@ def test_false_match_weighs_every_cohort_device_the_same_and_leaves_out_the_near
     assert rates == pytest.approx([0.0, 0.5, 0.5 + 1 / 6, 0.5 + 2 / 3 * 0.5, 1.0])
 
 
+def test_other_hosts_are_never_left_out_and_a_brand_leaves_out_its_siblings():
+    """A router nearer the fingerprint than any device stays an impostor; with leave_out "brand" the
+    nearest device type's same-vendor siblings go with it."""
+    fp = [_Set([[1.0, 0.0]])]
+    # Group 0: a router, nearest of all. 1: the fingerprint's own type; 2: its sibling; 3: another brand.
+    angles = {0: [0.0], 1: [0.1], 2: [0.2], 3: [1.0]}
+    vectors = [[np.cos(t), np.sin(t)] for thetas in angles.values() for t in thetas]
+    groups = [g for g, thetas in angles.items() for _ in thetas]
+    devices = np.array([False, True, True, True])
+    brands = ["", "TP-Link", "TP-Link", "Tuya"]
+    score = np.array([[np.cos(0.25)]])
+    by_type = Cohort(np.asarray(vectors), [np.array([i]) for i in range(4)], np.asarray(groups), 20, "0" * 64,
+                     devices, brands, "type")  # fmt: skip
+    # Left out: the own type only. The router and the sibling reach the score, the other brand not.
+    assert by_type.false_match(fp, score)[0, 0] == pytest.approx(2 / 3)
+    by_brand = Cohort(by_type.table, by_type.windows, by_type.groups, 20, "0" * 64, devices, brands, "brand")
+    assert by_brand.false_match(fp, score)[0, 0] == pytest.approx(1 / 2)
+
+
 def test_false_match_is_monotone_in_the_score():
     rng = np.random.default_rng(0)
     cohort = _cohort(unit(rng.normal(size=(300, 8))), rng.integers(0, 6, 300))

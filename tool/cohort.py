@@ -15,7 +15,13 @@ embeddings, with the index of its device (`group`) and the encoder hash it was c
 A fingerprint of a device type the model was trained on has its own type in the cohort, which would
 count the device's own traffic as false matches. The cohort group nearest the fingerprint (highest
 mean score) is therefore always left out: for a trained type it is the type itself, for a new type
-its closest relative, and the held-out measurements in the model card include that choice.
+its closest relative, and the held-out measurements in the model card include that choice. Only a
+device group is ever left out: the other hosts of the captures (a router's own packets, a phone, a
+laptop) always count as impostors. With `leave_out` "brand" (cohort.json, `python -m export.cohort
+--leave-out`), the nearest type's whole brand is left out with it: its same-vendor siblings send
+the same join traffic, so against them no score is unusual, and a rate counted over them would
+withhold the verdict from the device itself. The siblings then reach the verdict as the device does,
+and the verdict names them together ("HS100 or HS110", tool.verdict).
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ if TYPE_CHECKING:
 
 COHORT = "cohort.json"
 COHORT_FORMAT = "deepnetprint-cohort"
+# What a cohort group is (cohort.json's "group_kinds"): a device type, or another host of the
+# captures (a router's own packets, a phone, a laptop), never left out as the fingerprint's own type.
+DEVICE, HOST = "device", "host"
+# What is left out of the cohort for a fingerprint (cohort.json's "leave_out"): the device type nearest
+# it, or that type and every type of its brand (its same-vendor siblings, which send the same traffic).
+TYPE, BRAND = "type", "brand"
+LEAVE_OUT = (TYPE, BRAND)
 
 
 class CohortError(ModelError):
@@ -52,6 +65,9 @@ class Cohort:
     groups: np.ndarray
     packets: int
     encoder_sha256: str
+    devices: np.ndarray | None = None  # [G] whether each group is a device type (None: all are)
+    brands: list[str] | None = None  # [G] each device group's brand, where the cohort knows them
+    leave_out: str = TYPE
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -69,11 +85,19 @@ class Cohort:
             groups = np.asarray(data["groups"], dtype=np.int64)
             packets = int(data["packets"])
             sha = str(data["encoder_sha256"])
+            kinds = data.get("group_kinds")
+            devices = None if kinds is None else np.asarray([k == DEVICE for k in kinds], dtype=bool)
+            brands = data.get("group_brands")
+            leave_out = data.get("leave_out", TYPE)
+            if leave_out not in LEAVE_OUT or (brands is not None and len(brands) != len(kinds or ())):
+                raise ValueError("leave_out or group_brands")
             ok = data.get("format") == COHORT_FORMAT
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CohortError(f"{path}: not a DeepNetPrint cohort ({e!r})") from None
         shaped = table.ndim == 2 and table.shape[1] == model.embedding_dim and len(groups) == len(windows)
         indexed = all(len(w) and w.min() >= 0 and w.max() < len(table) for w in windows)
+        if devices is not None:
+            indexed = indexed and len(groups) > 0 and groups.min() >= 0 and groups.max() < len(devices)
         if not ok or not shaped or not indexed:
             raise CohortError(f"{path}: not a DeepNetPrint cohort for this model")
         if len(np.unique(groups)) < 2 or not np.isfinite(table).all():
@@ -83,7 +107,7 @@ class Cohort:
                 f"{path}: computed with encoder {sha[:12]}, the model is {model.encoder_sha256[:12]}: "
                 "run python -m export.cohort"
             )
-        return cls(table, windows, groups, packets, sha)
+        return cls(table, windows, groups, packets, sha, devices, brands, leave_out)
 
     def scores(self, fingerprints: Sequence[Fingerprint], how: str = "set") -> np.ndarray:
         """Every cohort host's host score (`set` or `set-all`) for each fingerprint: [C, K].
@@ -121,11 +145,19 @@ class Cohort:
         rate is "the share of other devices' hosts", not the share of the chattiest device's windows."""
         scores = self.scores(fingerprints, how)
         names = np.unique(self.groups)
+        # Only a device type can be the fingerprint's own: a router or a phone stays an impostor.
+        device = np.ones(len(names), dtype=bool) if self.devices is None else self.devices[names]
         out = []
         for k in range(scores.shape[1]):
             column = scores[:, k]
-            means = np.array([column[self.groups == g].mean() for g in names])
-            keep = self.groups != names[int(means.argmax())]
+            means = np.array(
+                [column[self.groups == g].mean() if d else -np.inf for g, d in zip(names, device)]
+            )
+            nearest = names[int(means.argmax())]
+            left_out = [nearest]
+            if self.leave_out == BRAND and self.brands is not None and self.brands[nearest]:
+                left_out = [g for g in names if self.brands[g] == self.brands[nearest]]
+            keep = ~np.isin(self.groups, left_out)
             sizes = {g: int((self.groups[keep] == g).sum()) for g in np.unique(self.groups[keep])}
             weights = np.array([1.0 / (len(sizes) * sizes[g]) for g in self.groups[keep]])
             order = np.argsort(column[keep], kind="stable")

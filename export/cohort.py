@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tool.cohort import BRAND, COHORT, COHORT_FORMAT, DEVICE, HOST, LEAVE_OUT
+from tool.cohort import COHORT, COHORT_FORMAT, DEVICE, HOST, LEAVE_OUT, TYPE
 from tool.constants import MIN_PACKETS, PACKETS
 
 MAX_WINDOWS = 40  # windows per capture
@@ -56,7 +56,7 @@ def build(
     data: str | None,
     devices: list[str] | None = None,
     also: Sequence[str] = (),
-    leave_out: str = BRAND,
+    leave_out: str = TYPE,
 ) -> dict:
     """The cohort of a model folder, as the JSON object cohort.json holds: windows of the devices the
     model was trained on (or `devices`) and of every other host of their development captures, plus
@@ -135,10 +135,12 @@ def build(
 @click.option(
     "--leave-out",
     type=click.Choice(LEAVE_OUT),
-    default=BRAND,
+    default=TYPE,
     show_default=True,
     help="What of the cohort a fingerprint is not compared with: the device type nearest it, or that "
-    "type's whole brand (its same-vendor siblings).",
+    "type's whole brand (its same-vendor siblings). 'type', chosen across labs: on lab2's development "
+    "merges, the shipped model's false-match rate at the default verdict was 6.1 %% with 'type' and "
+    "14.9 %% with 'brand'.",
 )
 def main(models: str | None, data: str | None, also: tuple[str, ...], leave_out: str) -> None:
     """Compute the model's cohort from its training devices and write it beside the model."""

@@ -139,8 +139,8 @@ def build(
     show_default=True,
     help="What of the cohort a fingerprint is not compared with: the device type nearest it, or that "
     "type's whole brand (its same-vendor siblings). 'type', chosen across labs: on lab2's development "
-    "merges, the shipped model's false-match rate at the default verdict was 6.1 %% with 'type' and "
-    "14.9 %% with 'brand'.",
+    "merges, the shipped model's false-match rate at the default verdict was 6.1 % with 'type' and "
+    "14.9 % with 'brand'.",
 )
 def main(models: str | None, data: str | None, also: tuple[str, ...], leave_out: str) -> None:
     """Compute the model's cohort from its training devices and write it beside the model."""

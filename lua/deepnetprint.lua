@@ -2,9 +2,10 @@
 -- probability that the packet came from the fingerprinted device.
 --
 -- It reads the scores sidecar that `dnp-scan CAPTURE --fingerprint A.fp --annotate PATH` writes: a CSV
--- with the header `frame,score,target,host_match` and one row per scored frame (frame numbers as
+-- with the header `frame,score,target,host_match,router` and one row per scored frame (frame numbers as
 -- Wireshark numbers the frames of that capture file). Frames that are not in the sidecar get nothing.
--- A sidecar of an older dnp-scan, with the header `frame,score,target`, still reads. A sidecar of this
+-- A sidecar of an older dnp-scan, with the header `frame,score,target` or `frame,score,target,host_match`,
+-- still reads. A sidecar of this
 -- dnp-scan starts with a line naming its capture (frame count, first frames' timestamps): on another
 -- capture the plugin shows nothing and says so once. A frame without a sidecar row shows the score its
 -- packet comment carries, as the DeepNetPrint extcap and dnp-scan --pcapng write it.
@@ -15,9 +16,12 @@
 --   deepnetprint.target  string: that fingerprint's name
 --   deepnetprint.host_match  double: the score of the packet's sending host for its best fingerprint
 --                        (dnp-scan's host score, from -1 to 1): the same on every packet of a host
+--   deepnetprint.router  boolean, present (true) only where the packet's sending host is a router: its
+--                        packets are not judged as a device's (dnp-scan gives it no device verdict)
 --   deepnetprint.match_text  string, hidden: deepnetprint.match to 3 decimals, zeros kept (a column)
 -- e.g. display filter `deepnetprint.match > 0.9`, `deepnetprint.host_match > 0.95` (every packet of a
--- matching host), custom column `%Cus:deepnetprint.match_text`.
+-- matching host), `deepnetprint.host_match > 0.95 && !deepnetprint.router` (a matching device, not a
+-- router), custom column `%Cus:deepnetprint.match_text`.
 --
 -- Where the sidecar path comes from (the first that is set):
 --   the preference deepnetprint.scores_file (Preferences > Protocols > DEEPNETPRINT, or
@@ -41,7 +45,8 @@ local PLUGIN_VERSION = "0.1.0"
 if set_plugin_info then
     set_plugin_info({
         version = PLUGIN_VERSION,
-        description = "DeepNetPrint match probability and host score as deepnetprint.match, .target and .host_match",
+        description = "DeepNetPrint match probability and host score as deepnetprint.match, .target, .host_match "
+            .. "and .router",
         repository = "https://github.com/deepnetprint/deepnetprint",
     })
 end
@@ -92,17 +97,21 @@ local f_host = ProtoField.double("deepnetprint.host_match", "Host match", "dnp-s
 -- decimals with zeros kept, for a Match column (%Cus:deepnetprint.match_text). Filters use the double.
 local f_match_text = ProtoField.string("deepnetprint.match_text", "Match probability (3 decimals)",
     "The match probability to 3 decimals, zeros kept: for a Match column")
-deepnetprint.fields = { f_match, f_target, f_host, f_match_text }
+-- Added only on a router's packets (true), so the filter `deepnetprint.router` keeps them and
+-- `!deepnetprint.router` the others, and other packets pay nothing for it.
+local f_router = ProtoField.bool("deepnetprint.router", "Router", base.NONE, nil, nil, "The sending host "
+    .. "is a router: its packets are not judged as a device's")
+deepnetprint.fields = { f_match, f_target, f_host, f_match_text, f_router }
 
 -- A packet written by the DeepNetPrint extcap (or dnp-scan --pcapng) carries its score as a packet
--- comment `deepnetprint.match=0.9312345028877258 target=cam host_match=0.987123`; it is read when no sidecar row
--- applies to the frame. The field is frame.comment from Wireshark 1.12 on (pkt_comment before).
+-- comment `deepnetprint.match=0.9312345028877258 target=cam host_match=0.987123`, ending in ` router=1` for a
+-- router's packet; it is read when no sidecar row applies to the frame. The field is frame.comment from Wireshark 1.12 on (pkt_comment before).
 local ok_comment, f_comment = pcall(Field.new, "frame.comment")
 if not ok_comment then
     f_comment = nil
 end
 
--- (score, target, host_match or nil) from the frame's comments, or nil.
+-- (score, target, host_match or nil, router or nil) from the frame's comments, or nil.
 local function from_comment()
     if f_comment == nil then
         return nil
@@ -112,11 +121,16 @@ local function from_comment()
         local score, rest = string.match(text, "^deepnetprint%.match=([%d%.eE+-]+) target=(.*)$")
         score = tonumber(score)
         if score ~= nil and score >= 0 and score <= 1 then
+            local router = nil
+            local before = string.match(rest, "^(.-) router=1$")
+            if before ~= nil then
+                rest, router = before, true
+            end
             local target, host = string.match(rest, "^(.-) host_match=([%d%.eE+-]+)$")
             if target == nil then
-                return score, rest, nil
+                return score, rest, nil, router
             end
-            return score, target, tonumber(host)
+            return score, target, tonumber(host), router
         end
     end
     return nil
@@ -128,7 +142,7 @@ if env_path == "" then
 end
 local default_path = shared.arg_path or env_path or ""
 deepnetprint.prefs.scores_file = Pref.string("Scores file", default_path,
-    "CSV written by dnp-scan --annotate (header frame,score,target,host_match). Default: the script argument "
+    "CSV written by dnp-scan --annotate (header frame,score,target,host_match,router). Default: the script argument "
     .. "scores=PATH, else the environment variable DNP_SCORES.")
 
 -- The parsed sidecar. Wireshark calls init at the start and the end of every pass over a file, so the
@@ -136,6 +150,7 @@ deepnetprint.prefs.scores_file = Pref.string("Scores file", default_path,
 local scores = {}     -- frame number -> score
 local targets = {}    -- frame number -> fingerprint name
 local hosts = {}      -- frame number -> its host's score (sidecars of older dnp-scan have none)
+local routers = {}    -- frame number -> true where its host is a router (older sidecars: none)
 local max_frame = 0   -- highest frame number in the sidecar
 local loaded_path = nil
 local loaded_content = nil
@@ -220,9 +235,10 @@ end
 
 -- Parse the sidecar's text into fresh tables; the message (or nil) says what was wrong with it.
 local function parse_sidecar(content, path)
-    local new_scores, new_targets, new_hosts, top = {}, {}, {}, 0
+    local new_scores, new_targets, new_hosts, new_routers, top = {}, {}, {}, {}, 0
     if content == "" then
-        return new_scores, new_targets, new_hosts, top, path .. " is empty (no header frame,score,target,host_match)"
+        return new_scores, new_targets, new_hosts, new_routers, top,
+            path .. " is empty (no header frame,score,target,host_match,router)"
     end
     local pos = 1
     if string.sub(content, 1, 3) == "\239\187\191" then
@@ -234,7 +250,7 @@ local function parse_sidecar(content, path)
         local line = string.gsub(string.sub(content, pos, line_end - 1), "\r$", "")
         local frames, first, name = string.match(line, "^#deepnetprint frames=(%d+) first=([%d.,]*) capture=(.*)$")
         if not frames then
-            return new_scores, new_targets, new_hosts, top,
+            return new_scores, new_targets, new_hosts, new_routers, top,
                 path .. ": line 1 is not #deepnetprint frames=N first=T1,... capture=NAME", nil
         end
         identity = { frames = tonumber(frames), first = {}, name = name }
@@ -244,15 +260,18 @@ local function parse_sidecar(content, path)
         pos = line_end + 1
     end
     local header, after = parse_record(content, pos)
-    if not header or (#header ~= 3 and #header ~= 4) or header[1] ~= "frame" or header[2] ~= "score"
-        or header[3] ~= "target" or (#header == 4 and header[4] ~= "host_match") then
-        return new_scores, new_targets, new_hosts, top,
-            path .. " does not start with the header frame,score,target,host_match", identity
+    if not header or #header < 3 or #header > 5 or header[1] ~= "frame" or header[2] ~= "score"
+        or header[3] ~= "target" or (#header >= 4 and header[4] ~= "host_match")
+        or (#header == 5 and header[5] ~= "router") then
+        return new_scores, new_targets, new_hosts, new_routers, top,
+            path .. " does not start with the header frame,score,target,host_match,router", identity
     end
     local width = #header
     local fast = '^(%d+),([-+%d.eE]+),([^,"\r\n]*)\r?\n()'
     if width == 4 then
         fast = '^(%d+),([-+%d.eE]+),([^,"\r\n]*),([-+%d.eE]*)\r?\n()'
+    elseif width == 5 then
+        fast = '^(%d+),([-+%d.eE]+),([^,"\r\n]*),([-+%d.eE]*),(1?)\r?\n()'
     end
     pos = after
     local n = #content
@@ -266,9 +285,11 @@ local function parse_sidecar(content, path)
         local row_start = pos
         -- The common row (a number, a number, a name without commas or quotes) in one anchored match
         -- and no table; anything else, or anything the fast path would refuse, goes the long way.
-        local f1, f2, f3, f4, next_pos = string.match(content, fast, pos)
+        local f1, f2, f3, f4, f5, next_pos = string.match(content, fast, pos)
         if width == 3 then
-            f4, next_pos = nil, f4
+            f4, f5, next_pos = nil, nil, f4
+        elseif width == 4 then
+            f5, next_pos = nil, f5
         end
         local frame, score = f1 and tonumber(f1), f2 and tonumber(f2)
         local host = f4 and f4 ~= "" and tonumber(f4)
@@ -278,6 +299,7 @@ local function parse_sidecar(content, path)
             new_scores[frame] = score
             new_targets[frame] = f3
             new_hosts[frame] = host or nil
+            new_routers[frame] = (f5 == "1") or nil
             if frame > top then
                 top = frame
             end
@@ -292,7 +314,7 @@ local function parse_sidecar(content, path)
                 break
             end
             pos = next_pos
-            f1, f2, f3, f4 = record[1], record[2], record[3], record[4] or ""
+            f1, f2, f3, f4, f5 = record[1], record[2], record[3], record[4] or "", record[5] or ""
             frame, score, host = nil, nil, nil
             if #record == 1 and f1 == "" then
                 reason = nil -- a blank line is not a row
@@ -316,12 +338,15 @@ local function parse_sidecar(content, path)
                     reason = "score " .. f2 .. " is outside [0, 1]"
                 elseif f4 ~= "" and (not host or host ~= host or host < -1 or host > 1) then
                     reason = "host_match '" .. f4 .. "' is not a score in [-1, 1]"
+                elseif f5 ~= "" and f5 ~= "1" then
+                    reason = "router '" .. f5 .. "' is not 1 or empty"
                 elseif new_scores[frame] then
                     reason = "frame " .. f1 .. " is listed twice"
                 else
                     new_scores[frame] = score
                     new_targets[frame] = f3
                     new_hosts[frame] = host
+                    new_routers[frame] = (f5 == "1") or nil
                     if frame > top then
                         top = frame
                     end
@@ -337,7 +362,7 @@ local function parse_sidecar(content, path)
     if bad > 0 then
         msg = path .. ": " .. bad .. " bad row(s) skipped, first at " .. first_bad
     end
-    return new_scores, new_targets, new_hosts, top, msg, identity
+    return new_scores, new_targets, new_hosts, new_routers, top, msg, identity
 end
 
 local function scores_path()
@@ -405,14 +430,14 @@ end
 local function load_sidecar()
     local path = scores_path()
     if path == nil or path == "" then
-        scores, targets, hosts, max_frame = {}, {}, {}, 0
+        scores, targets, hosts, routers, max_frame = {}, {}, {}, {}, 0
         loaded_path, loaded_content = path, nil
         id_frames, id_first, id_name, id_check = math.huge, {}, nil, 0
         return
     end
     local content, err = read_sidecar(path)
     if not content then
-        scores, targets, hosts, max_frame = {}, {}, {}, 0
+        scores, targets, hosts, routers, max_frame = {}, {}, {}, {}, 0
         loaded_path, loaded_content = path, nil
         id_frames, id_first, id_name, id_check = math.huge, {}, nil, 0
         tell(err)
@@ -422,7 +447,7 @@ local function load_sidecar()
         return
     end
     local msg, identity
-    scores, targets, hosts, max_frame, msg, identity = parse_sidecar(content, path)
+    scores, targets, hosts, routers, max_frame, msg, identity = parse_sidecar(content, path)
     loaded_path, loaded_content = path, content
     if identity then
         id_frames, id_first, id_name = identity.frames, identity.first, identity.name
@@ -471,7 +496,7 @@ end
 -- The sidecar belongs to another capture: show nothing from it, say so once. Parsed again at the next
 -- init, so opening the right capture shows its scores.
 local function refuse(why)
-    scores, targets, hosts, max_frame = {}, {}, {}, 0
+    scores, targets, hosts, routers, max_frame = {}, {}, {}, {}, 0
     loaded_content = nil
     held_message = nil
     refused = true
@@ -504,7 +529,7 @@ function deepnetprint.init()
     -- A Lua error here would stop every later dissection: any surprise becomes one message.
     local ok, err = pcall(load_sidecar)
     if not ok then
-        scores, targets, hosts, max_frame = {}, {}, {}, 0
+        scores, targets, hosts, routers, max_frame = {}, {}, {}, {}, 0
         tell("could not load the scores file: " .. tostring(err))
     end
 end
@@ -523,9 +548,9 @@ function deepnetprint.dissector(tvb, pinfo, tree)
         check_identity(frame, pinfo)
     end
     local score = scores[frame]
-    local target, host = targets[frame], hosts[frame]
+    local target, host, router = targets[frame], hosts[frame], routers[frame]
     if score == nil then
-        score, target, host = from_comment()
+        score, target, host, router = from_comment()
         if score == nil then
             return
         end
@@ -541,6 +566,9 @@ function deepnetprint.dissector(tvb, pinfo, tree)
     item:add(f_target, target)
     if host ~= nil then
         item:add(f_host, host, format("Host match: %.3f (the host's score, from -1 to 1)", host))
+    end
+    if router then
+        item:add(f_router, true, "Router: the sending host forwards other hosts' packets (not judged as a device)")
     end
 end
 

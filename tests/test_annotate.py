@@ -48,19 +48,48 @@ def test_sidecar_round_trip_keeps_every_digit_and_every_name(tmp_path):
     rows.append((np.int64(5003), np.float32(0.75), "from numpy"))  # what a scorer is likely to hand over
     path = tmp_path / "s.csv"
     write_sidecar(path, iter(rows))
-    assert path.read_text(encoding="utf-8").splitlines()[0] == "frame,score,target,host_match"
-    assert read_sidecar(path) == {int(f): (float(s), t, None) for f, s, t in rows}
+    assert path.read_text(encoding="utf-8").splitlines()[0] == "frame,score,target,host_match,router"
+    assert read_sidecar(path) == {int(f): (float(s), t, None, False) for f, s, t in rows}
 
 
 def test_sidecar_carries_the_host_score_and_reads_the_old_three_columns(tmp_path):
     path = tmp_path / "s.csv"
     write_sidecar(path, [(1, 0.25, "cam", 0.987654321), (2, 0.5, "cam", -0.125)])
-    assert read_sidecar(path) == {1: (0.25, "cam", 0.987654321), 2: (0.5, "cam", -0.125)}
+    assert read_sidecar(path) == {1: (0.25, "cam", 0.987654321, False), 2: (0.5, "cam", -0.125, False)}
     with pytest.raises(ValueError, match="host_match"):
         write_sidecar(tmp_path / "bad.csv", [(1, 0.25, "cam", 1.5)])
     old = tmp_path / "old.csv"
     old.write_text("frame,score,target\n7,0.5,cam\n", encoding="utf-8")
-    assert read_sidecar(old) == {7: (0.5, "cam", None)}
+    assert read_sidecar(old) == {7: (0.5, "cam", None, False)}
+
+
+def test_sidecar_says_which_frames_a_router_sent_and_reads_the_old_four_columns(tmp_path):
+    path = tmp_path / "s.csv"
+    write_sidecar(
+        path, [(1, 0.25, "cam", 0.5, True), (2, 0.5, "cam", 0.75, False), (3, 0.5, "cam", None, True)]
+    )
+    assert path.read_text(encoding="utf-8").splitlines()[1:] == [
+        "1,0.25,cam,0.5,1",
+        "2,0.5,cam,0.75,",
+        "3,0.5,cam,,1",
+    ]
+    assert read_sidecar(path) == {
+        1: (0.25, "cam", 0.5, True),
+        2: (0.5, "cam", 0.75, False),
+        3: (0.5, "cam", None, True),
+    }
+    with pytest.raises(ValueError, match="router"):
+        write_sidecar(tmp_path / "bad.csv", [(1, 0.25, "cam", 0.5, "yes")])
+    path.write_text("frame,score,target,host_match,router\n1,0.25,cam,0.5,yes\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 2: router 'yes' is not 1 or empty"):
+        read_sidecar(path)
+    old = tmp_path / "old.csv"
+    old.write_text("frame,score,target,host_match\n7,0.5,cam,0.25\n", encoding="utf-8")
+    assert read_sidecar(old) == {7: (0.5, "cam", 0.25, False)}
+    assert (
+        comment_text(0.5, "cam", 0.25, True) == "deepnetprint.match=0.5 target=cam host_match=0.25 router=1"
+    )
+    assert comment_text(0.5, "cam", 0.25) == "deepnetprint.match=0.5 target=cam host_match=0.25"
 
 
 def test_sidecar_uses_proper_csv_quoting(tmp_path):
@@ -68,7 +97,7 @@ def test_sidecar_uses_proper_csv_quoting(tmp_path):
     write_sidecar(path, [(3, 0.9312345, 'Hue, bridge "living room"')])
     assert (
         path.read_text(encoding="utf-8")
-        == 'frame,score,target,host_match\n3,0.9312345,"Hue, bridge ""living room""",\n'
+        == 'frame,score,target,host_match,router\n3,0.9312345,"Hue, bridge ""living room""",,\n'
     )
 
 
@@ -282,7 +311,7 @@ def test_sidecar_names_its_capture_and_old_sidecars_still_read(tmp_path):
         SIDECAR_HEADER
     )
     assert sidecar_identity(path) == identity
-    assert read_sidecar(path) == read_sidecar(path, identity) == {1: (0.25, "cam", 0.5)}
+    assert read_sidecar(path) == read_sidecar(path, identity) == {1: (0.25, "cam", 0.5, False)}
     # Another capture's sidecar is refused, in one line that says whose it is.
     other = CaptureIdentity.of(ROOT / "examples" / "enroll-camera.pcap")
     with pytest.raises(ValueError, match=r"the scores of demo\.pcapng, not of enroll-camera\.pcap: .*frames"):
@@ -294,6 +323,6 @@ def test_sidecar_names_its_capture_and_old_sidecars_still_read(tmp_path):
         assert sidecar_identity(old) is None
         assert read_sidecar(old, other)[7][:2] == (0.5, "cam")
     # A bad row is still reported at its line in the file, the identity line counted.
-    path.write_text(lines[0] + "\n" + lines[1] + "\n1,nan,cam,\n", encoding="utf-8")
+    path.write_text(lines[0] + "\n" + lines[1] + "\n1,nan,cam,,\n", encoding="utf-8")
     with pytest.raises(ValueError, match="line 3: score"):
         read_sidecar(path)

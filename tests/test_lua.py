@@ -28,6 +28,7 @@ LUA_ERRORS = ("Lua: Error", "Lua Error", "stack traceback", "attempt to ", "bad 
 # Names with what CSV must quote, and more than ASCII.
 TARGETS = ["D-LinkCam", 'Hue, bridge "living room"', "Küche ☕"]
 MERGED_DEVICES = ["D-LinkCam", "HueBridge", "Withings", "Aria", "TP-LinkPlugHS110", "MAXGateway"]
+ROUTER = "00:b5:6d:06:08:ba"  # the demo's router (tool.routers): it forwards the devices' cloud traffic
 COLUMNS = 'gui.column.format:"No.","%m","Info","%i","Match","%Cus:deepnetprint.match_text"'
 
 
@@ -427,10 +428,10 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
     expected, host_match = {}, {}
     with open(packets, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
-        assert next(reader)[6:] == [*enrolled, "host_match"]
+        assert next(reader)[6:] == [*enrolled, "host_match", "router"]
         for row in reader:
-            expected[int(row[0])] = [float(x) for x in row[6:-1]]
-            host_match[int(row[0])] = float(row[-1])
+            expected[int(row[0])] = [float(x) for x in row[6:-2]]
+            host_match[int(row[0])] = float(row[-2])
     shown = fields(tshark(cap, *FIELD_ARGS, env=env, scores=sidecar))
     # deepnetprint.host_match: every packet carries its sending host's score, as the CSV's last column.
     hosts = tshark(
@@ -452,18 +453,20 @@ def test_dnp_scan_annotate_matches_its_csv(devices, env, tmp_path):
         assert target in tied, (frame, target, probs)
     # The commented copy, for analysts without the plugin, says the same.
     comments = fields(tshark(copy, *FIELD_ARGS[:4], "-e", "frame.comment", "-e", "frame.len", env=env))
-    for frame, (score, target, host) in read_sidecar(sidecar).items():
-        assert comments[frame][0] == comment_text(score, target, host)
+    for frame, (score, target, host, router) in read_sidecar(sidecar).items():
+        assert comments[frame][0] == comment_text(score, target, host, router)
         assert float(comments[frame][0].split()[0].split("=")[1]) == score  # every digit
 
 
 def test_one_value_from_the_sidecar_and_from_the_commented_copy(env, tmp_path):
     """The demo scored by the real dnp-scan: the plugin shows every frame the same from the sidecar and
     from the --pcapng copy's comments; the field holds the full score, so a filter at 0.9 keeps a frame
-    scored 0.9001; the Match column and the tree show 3 decimals with their zeros."""
+    scored 0.9001; the Match column and the tree show 3 decimals with their zeros. The demo's router
+    (tool.routers) is marked on exactly its packets, in the plugin from either source and in --csv."""
     mac = (ROOT / "examples" / "camera.mac").read_text().strip()
     demo = ROOT / "examples" / "demo.pcapng"
     fp, sidecar, copy = tmp_path / "camera.fp", tmp_path / "demo.scores.csv", tmp_path / "demo.scored.pcapng"
+    packets = tmp_path / "demo.csv"
     done = run_command(
         "dnp-enroll", str(ROOT / "examples" / "enroll-camera.pcap"), "--mac", mac, "--name", "camera",
         "-o", str(fp), "--quiet", env=env,
@@ -478,6 +481,8 @@ def test_one_value_from_the_sidecar_and_from_the_commented_copy(env, tmp_path):
         str(sidecar),
         "--pcapng",
         str(copy),
+        "--csv",
+        str(packets),
         "--quiet",
         env=env,
     )
@@ -490,11 +495,11 @@ def test_one_value_from_the_sidecar_and_from_the_commented_copy(env, tmp_path):
     assert from_sidecar == from_comments and len(from_sidecar) == len(scores) == 713
     for line in from_sidecar:
         frame, match, text, host = line.split("\t")
-        score, _, host_match = scores[int(frame)]
+        score, _, host_match, _ = scores[int(frame)]
         assert float(match) == field_value(score) and text == f"{score:.3f}", line
         assert float(host) == field_value(host_match), line
     # One filter, one answer: the frames whose full score is above 0.9, from either source.
-    above = sorted(f for f, (s, _, _) in scores.items() if s > 0.9)
+    above = sorted(f for f, (s, *_) in scores.items() if s > 0.9)
     assert any(line.split("\t")[2].endswith("0") for line in from_sidecar)  # 0.910: its zero kept
     for capture, sidecar_path in ((demo, sidecar), (copy, None)):
         kept = tshark(
@@ -507,6 +512,55 @@ def test_one_value_from_the_sidecar_and_from_the_commented_copy(env, tmp_path):
     tree = tshark(copy, "-V", "-Y", f"frame.number == {frame}", env=env).stdout
     assert f"Match probability: {scores[frame][0]:.3f}\n" in tree
     assert f"Host match: {scores[frame][2]:.3f} (the host's score, from -1 to 1)\n" in tree
+    # deepnetprint.router: on exactly the router's packets (174 of them), from either source.
+    senders = tshark(demo, "-T", "fields", "-e", "frame.number", "-e", "eth.src", env=env, plugin=False)
+    router_frames = [
+        int(f) for f, src in (line.split("\t") for line in senders.stdout.splitlines()) if src == ROUTER
+    ]
+    assert len(router_frames) == 174
+    for capture, sidecar_path in ((demo, sidecar), (copy, None)):
+        marked = tshark(
+            capture,
+            "-Y",
+            "deepnetprint.router",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+            env=env,
+            scores=sidecar_path,
+        )
+        assert [int(f) for f in marked.stdout.split()] == router_frames
+    with open(packets, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][-2:] == ["host_match", "router"]
+    assert [int(r[0]) for r in rows[1:] if r[-1] == "1"] == router_frames
+    assert {r[-1] for r in rows[1:]} == {"1", ""} and {r[2] for r in rows[1:] if r[-1]} == {ROUTER}
+    tree = tshark(copy, "-V", "-Y", f"frame.number == {router_frames[0]}", env=env).stdout
+    assert "Router: the sending host forwards other hosts' packets (not judged as a device)\n" in tree
+    # A sidecar of the dnp-scan before routers (four columns) still shows host_match, and no router; a
+    # bad router cell is one message, and the other rows still show.
+    old = tmp_path / "old.scores.csv"
+    lines = sidecar.read_text(encoding="utf-8").splitlines()
+    assert lines[1] == "frame,score,target,host_match,router"
+    old.write_text(
+        "\n".join([lines[0], lines[1][: -len(",router")], *(r[: r.rindex(",")] for r in lines[2:])]) + "\n"
+    )
+    shown = tshark(demo, *args, "-e", "deepnetprint.router", env=env, scores=old)
+    assert (
+        not messages(shown)
+        and [line.rsplit("\t", 1)[0] for line in shown.stdout.splitlines()] == from_sidecar
+    )
+    assert not any(line.rsplit("\t", 1)[1] for line in shown.stdout.splitlines())
+    bad = tmp_path / "bad.scores.csv"
+    bad.write_text("\n".join([*lines[:2], lines[2] + "yes", *lines[3:]]) + "\n")
+    shown = tshark(
+        demo, "-Y", "deepnetprint.router", "-T", "fields", "-e", "frame.number", env=env, scores=bad
+    )
+    assert [int(f) for f in shown.stdout.split()] == router_frames
+    assert messages(shown) == [
+        f"tshark: deepnetprint: {bad}: 1 bad row(s) skipped, first at line 3: router 'yes' is not 1 or empty"
+    ]
 
 
 def test_sidecar_of_another_capture_is_refused_with_one_message(capture, frames, scores, env, tmp_path):
@@ -587,7 +641,7 @@ def test_documented_examples_on_the_demo(env, tmp_path):
         found = tshark(demo, "-Y", text.split("`")[1], env=env, scores=sidecar)
         assert len(found.stdout.splitlines()) == count, text
     assert "whose best packet scores 0.93" in docs
-    assert max(s for s, _, _ in read_sidecar(sidecar).values()) == pytest.approx(0.93, abs=0.005)
+    assert max(s for s, *_ in read_sidecar(sidecar).values()) == pytest.approx(0.93, abs=0.005)
     target = tshark(
         demo, "-Y", 'deepnetprint.target == "camera" && deepnetprint.match >= 0.5', env=env, scores=sidecar
     )

@@ -89,15 +89,18 @@ def test_csv_has_one_row_per_packet_with_proper_quoting(full_scan, merged):
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     report, _, _ = full_scan
-    assert rows[0] == ["frame", "time", "eth_src", "eth_dst", "protocol", "info", *ENROLLED, "host_match"]
+    header = ["frame", "time", "eth_src", "eth_dst", "protocol", "info", *ENROLLED, "host_match", "router"]
+    assert rows[0] == header
     packets = list(read_packets(merged))
     assert len(rows) - 1 == len(packets)
     host_score = {h["mac"]: h["score"] for h in report["hosts"]}
+    router = {h["mac"]: h["router"] for h in report["hosts"]}
     for row, packet in zip(rows[1:], packets):
         assert int(row[0]) == packet.frame and row[5] == packet.info and row[2] == packet.eth_src
-        assert all(0.0 <= float(x) <= 1.0 for x in row[6:-1])
+        assert all(0.0 <= float(x) <= 1.0 for x in row[6:-2])
         # Every packet carries its host's score: a filter on it keeps every packet of a matching host.
-        assert float(row[-1]) == pytest.approx(host_score[packet.eth_src], abs=1e-6)
+        assert float(row[-2]) == pytest.approx(host_score[packet.eth_src], abs=1e-6)
+        assert row[-1] == ("1" if router[packet.eth_src] else "")
     assert any("," in row[5] for row in rows[1:])  # Info texts with commas survived the round trip
 
 

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING
 from tool.files import AtomicFile, check_outputs, commit_all
 from tool.hosts import host_of
 from tool.pcapng import write_commented_pcapng_to
-from tool.records import CSV_HEADER, PacketRow, ScanResult
+from tool.records import CSV_HEADER, CSV_HOST_COLUMNS, PacketRow, ScanResult
 from tool.sidecar import CaptureIdentity, write_sidecar_to
 
 if TYPE_CHECKING:
@@ -40,11 +40,12 @@ if TYPE_CHECKING:
 
 class PacketCsv:
     """One row per packet: frame, time, addresses, protocol, Info, one p(Target) column per
-    fingerprint (named by it), then host_match: the sending host's score for its best fingerprint."""
+    fingerprint (named by it), then host_match: the sending host's score for its best fingerprint, and
+    router: 1 where the sending host is a router (PacketRow.router)."""
 
     def __init__(self, handle: IO[str], names: Sequence[str]):
         self.writer = csv.writer(handle, lineterminator="\n")
-        self.writer.writerow([*CSV_HEADER, *names, "host_match"])
+        self.writer.writerow([*CSV_HEADER, *names, *CSV_HOST_COLUMNS])
 
     def write(self, row: PacketRow) -> None:
         self.writer.writerow(row.csv())
@@ -64,13 +65,14 @@ class _Spool:
              packet.protocol, packet.length, packet.info, *map(repr, probs.tolist()))
         )  # fmt: skip
 
-    def rows(self, names: list[str], host_match: dict[str, float]) -> Iterator[PacketRow]:
-        """The spooled packets, each with its host's score for the host's best fingerprint."""
+    def rows(self, names: list[str], host_match: dict[str, float], routers: set[str]) -> Iterator[PacketRow]:
+        """The spooled packets, each with its host's score for the host's best fingerprint and whether
+        the host is a router."""
         self.file.seek(0)
         for frame, time, src, dst, host, protocol, length, info, *probs in csv.reader(self.file):
             yield PacketRow(
                 int(frame), float(time), src, dst, host, protocol, int(length), info,
-                [float(p) for p in probs], names, host_match.get(host),
+                [float(p) for p in probs], names, host_match.get(host), host in routers,
             )  # fmt: skip
 
     def close(self) -> None:
@@ -130,19 +132,20 @@ class ScanOutputs:
         """
         names = [f["name"] for f in result.fingerprints]
         host_match = {h["host"]: h["score"] for h in result.hosts}
+        routers = {h["host"] for h in result.hosts if h.get("router")}
         if self.spool is not None:
             if "csv" in self.files:
                 packet_csv = PacketCsv(self.files["csv"].handle, names)
-                for row in self.spool.rows(names, host_match):
+                for row in self.spool.rows(names, host_match, routers):
                     packet_csv.write(row)
             if "annotate" in self.files:
-                rows = (r.sidecar() for r in self.spool.rows(names, host_match))
+                rows = (r.sidecar() for r in self.spool.rows(names, host_match, routers))
                 # The sidecar names its capture, so the plugin shows no scores on another one (a
                 # scores file saved as a Wireshark preference applies to every capture opened later).
                 identity = CaptureIdentity.of(self.capture)
                 write_sidecar_to(self.files["annotate"].handle, rows, identity)
             if "pcapng" in self.files:
-                rows = (r.sidecar() for r in self.spool.rows(names, host_match))
+                rows = (r.sidecar() for r in self.spool.rows(names, host_match, routers))
                 out = self.paths["pcapng"]
                 handle = self.files["pcapng"].handle
                 write_commented_pcapng_to(self.capture, handle, rows, out_name=out, allow_cut=cut)  # type: ignore[arg-type]

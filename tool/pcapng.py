@@ -2,7 +2,8 @@
 their match as a packet comment, for analysts who cannot install the Wireshark plugin.
 
 Each scored packet carries the comment `deepnetprint.match=0.9312345028877258 target=cam host_match=0.987123`,
-readable as `frame.comment`; the rows are the sidecar's (tool/sidecar.py).
+readable as `frame.comment`, with ` router=1` at its end where the sending host is a router (tool.routers);
+the rows are the sidecar's (tool/sidecar.py).
 It is written here in Python, block by block, because `editcap -a` takes one argument per comment and
 fails with "argument list too long" near 60,000 comments.
 """
@@ -46,14 +47,15 @@ class AnnotateError(Exception):
     """The commented copy could not be written: the message is one line for the user."""
 
 
-def comment_text(score: float, target: str, host_match: float | None = None) -> str:
+def comment_text(score: float, target: str, host_match: float | None = None, router: bool = False) -> str:
     """The packet comment of a scored packet, every digit as in the sidecar:
-    `deepnetprint.match=0.9312345028877258 target=cam host_match=0.987123`."""
+    `deepnetprint.match=0.9312345028877258 target=cam host_match=0.987123`, then ` router=1` where the
+    sending host is a router."""
     # One line: Wireshark shows a comment's line breaks, and a filter on it should not need to know.
     target = " ".join(target.splitlines())
     # Every digit, as the sidecar: the plugin shows one value for a frame, from either.
     host = "" if host_match is None else f" host_match={score_text(host_match, None)}"
-    return f"{COMMENT_PREFIX}{score_text(score, None)} target={target}{host}"
+    return f"{COMMENT_PREFIX}{score_text(score, None)} target={target}{host}{' router=1' if router else ''}"
 
 
 def commented_stream_header(linktype: int, snaplen: int = 262144) -> bytes:
@@ -252,10 +254,10 @@ def write_commented_pcapng_to(
     comments: dict[int, str] = {}
     try:
         for row in rows:
-            frame, score, target, host_match = check_row(*row)
+            frame, score, target, host_match, router = check_row(*row)
             if frame in comments:
                 raise ValueError(f"frame {frame} is listed twice")
-            comments[frame] = comment_text(score, target, host_match)
+            comments[frame] = comment_text(score, target, host_match, router)
     except (ValueError, TypeError) as e:
         raise AnnotateError(f"bad score row: {e}") from None
     try:

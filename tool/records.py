@@ -30,6 +30,7 @@ TOP_PACKETS = 10  # the best-matching packets a report lists
 
 SCORE_DIGITS = 6  # decimals of a score in the CSV and the JSON report
 CSV_HEADER = ("frame", "time", "eth_src", "eth_dst", "protocol", "info")
+CSV_HOST_COLUMNS = ("host_match", "router")  # the --csv columns after the p(Target) ones
 
 
 def score_text(score: float, digits: int | None = SCORE_DIGITS) -> str:
@@ -59,6 +60,7 @@ class PacketRow:
     probabilities: list[float]  # p(Target) for each fingerprint, in the scan's order
     names: list[str]  # the fingerprints' names, in the same order
     host_match: float | None = None  # the sending host's score for its best fingerprint
+    router: bool = False  # the sending host is a router (tool.routers): not judged as a device
 
     @classmethod
     def of(cls, packet: Packet, probs: np.ndarray | Sequence[float], names: list[str]) -> PacketRow:
@@ -72,18 +74,20 @@ class PacketRow:
         """The index of the fingerprint this packet matches best."""
         return max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
 
-    def sidecar(self) -> tuple[int, float, str, float | None]:
-        """(frame, best p(Target), that fingerprint's name, host_match): the Wireshark sidecar's row."""
+    def sidecar(self) -> tuple[int, float, str, float | None, bool]:
+        """(frame, best p(Target), that fingerprint's name, host_match, router): the Wireshark
+        sidecar's row, and the pcapng comment's."""
         best = self.best
         host = None if self.host_match is None else min(1.0, max(-1.0, self.host_match))
-        return self.frame, self.probabilities[best], self.names[best], host
+        return self.frame, self.probabilities[best], self.names[best], host, self.router
 
     def csv(self) -> list[object]:
-        """The --csv row: CSV_HEADER's fields, one p(Target) per fingerprint, then host_match."""
+        """The --csv row: CSV_HEADER's fields, one p(Target) per fingerprint, then CSV_HOST_COLUMNS
+        (host_match; router: 1 or empty)."""
         return [
             self.frame, f"{self.time:.6f}", self.eth_src, self.eth_dst, self.protocol, self.info,
             *(score_text(p) for p in self.probabilities),
-            "" if self.host_match is None else score_text(self.host_match),
+            "" if self.host_match is None else score_text(self.host_match), 1 if self.router else "",
         ]  # fmt: skip
 
     def top_packet(self) -> dict[str, Any]:

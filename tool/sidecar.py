@@ -1,12 +1,14 @@
 """The sidecar: the scores file dnp-scan writes (`--annotate PATH`) and the Wireshark plugin reads.
 
 It is the contract between dnp-scan and lua/deepnetprint.lua: a CSV with the header
-`frame,score,target,host_match` and one row per scored frame, where `frame` is the 1-based number
-Wireshark gives the frame in that capture file, `score` the best fingerprint's probability in [0, 1],
-`target` that fingerprint's name, and `host_match` the host score (in [-1, 1]) of the frame's sending
-host for that host's best fingerprint, so that a filter on it shows every packet of a matching host.
-A sidecar of an older dnp-scan has no `host_match` column; it still reads. Its first line names the
-capture it belongs to (`CaptureIdentity`), so the plugin shows no scores on another capture.
+`frame,score,target,host_match,router` and one row per scored frame, where `frame` is the 1-based
+number Wireshark gives the frame in that capture file, `score` the best fingerprint's probability in
+[0, 1], `target` that fingerprint's name, `host_match` the host score (in [-1, 1]) of the frame's
+sending host for that host's best fingerprint, so that a filter on it shows every packet of a matching
+host, and `router` 1 where that host is a router (tool.routers: not judged as a device), else empty.
+A sidecar of an older dnp-scan has no `router` column, or neither it nor `host_match`; it still reads.
+Its first line names the capture it belongs to (`CaptureIdentity`), so the plugin shows no scores on
+another capture.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from typing import IO
 from tool.files import atomic_output
 from tool.records import score_text
 
-SIDECAR_HEADER = ("frame", "score", "target", "host_match")
-OLD_SIDECAR_HEADER = SIDECAR_HEADER[:3]
+SIDECAR_HEADER = ("frame", "score", "target", "host_match", "router")
+OLD_SIDECAR_HEADERS = (SIDECAR_HEADER[:3], SIDECAR_HEADER[:4])  # older dnp-scan's: they still read
 # The first line of a sidecar that names its capture: `#deepnetprint frames=401 first=T1,T2,T3
 # capture=NAME`. Older sidecars start with the header; they still read, unchecked.
 IDENTITY_PREFIX = "#deepnetprint "
@@ -40,8 +42,8 @@ _FRAME_RE = re.compile(r"[0-9]+")
 
 
 def check_row(
-    frame: object, score: object, target: object, host_match: object = None
-) -> tuple[int, float, str, float | None]:
+    frame: object, score: object, target: object, host_match: object = None, router: object = False
+) -> tuple[int, float, str, float | None, bool]:
     try:
         # operator.index takes numpy integers too, and refuses 2.0 and "2".
         number = operator.index(frame)  # type: ignore[arg-type]
@@ -65,7 +67,9 @@ def check_row(
             raise ValueError(f"frame {frame}: host_match {host_match!r} is not a number") from None
         if not math.isfinite(host_match) or not -1.0 <= host_match <= 1.0:
             raise ValueError(f"frame {frame}: host_match {host_match!r} is not a score in [-1, 1]")
-    return frame, score, target, host_match
+    if isinstance(router, str) or router not in (False, True):  # a bool, numpy's too
+        raise ValueError(f"frame {frame}: router {router!r} is not True or False")
+    return frame, score, target, host_match, bool(router)
 
 
 @dataclass(frozen=True)
@@ -124,10 +128,10 @@ def write_sidecar(
 ) -> None:
     """Write the scores sidecar atomically (a temp file in the same folder, then os.replace).
 
-    Rows are (frame, score, target[, host_match]); a bad row raises ValueError and leaves no file.
+    Rows are (frame, score, target[, host_match[, router]]); a bad row raises ValueError and leaves no file.
     With `identity` (`CaptureIdentity.of(capture)`), the plugin shows the scores only on that capture.
 
-    >>> write_sidecar("cap.scores.csv", [(1, 0.9312345, "cam", 0.98), (7, 0.12, "cam", 0.98)])
+    >>> write_sidecar("cap.scores.csv", [(1, 0.9312345, "cam", 0.98), (7, 0.12, "gw", 0.5, True)])
     """
     with atomic_output(path, "w", encoding="utf-8", newline="") as out:
         write_sidecar_to(out, rows, identity)
@@ -141,13 +145,13 @@ def write_sidecar_to(out: IO[str], rows: Iterable[tuple], identity: CaptureIdent
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(SIDECAR_HEADER)
     for row in rows:
-        frame, score, target, host_match = check_row(*row)
+        frame, score, target, host_match, router = check_row(*row)
         if frame in seen:
             raise ValueError(f"frame {frame} is listed twice")
         seen.add(frame)
         # Every digit of the float, so the plugin shows exactly what dnp-scan computed.
         host = "" if host_match is None else score_text(host_match, None)
-        writer.writerow((frame, score_text(score, None), target, host))
+        writer.writerow((frame, score_text(score, None), target, host, 1 if router else ""))
 
 
 def sidecar_identity(path: str | os.PathLike) -> CaptureIdentity | None:
@@ -167,15 +171,15 @@ def sidecar_identity(path: str | os.PathLike) -> CaptureIdentity | None:
 
 def read_sidecar(
     path: str | os.PathLike, capture: CaptureIdentity | None = None
-) -> dict[int, tuple[float, str, float | None]]:
-    """Read a scores sidecar: {frame: (score, target, host_match or None)}.
+) -> dict[int, tuple[float, str, float | None, bool]]:
+    """Read a scores sidecar: {frame: (score, target, host_match or None, router)}.
 
     With `capture` (the identity of the capture at hand), a sidecar that records another capture is
     refused, as the plugin refuses it; a sidecar without an identity is read unchecked.
     Raises ValueError (one line, naming the file and line) on bad content; OSError if it cannot be read.
     """
     path = Path(path)
-    result: dict[int, tuple[float, str, float | None]] = {}
+    result: dict[int, tuple[float, str, float | None, bool]] = {}
     identity = sidecar_identity(path)
     if identity is not None and capture is not None:
         why = identity.mismatch(capture)
@@ -194,7 +198,7 @@ def read_sidecar(
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{path}: empty file, expected the header {','.join(SIDECAR_HEADER)}")
-            if tuple(header) not in (SIDECAR_HEADER, OLD_SIDECAR_HEADER):
+            if tuple(header) not in (SIDECAR_HEADER, *OLD_SIDECAR_HEADERS):
                 raise ValueError(f"{path}: the header is not {','.join(SIDECAR_HEADER)}")
             width = len(header)
             for row in reader:
@@ -204,7 +208,8 @@ def read_sidecar(
                 if len(row) != width:
                     raise ValueError(f"{where}: {len(row)} fields instead of {width}")
                 frame_text, score_text, target = row[:3]
-                host_text = row[3] if width == 4 else ""
+                host_text = row[3] if width >= 4 else ""
+                router_text = row[4] if width == 5 else ""
                 if not _FRAME_RE.fullmatch(frame_text) or int(frame_text) < 1:
                     raise ValueError(f"{where}: frame {frame_text!r} is not a frame number")
                 frame = int(frame_text)
@@ -222,9 +227,11 @@ def read_sidecar(
                         raise ValueError(f"{where}: host_match {host_text!r} is not a number") from None
                     if not math.isfinite(host_match) or not -1.0 <= host_match <= 1.0:
                         raise ValueError(f"{where}: host_match {host_text!r} is not a score in [-1, 1]")
+                if router_text not in ("", "1"):
+                    raise ValueError(f"{where}: router {router_text!r} is not 1 or empty")
                 if frame in result:
                     raise ValueError(f"{where}: frame {frame} is listed twice")
-                result[frame] = (score, target, host_match)
+                result[frame] = (score, target, host_match, router_text == "1")
         except csv.Error as e:
             raise ValueError(f"{path}: line {reader.line_num + skipped}: not CSV: {e}") from None
         except UnicodeDecodeError:

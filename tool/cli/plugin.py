@@ -81,8 +81,9 @@ def personal_lua_plugins() -> Path:
 def command() -> None:
     """The DeepNetPrint Wireshark plugin: the fields deepnetprint.match (each packet's match
     probability, the full score), deepnetprint.target (its fingerprint), deepnetprint.host_match (its
-    host's score, -1 to 1: filter on it for every packet of a matching host) and
-    deepnetprint.match_text (the match to 3 decimals, for a column)."""
+    host's score, -1 to 1: filter on it for every packet of a matching host), deepnetprint.router
+    (present on the packets of a router: the sending host is a router, its packets are not judged as
+    a device's) and deepnetprint.match_text (the match to 3 decimals, for a column)."""
 
 
 def personal_extcap() -> Path:

@@ -65,7 +65,7 @@ Examples:
 @click.option(
     "--annotate",
     type=click.Path(dir_okay=False),
-    help="Write the frame,score,target,host_match sidecar the Wireshark plugin reads.",
+    help="Write the frame,score,target,host_match,router sidecar the Wireshark plugin reads.",
 )
 @click.option(
     "--pcapng",

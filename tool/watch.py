@@ -145,6 +145,11 @@ class Watcher:
             return None
         return float(state.scores[state.best])
 
+    def is_router(self, address: str) -> bool:
+        """Whether the host is a router (tool.routers), as far as the watch has seen it."""
+        state = self.hosts.get(address) or self.retired.get(address)
+        return state is not None and state.host.router
+
     def expire(self) -> list[Alert]:
         """Evict the hosts idle for `idle` seconds of capture time, and the oldest past `max_hosts`."""
         alerts: list[Alert] = []

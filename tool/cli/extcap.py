@@ -150,7 +150,8 @@ def _capture(fifo: str, iface: str, fingerprint: str, bpf: str | None, max_false
             address = host_of(packet)[0]
             host = watcher.host_score(address) if address else None
             k = int(row.argmax())
-            comment = comment_text(float(row[k]), watcher.names[k], host)
+            router = bool(address) and watcher.is_router(address)
+            comment = comment_text(float(row[k]), watcher.names[k], host, router=router)
             blocks.append(commented_packet(sec * 1_000_000 + usec, record[16:], orig, comment))
         out.write(b"".join(blocks))
         batch.clear()

@@ -61,7 +61,17 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-ALERT_KEYS = ["event", "time", "mac", "ips", "fingerprint", "score", "false_match_rate", "packets"]
+ALERT_KEYS = [
+    "event",
+    "time",
+    "mac",
+    "ips",
+    "fingerprint",
+    "alternatives",
+    "score",
+    "false_match_rate",
+    "packets",
+]
 
 
 def test_stdin_stream_alerts_as_dnp_scan_finds(merged, cam, scanned, tmp_path, clean_env):

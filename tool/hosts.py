@@ -66,11 +66,13 @@ class Host:
     # The off-link sources (IPv4 addresses, IPv6 /64s) it has sent from, up to ROUTER_SOURCES.
     off_link: set[str] = field(default_factory=set, repr=False)
     lan_ipv4: bool = False  # it has sent from a private (on-link) IPv4 address
+    resolver: bool = False  # it has answered DNS queries (a router's resolver; devices never do)
 
     @property
     def router(self) -> bool:
-        """Whether the host forwards other hosts' packets (tool.routers)."""
-        return len(self.off_link) >= ROUTER_SOURCES
+        """Whether the host forwards other hosts' packets or resolves their names (tool.routers)."""
+        forwarding = len(self.off_link) >= ROUTER_SOURCES
+        return forwarding or self.resolver or (self.lan_ipv4 and any("/" not in s for s in self.off_link))
 
     def forwards(self, ip_src: str) -> bool:
         """Whether a packet from `ip_src` is one the host forwards (and learn from it): from its
@@ -86,11 +88,9 @@ class Host:
             return False
         if len(self.off_link) < ROUTER_SOURCES:
             self.off_link.add(source)
-            if (
-                self.router
-            ):  # now known to forward: the off-link address it was first seen with is not its own
-                self.ips[:] = [a for a in self.ips if off_link(a) is None]
-        return self.router or (self.lan_ipv4 and "/" not in source)
+        if self.router and self.ips:  # it forwards: an off-link address it was seen with is not its own
+            self.ips[:] = [a for a in self.ips if off_link(a) is None]
+        return self.router
 
     def count(self, packet: Packet | Sender, host_packets: int, use_all: bool = False) -> bool:
         """Count one of the host's packets; whether its score reads it: one of its first
@@ -104,8 +104,10 @@ class Host:
             return False  # nor is its source one of the host's addresses
         if ip and len(self.ips) < MAX_HOST_IPS and ip not in self.ips and ip not in NO_ADDRESS:
             self.ips.append(ip)
-        if self.router and is_answer(packet.protocol, packet.info):
-            return False
+        if is_answer(packet.protocol, packet.info):
+            self.resolver |= packet.protocol == "DNS"
+            if self.router:
+                return False
         if self.first_count < host_packets:
             self.first_count += 1
             return True
@@ -118,6 +120,7 @@ class Host:
         self.forwarded += later.forwarded
         self.off_link = set(sorted(self.off_link | later.off_link)[:ROUTER_SOURCES])
         self.lan_ipv4 |= later.lan_ipv4
+        self.resolver |= later.resolver
         self.last_seen = later.last_seen
         add_ips(self.ips, later.ips)
         if len(self.firsts) < host_packets:
@@ -158,7 +161,7 @@ def joined(parts: Sequence[Sequence[Host]], host_packets: int = PACKETS) -> list
             if m is None:
                 merged[h.address] = Host(
                     h.address, h.kind, len(merged), list(h.ips), h.packets, h.first_count,
-                    h.first_seen, h.last_seen, h.firsts, h.forwarded, set(h.off_link), h.lan_ipv4,
+                    h.first_seen, h.last_seen, h.firsts, h.forwarded, set(h.off_link), h.lan_ipv4, h.resolver,
                 )  # fmt: skip
             else:
                 m.join(h, host_packets)

@@ -322,7 +322,9 @@ class ScanResult:
 
 # The keys of an alert line of dnp-watch's --jsonl, in order: a contract with whoever reads them (a
 # SIEM, jq; README).
-ALERT_KEYS = ("event", "time", "mac", "ips", "fingerprint", "score", "false_match_rate", "packets")
+ALERT_KEYS = (
+    "event", "time", "mac", "ips", "fingerprint", "alternatives", "score", "false_match_rate", "packets",
+)  # fmt: skip
 # The keys of the summary line of each matching host, written at exit.
 HOST_KEYS = (*ALERT_KEYS, "host_kind", "first_seen", "last_seen", "alerts")
 

@@ -110,32 +110,15 @@ class Cohort:
         return cls(table, windows, groups, packets, sha, devices, brands, leave_out)
 
     def scores(self, fingerprints: Sequence[Fingerprint], how: str = "set") -> np.ndarray:
-        """Every cohort host's host score (`set` or `set-all`) for each fingerprint: [C, K].
+        """Every cohort host's host score (`set` or `set-all`) for each fingerprint: [C, K], each window
+        scored as a host is (tool.scores.set_scores, the same function to the last bit)."""
+        from tool.model import unit
+        from tool.scores import set_scores
 
-        Its own arithmetic still, not tool.scores.set_scores: its mean part takes the fingerprint's
-        raw embeddings' mean (Fingerprint.vector), the hosts' the mean of its unit packets, up to
-        1.4e-6 apart, and dnp-eval's verdict rates move with it (see the next commit)."""
-        from tool.model import CHAMFER_WEIGHT, unit
-
-        out = np.zeros((len(self.windows), len(fingerprints)))
         if how == "set-all":
             means = unit(np.stack([self.table[w].sum(axis=0) for w in self.windows]))
             return means @ np.stack([f.vector for f in fingerprints]).T
-        # Chamfer similarity, all windows at once: pad them to one length, masking the padding.
-        width = max(len(w) for w in self.windows)
-        index = np.zeros((len(self.windows), width), dtype=np.intp)
-        valid = np.zeros((len(self.windows), width), dtype=bool)
-        for c, w in enumerate(self.windows):
-            index[c, : len(w)] = w
-            valid[c, : len(w)] = True
-        means = unit(np.stack([self.table[w].sum(axis=0) for w in self.windows]))
-        for k, f in enumerate(fingerprints):
-            sims = (self.table @ f.packets.T)[index]  # [C, width, S]
-            best_support = np.where(valid, sims.max(axis=2), 0.0).sum(axis=1) / valid.sum(axis=1)
-            best_host = np.where(valid[:, :, None], sims, -np.inf).max(axis=1).mean(axis=1)
-            mean = means @ f.vector
-            out[:, k] = CHAMFER_WEIGHT * 0.5 * (best_support + best_host) + (1 - CHAMFER_WEIGHT) * mean
-        return out
+        return set_scores([self.table[w] for w in self.windows], fingerprints)
 
     def impostors(
         self, fingerprints: Sequence[Fingerprint], how: str = "set"

@@ -66,8 +66,15 @@ def build(
     from tool.model import Model
 
     model = Model.load(model_dir)
-    names = devices or list(model.manifest["training_data"]["devices"])
-    labs = [(load_devices(data), names), *((load_devices(folder), None) for folder in also)]
+    trained = model.manifest["training_data"]
+    names = devices or list(trained["devices"])
+    # A model trained on several labs (dnp-train --labs) has its cohort from each lab's folder.
+    folders = (
+        [load_devices(data)]
+        if data or "labs" not in trained
+        else [load_devices(None, lab) for lab in trained["labs"]]
+    )
+    labs = [*((d, names) for d in folders), *((load_devices(folder), None) for folder in also)]
     table: dict[tuple[float, ...], int] = {}
     windows: list[list[int]] = []
     groups: list[int] = []

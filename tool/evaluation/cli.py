@@ -65,6 +65,12 @@ METHOD_TITLES = {"deepnetprint": "DeepNetPrint", "ngram": "n-gram", "iot_sentine
     show_default=True,
     help="test: the protocol's test half (captures 11-20); dev: captures 2-10, where settings are chosen.",
 )
+@click.option(
+    "--wire",
+    is_flag=True,
+    help="Also scan every test position's merge with the router (EVALUATION.md's every host on the "
+    "wire): router verdicts, own and false verdicts, measured against stated false-match rate.",
+)
 @host_score_option(
     "The host score measured (as dnp-scan's --host-score); first20 is the paper's mean p(Target)."
 )
@@ -76,6 +82,7 @@ def command(
     baselines: bool,
     models: str | None,
     half: str,
+    wire: bool,
     host_score: str,
 ) -> int:
     """Measure the model on the dnp-23 or lab2 protocol: enroll each device from the first 20
@@ -121,6 +128,12 @@ def command(
         evaluations = [evaluate_scorer(protocol, scorer, curves=True)]
         if baselines:
             evaluations += _run_baselines(protocol, status)
+        on_wire = None
+        if wire:
+            from tool.evaluation.wire import wire_report
+
+            status.say("scanning every test position's merge with the router")
+            on_wire = wire_report(protocol, models)
     except EvaluationError as e:
         raise click.ClickException(str(e)) from None
     finally:
@@ -147,6 +160,8 @@ def command(
     )
     if protocol.empty_tests:
         report["empty_test_captures"] = protocol.empty_tests
+    if on_wire is not None:
+        report["wire"] = on_wire
     if plot_dir:
         from tool.evaluation.plots import write_host_plots, write_plots
 
@@ -303,6 +318,19 @@ def _print_tables(report: dict[str, Any]) -> None:
         f"host score: {report.get('host_score', 'set')}; the verdict rates are DeepNetPrint's at its default "
         f"verdict ({rule}), over (fingerprint, test capture) pairs; the baselines' at a raw 0.5."
     )
+    if "wire" in report:
+        w = table(f"Every host on the wire: {report['wire']['default']['merges']} merges with the router")
+        for header in ("--max-false-match", "router verdicts", "own verdicts", "false: same / other brand",
+                       "measured rate"):  # fmt: skip
+            w.add_column(header, justify="right", no_wrap=True)
+        stated = report.get("verdict", {}).get("max_false_match")
+        rows = [(f"{stated:g} (default)" if stated is not None else "default", report["wire"]["default"])]
+        rows += [(rate, figures) for rate, figures in report["wire"]["rates"].items()]
+        for rate, f in rows:
+            false = f"{f['false_verdicts']['same_brand']} / {f['false_verdicts']['other_brand']}"
+            w.add_row(str(rate), str(f["router_verdicts"]), _fmt(f["own_verdicts"]), false,
+                      _fmt(f["measured_false_match_rate"]))  # fmt: skip
+        console.print(w)
     if "iot_sentinel" in reports:
         console.print(
             "* Sentinel: IoT Sentinel (Miettinen et al., ICDCS 2017) is supervised and trains on captures "

@@ -179,6 +179,12 @@ def scanned(data: ProtocolData, models: str | None, max_false_match: float | Non
 RATES = (0.0001, 0.001, 0.003, 0.01, 0.03)
 
 
+def wire_report(data: ProtocolData, models: str | None) -> dict[str, Any]:
+    """The figures at the default verdict and at each of RATES, as dnp-eval --wire reports them."""
+    wire = scanned(data, models)
+    return {"default": wire.figures(), "rates": {str(r): wire.figures(r) for r in RATES}}
+
+
 @click.command()
 @click.option("--protocol", "lab", type=click.Choice(["dnp-23", "lab2"]), default="dnp-23", show_default=True)
 @click.option("--half", type=click.Choice(["dev", "test"]), default="test", show_default=True,
@@ -194,13 +200,11 @@ def main(lab: str, half: str, data: str | None, models: str | None, json_path: s
     from tool.evaluation.protocol import load_protocol
     from tool.files import write_text_atomic
 
-    wire = scanned(load_protocol(data, half, lab), models)
-    report = {"protocol": lab, "half": half, "default": wire.figures(), "rates": {}}
-    click.echo(f"{lab} {half} half, {wire.merges} merges")
+    report = {"protocol": lab, "half": half, **wire_report(load_protocol(data, half, lab), models)}
+    click.echo(f"{lab} {half} half, {report['default']['merges']} merges")
     click.echo(f"  default verdict: {json.dumps(report['default'])}")
-    for rate in RATES:
-        report["rates"][str(rate)] = wire.figures(rate)
-        click.echo(f"  --max-false-match {rate:g}: {json.dumps(report['rates'][str(rate)])}")
+    for rate, figures in report["rates"].items():
+        click.echo(f"  --max-false-match {rate}: {json.dumps(figures)}")
     if json_path:
         write_text_atomic(Path(json_path), json.dumps(report, indent=1) + "\n")
 

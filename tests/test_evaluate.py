@@ -190,6 +190,9 @@ def test_dnp_eval_reports_the_shipped_model(small_data, clean_env, tmp_path):
     # The tables name every device and mark its split.
     for name, split in SPLITS.items():
         assert any(name in line and split in line for line in done.stdout.splitlines()), name
+    # Piped, the prose between the tables is wrapped: no line of 280 characters in a mail or a log.
+    prose = [line for line in done.stdout.splitlines() if not line.lstrip().startswith(("|", "+", "-"))]
+    assert max(len(line.rstrip()) for line in prose) <= 120, max(prose, key=len)
     # --json - prints the report alone: it parses as JSON.
     piped = run_command("dnp-eval", "--data", str(small_data), "--json", "-", env=clean_env, timeout=600)
     assert piped.returncode == 0, piped.stderr

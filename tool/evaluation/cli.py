@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -258,8 +259,13 @@ def _print_tables(report: dict[str, Any]) -> None:
     console = Console(highlight=False)
     tty = console.is_terminal
     if not tty:
-        # Piped output: plain columns, no colour, never wrapped at 80 characters.
+        # Piped output: plain columns, no colour, tables never wrapped at 80 characters; the prose
+        # lines between them are wrapped at 100 (see `say`).
         console = Console(highlight=False, no_color=True, width=200, soft_wrap=True)
+
+    def say(text: str) -> None:
+        console.print(text if tty else textwrap.fill(text, 100))
+
     style = box.SIMPLE_HEAD if tty else None
     reports = {report["method"]: report, **report.get("baselines", {})}
 
@@ -302,7 +308,7 @@ def _print_tables(report: dict[str, Any]) -> None:
         t.add_row(f"{key} {split or ''}".strip(), *cells)
     console.print(t)
     if report.get("unseen_trained"):
-        console.print(
+        say(
             f"The model trained on the development half (captures 1-10) of {len(report['model_trained_on'])}"
             f" devices, {len(report['unseen_trained'])} of the protocol's unseen ones among them: for it "
             "every device is seen, and the seen / unseen rows only follow the protocol's lists. Its figures "
@@ -314,7 +320,7 @@ def _print_tables(report: dict[str, Any]) -> None:
         if verdict.get("max_false_match") is not None
         else f"host score >= {verdict.get('threshold')}"
     )
-    console.print(
+    say(
         f"host score: {report.get('host_score', 'set')}; the verdict rates are DeepNetPrint's at its default "
         f"verdict ({rule}), over (fingerprint, test capture) pairs; the baselines' at a raw 0.5."
     )
@@ -332,7 +338,7 @@ def _print_tables(report: dict[str, Any]) -> None:
                       _fmt(f["measured_false_match_rate"]))  # fmt: skip
         console.print(w)
     if "iot_sentinel" in reports:
-        console.print(
+        say(
             "* Sentinel: IoT Sentinel (Miettinen et al., ICDCS 2017) is supervised and trains on captures "
             "1-10 of all devices, the unseen ones included, so its seen/unseen columns only split the device "
             "list; it classifies captures, so it has no packet scores."

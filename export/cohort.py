@@ -5,8 +5,9 @@ trained on, from their development captures only (captures 1-10; the test half i
 indexes into a table of their distinct packet embeddings. Every capture gives its first window and
 then one every 20 packets, at most MAX_WINDOWS per capture so that a chatty device does not
 outweigh a quiet one; windows that repeat another of the same device are kept once. Every other host
-of those captures (the router's own packets, a phone, a laptop) is a group of its own: a verdict's
-rate is counted against what a real network holds, not only against devices. No torch: the
+of those captures that a verdict could name (a phone, a laptop; not a router, which is never named)
+is a group of its own: a verdict's rate is counted against what a real network holds, not only
+against devices. No torch: the
 embeddings come from the shipped ONNX encoder through the runtime's own code, so the cohort is what
 dnp-scan computes.
 """
@@ -34,8 +35,10 @@ def windows_of(packets: list, size: int = PACKETS, limit: int = MAX_WINDOWS) -> 
 
 
 def host_windows(captures: list[list], exclude: set[str]) -> dict[str, list[list]]:
-    """Windows of every other host of the captures (routers, phones, laptops), by host, of the
-    packets its set score reads: a router's without what it forwards or answers (tool.hosts)."""
+    """Windows of every other host of the captures (phones, laptops), by host, of the packets its
+    set score reads. Routers are left out: a verdict never names one (tool.routers), so a router's
+    score is no false match a rate should count, and its own packets (address resolution that every
+    host sends) would raise every fingerprint's rates."""
     from tool.hosts import HostTally
 
     out: dict[str, list[list]] = {}
@@ -46,6 +49,8 @@ def host_windows(captures: list[list], exclude: set[str]) -> dict[str, list[list
             if host is not None and host.address not in exclude:
                 own.setdefault(host.address, []).append(packet)
         for address, sent in own.items():
+            if tally.hosts[address].router:
+                continue
             if found := windows_of(sent):
                 out.setdefault(address, []).extend(found)
     return out

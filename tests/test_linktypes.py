@@ -143,7 +143,8 @@ def test_cooked_capture_keys_hosts_by_the_sll_source(captures, camera_fp, clean_
     assert "SLL source MAC" in stdout and CAMERA_MAC in stdout
     # Every packet's host_match is its own host's score, not one lumped score.
     scores = {h["host"]: h["score"] for h in report["hosts"]}
-    by_host = sorted({round(float(r[-1]), 5) for r in rows[1:]})
+    column = rows[0].index("host_match")
+    by_host = sorted({round(float(r[column]), 5) for r in rows[1:]})
     assert by_host == pytest.approx(sorted(scores.values()), abs=1e-5)
 
 

@@ -86,6 +86,12 @@ def _check_whole(text: str, rows: list[tuple[str, ...]]) -> None:
         )
 
 
+def verdict_text(verdict: str | None, alternatives: list[str], router: bool) -> str:
+    from tool.report import verdict_text
+
+    return verdict_text(verdict, alternatives, router)
+
+
 def _rate(rate: float, cohort: int) -> str:
     from tool.report import _rate
 
@@ -114,7 +120,7 @@ def test_scan_tables_at_80_columns_keep_every_mac_score_rate_and_verdict(camera,
             h["mac"],
             f"{h['score']:.3f}",
             _rate(h["false_match"]["camera"], result["cohort_hosts"]),
-            h["verdict"] or "-",
+            verdict_text(h["verdict"], h["alternatives"], h["router"]),
         )
         for h in result["hosts"]
     ]
@@ -138,7 +144,7 @@ def test_watch_table_at_80_columns_keeps_every_mac_score_rate_and_verdict(camera
             h["mac"],
             f"{h['score']:.3f}",
             _rate(h["false_match"]["camera"], result["cohort_hosts"]),
-            h["verdict"] or "-",
+            verdict_text(h["verdict"], h["alternatives"], h["router"]),
         )
         for h in result["hosts"]
     ]

@@ -16,8 +16,8 @@ A fingerprint of a device type the model was trained on has its own type in the 
 count the device's own traffic as false matches. The cohort group nearest the fingerprint (highest
 mean score) is therefore always left out: for a trained type it is the type itself, for a new type
 its closest relative, and the held-out measurements in the model card include that choice. Only a
-device group is ever left out: the other hosts of the captures (a router's own packets, a phone, a
-laptop) always count as impostors. With `leave_out` "brand" (cohort.json, `python -m export.cohort
+device group is ever left out: the other hosts of the captures (a phone, a laptop; not routers,
+which no verdict names) always count as impostors. With `leave_out` "brand" (cohort.json, `python -m export.cohort
 --leave-out`), the nearest type's whole brand is left out with it: its same-vendor siblings send
 the same join traffic, so against them no score is unusual, and a rate counted over them would
 withhold the verdict from the device itself. The siblings then reach the verdict as the device does,
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 COHORT = "cohort.json"
 COHORT_FORMAT = "deepnetprint-cohort"
 # What a cohort group is (cohort.json's "group_kinds"): a device type, or another host of the
-# captures (a router's own packets, a phone, a laptop), never left out as the fingerprint's own type.
+# captures (a phone, a laptop), never left out as the fingerprint's own type.
 DEVICE, HOST = "device", "host"
 # What is left out of the cohort for a fingerprint (cohort.json's "leave_out"): the device type nearest
 # it, or that type and every type of its brand (its same-vendor siblings, which send the same traffic).

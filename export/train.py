@@ -112,19 +112,26 @@ class Data:
 
 
 def load_data(
-    root: Path | None, names: list[str], uses_length: bool, masked: bool = True, all_devices: bool = False
+    root: Path | None,
+    names: list[str],
+    uses_length: bool,
+    masked: bool = True,
+    all_devices: bool = False,
+    lab=None,
 ) -> Data:
-    """The development half of `names`; only SEEN devices unless `all_devices` (a product model)."""
-    from tool.evaluation.dataset import SEEN, device_packets, load_devices
+    """The development half of `names` in one lab (default: the one `root` holds, else iot-sentinel);
+    only the lab's seen devices unless `all_devices` (a product model)."""
+    from tool.evaluation.dataset import device_packets, lab_of, load_devices
     from tool.model import model_input
     from tool.text import packet_text
 
-    unknown = [n for n in names if n not in SEEN]
+    lab = lab or lab_of(root)
+    unknown = [n for n in names if n not in lab.seen]
     if unknown and not all_devices:
         # The 12-device (paper) model reads the seen devices only (EVALUATION.md); a product model
         # may read the development half of all 23 (--all-devices).
         raise click.UsageError(f"not seen devices: {', '.join(unknown)} (--all-devices reads them)")
-    devices = [d for d in load_devices(root) if d.name in names]
+    devices = [d for d in load_devices(root, lab) if d.name in names]
     if len(devices) != len(names):
         missing = set(names) - {d.name for d in devices}
         raise click.UsageError(f"devices not in the data folder: {', '.join(sorted(missing))}")
@@ -149,6 +156,27 @@ def load_data(
                 counts[index[s]] += 1
                 idx.append(index[s])
             captures[d.name].append(np.array(idx, dtype=np.int64))
+    return Data(list(index), np.array(counts, dtype=np.float64), captures)
+
+
+def merge_data(parts: list[Data]) -> Data:
+    """Several labs' Data as one: the distinct strings of all, each device's captures re-indexed.
+    The labs' device names do not collide (tool.evaluation.dataset), so a device stays one identity."""
+    index: dict[str, int] = {}
+    counts: list[float] = []
+    captures: dict[str, list[np.ndarray]] = {}
+    for part in parts:
+        remap = np.zeros(len(part.strings), dtype=np.int64)
+        for i, s in enumerate(part.strings):
+            if s not in index:
+                index[s] = len(index)
+                counts.append(0.0)
+            remap[i] = index[s]
+            counts[remap[i]] += float(part.counts[i])
+        for name, caps in part.captures.items():
+            if name in captures:
+                raise click.UsageError(f"device {name} is in two labs")
+            captures[name] = [remap[c] for c in caps]
     return Data(list(index), np.array(counts, dtype=np.float64), captures)
 
 
@@ -543,6 +571,36 @@ def validate_tfidf(root, names: list[str]) -> dict:
 
 
 # ---- one run ---------------------------------------------------------------------------------------
+def train_net(data: Data, cfg, tc: TrainConfig, seed: int, log):
+    """Both phases on `data`, from the seed: (net, ids of data.strings, result with losses and times)."""
+    import torch
+
+    from export.model import DeepNetPrint
+    from tool.model import encode_bytes
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    ids = torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
+    packets = int(data.counts.sum())
+    log(f"{len(data.captures)} devices, {len(data.strings)} distinct strings, {packets} packets")
+    net = DeepNetPrint(cfg)
+    t0 = time.time()
+    ae = train_autoencoder(net, ids, data, tc, rng, log)
+    t1 = time.time()
+    proto = train_prototypes(net, ids, data, tc, rng, log)
+    t2 = time.time()
+    log(f"  phase 1 {t1 - t0:.0f} s, phase 2 {t2 - t1:.0f} s")
+    result = {
+        "ae_seconds": round(t1 - t0, 1),
+        "proto_seconds": round(t2 - t1, 1),
+        "ae_loss": ae,
+        "proto_loss": proto,
+    }
+    return net, ids, result
+
+
 def run(
     root,
     train_names,
@@ -560,29 +618,10 @@ def run(
     """
     import torch
 
-    from export.model import DeepNetPrint
     from tool.model import encode_bytes
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     data = load_data(root, train_names, cfg.uses_length, masked, all_devices)
-    ids = torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
-    log(f"{len(train_names)} devices, {len(data.strings)} distinct strings, {int(data.counts.sum())} packets")
-    net = DeepNetPrint(cfg)
-    t0 = time.time()
-    ae = train_autoencoder(net, ids, data, tc, rng, log)
-    t1 = time.time()
-    proto = train_prototypes(net, ids, data, tc, rng, log)
-    t2 = time.time()
-    log(f"  phase 1 {t1 - t0:.0f} s, phase 2 {t2 - t1:.0f} s")
-    result = {
-        "ae_seconds": round(t1 - t0, 1),
-        "proto_seconds": round(t2 - t1, 1),
-        "ae_loss": ae,
-        "proto_loss": proto,
-    }
+    net, ids, result = train_net(data, cfg, tc, seed, log)
     if eval_names:
         vdata = load_data(root, eval_names, cfg.uses_length, masked, all_devices)
         vids = torch.from_numpy(encode_bytes(vdata.strings, cfg.max_len))
@@ -600,8 +639,10 @@ def save_model(
     seed: int,
     seconds: float,
     extra: dict | None = None,
+    lexical=None,
 ) -> dict[str, str]:
-    """Export the ONNX files, check them against torch, and write manifest.json; their sha256."""
+    """Export the ONNX files (with the lexical channel, if given), check them against torch, and
+    write manifest.json; their sha256."""
     import onnx
     import onnxruntime
     import torch
@@ -609,15 +650,15 @@ def save_model(
     from export.onnx_export import check_against_torch, export_onnx
     from tool.model import encode_bytes
 
-    hashes = export_onnx(net, out)
-    err = check_against_torch(net, out, encode_bytes(data.strings[:256], net.cfg.max_len))
+    hashes = export_onnx(net, out, lexical)
+    err = check_against_torch(net, out, encode_bytes(data.strings[:256], net.cfg.max_len), lexical)
     if err > 1e-4:
         raise click.ClickException(f"onnxruntime differs from torch by {err:.2e}")
     manifest = {
         "format": 1,
         "name": "deepnetprint-convlstm",
         "files": {name: {"sha256": h} for name, h in hashes.items()},
-        "config": net.cfg.to_dict(),
+        "config": (lexical.cfg if lexical is not None else net.cfg).to_dict(),
         "train": asdict(tc),
         "seed": seed,
         "training_data": {

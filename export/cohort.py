@@ -37,8 +37,11 @@ def build(model_dir: str | None, data: str | None, devices: list[str] | None = N
     from tool.scan import host_packets_embedded
 
     model = Model.load(model_dir)
-    names = devices or list(model.manifest["training_data"]["devices"])
-    chosen = [d for d in load_devices(data) if d.name in names]
+    trained = model.manifest["training_data"]
+    names = devices or list(trained["devices"])
+    # A model trained on several labs (dnp-train --labs) has its cohort from each lab's folder.
+    labs = [None] if data or "labs" not in trained else list(trained["labs"])
+    chosen = [d for lab in labs for d in load_devices(data, lab) if d.name in names]
     for d in chosen:
         d.captures = d.dev_captures  # the development half only
     packets = device_packets(chosen)
@@ -74,7 +77,10 @@ def build(model_dir: str | None, data: str | None, devices: list[str] | None = N
     "--models", type=click.Path(exists=True, file_okay=False), help="Model folder (default: shipped)."
 )
 @click.option(
-    "--data", type=click.Path(exists=True, file_okay=False), help="Data folder (default: $DNP_DATA)."
+    "--data",
+    type=click.Path(exists=True, file_okay=False),
+    help="Data folder (default: each lab the model trained on, under ../shared/data; $DNP_DATA for "
+    "iot-sentinel).",
 )
 def main(models: str | None, data: str | None) -> None:
     """Compute the model's cohort from its training devices and write it beside the model."""

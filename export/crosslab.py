@@ -35,6 +35,7 @@ from export.train import (
     SEED,
     SETTINGS,
     TrainConfig,
+    lexical_channel,
     load_data,
     merge_data,
     save_model,
@@ -42,6 +43,8 @@ from export.train import (
     train_net,
 )
 from tool.files import write_text_atomic
+
+DEFAULT_DIM = 256  # the lexical channel's dimensions where --lexical-dim is not given
 
 
 @dataclass
@@ -82,21 +85,13 @@ def training_data(trial: Trial, cfg: Config):
     return parts[0] if len(parts) == 1 else merge_data(parts)
 
 
-def idf_documents(data, unit: str) -> list[list[int]]:
-    """What the idf counts as one document: a training device's development texts ("device"), or each
-    distinct text ("text")."""
-    if unit == "device":
-        return [sorted({int(i) for c in caps for i in c}) for caps in data.captures.values()]
-    return [[i] for i in range(len(data.strings))]
-
-
-def lexical_channel(net, ids, data, cfg: Config, weight: float, dim: int, idf_unit: str, cache: dict):
-    """The lexical channel for this trained model at `weight` (its idf computed once per trial)."""
-    from export.model import LexicalChannel, idf_table
+def fused_channel(ids, data, cfg: Config, weight: float, dim: int, idf_unit: str, cache: dict):
+    """The lexical channel at `weight` for a model trained on `data` (its idf computed once per trial)."""
+    from export.model import LexicalChannel
 
     lcfg = replace(cfg, lexical_dim=dim, lexical_weight=weight)
     if "idf" not in cache:
-        cache["idf"] = idf_table(LexicalChannel(lcfg), ids, idf_documents(data, idf_unit))
+        cache["idf"] = lexical_channel(lcfg, ids, data, idf_unit).idf
     return LexicalChannel(lcfg, cache["idf"])
 
 
@@ -160,7 +155,7 @@ def run_trials(chosen: list[Trial], cfg: Config, tc: TrainConfig, seed: int, wei
         seconds = time.time() - start
         cache: dict = {}
         for w in weights:
-            lexical = lexical_channel(net, ids, data, cfg, w, dim, idf_unit, cache) if w > 0 else None
+            lexical = fused_channel(ids, data, cfg, w, dim, idf_unit, cache) if w > 0 else None
             out = models / trial.name.replace(" ", "").replace("->", "-to-") / f"lexical{w:g}"
             names = sorted(data.captures)
             extra = {"training_data": {"labs": trial.train, "captures": "development half (captures 1-10)"}}
@@ -227,9 +222,7 @@ def remeasure(chosen: list[Trial], cfg: Config, weights: list[float], dim: int, 
         for w in weights:
             if w > 0:
                 scorer = ModelScorer(plain)
-                scorer.model = fused_model(
-                    plain, lexical_channel(None, ids, data, cfg, w, dim, idf_unit, cache)
-                )
+                scorer.model = fused_model(plain, fused_channel(ids, data, cfg, w, dim, idf_unit, cache))
                 protocol = measure.protocol(trial.test)
                 ev = evaluate_scorer(protocol, scorer)
                 ngram = measure.ngram[trial.test]
@@ -296,20 +289,6 @@ def summary(rows: list[dict]) -> list[dict]:
     help="Comma-separated fusion weights of the lexical channel to measure each model at (0: none).",
 )
 @click.option(
-    "--lexical-dim", type=int, default=256, show_default=True, help="The lexical channel's dimensions."
-)
-@click.option(
-    "--idf",
-    "idf_unit",
-    type=click.Choice(["device", "text"]),
-    default="device",
-    show_default=True,
-    help="The idf's document: a training device's texts, or each distinct text.",
-)
-@click.option(
-    "--lexical-ngrams", default="2-5", show_default=True, help="n-gram lengths of the lexical channel."
-)
-@click.option(
     "--models",
     "models_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -323,13 +302,6 @@ def summary(rows: list[dict]) -> list[dict]:
     help="Write every row and the summary as JSON here.",
 )
 @click.option(
-    "--lexical-buckets",
-    type=int,
-    default=Config.lexical_buckets,
-    show_default=True,
-    help="Entries of the lexical channel's idf table.",
-)
-@click.option(
     "--from-models",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
@@ -338,43 +310,28 @@ def summary(rows: list[dict]) -> list[dict]:
 )
 @click.option("--seed", type=int, default=SEED, show_default=True)
 @setting_options
-def main(
-    only,
-    directions,
-    folds,
-    weights,
-    lexical_dim,
-    idf_unit,
-    lexical_ngrams,
-    models_dir,
-    lexical_buckets,
-    from_models,
-    report,
-    seed,
-    **options,
-) -> None:
+def main(only, directions, folds, weights, models_dir, report, from_models, seed, **options) -> None:
     """Train on one lab's development half, measure on the other's, both ways (and dnp-23's folds)."""
     import torch
 
     cfg = Config(**{n: options.pop(n) for _, n, _ in SETTINGS if n in Config.__dataclass_fields__})
-    low, _, high = lexical_ngrams.partition("-")
-    cfg = replace(
-        cfg, lexical_min_n=int(low), lexical_max_n=int(high or low), lexical_buckets=lexical_buckets
-    )
     tc = TrainConfig(**options)
     torch.set_num_threads(tc.threads)
+    # The models train without the channel; it is fused at each weight afterwards (DEFAULT_DIM if unset).
+    dim = cfg.lexical_dim or DEFAULT_DIM
+    cfg = replace(cfg, lexical_dim=0)
     chosen = [t for t in trials(directions, folds) if not only or only in t.name]
     ws = [float(w) for w in weights.split(",")]
-    settings = {"config": cfg.to_dict(), "train": asdict(tc), "seed": seed, "lexical_dim": lexical_dim,
-                "lexical_ngrams": lexical_ngrams, "idf": idf_unit}  # fmt: skip
+    settings = {"config": cfg.to_dict(), "train": asdict(tc), "seed": seed, "lexical_dim": dim,
+                "lexical_ngrams": f"{cfg.lexical_min_n}-{cfg.lexical_max_n}",
+                "lexical_buckets": cfg.lexical_buckets}  # fmt: skip
     click.echo(json.dumps(settings))
     if from_models:
-        rows = remeasure(chosen, cfg, ws, lexical_dim, idf_unit, from_models, click.echo)
+        rows = remeasure(chosen, cfg, ws, dim, tc.lexical_idf, from_models, click.echo)
     else:
         with tempfile.TemporaryDirectory(prefix="dnp-crosslab-") as tmp:
-            rows = run_trials(
-                chosen, cfg, tc, seed, ws, lexical_dim, idf_unit, models_dir or Path(tmp), click.echo
-            )
+            models = models_dir or Path(tmp)
+            rows = run_trials(chosen, cfg, tc, seed, ws, dim, tc.lexical_idf, models, click.echo)
     table = summary(rows)
     for entry in table:
         click.echo(json.dumps(entry))

@@ -269,7 +269,7 @@ class DeepNetPrint(nn.Module):
 
 
 # Integer hashing of byte n-grams, exact in int64 on every runtime: a polynomial in the byte values
-# (at most 257^5 < 2^41), then two Lehmer steps modulo the prime 2^31 - 1 (products < 2^62).
+# (at most 257^5 < 2^41), then two Lehmer steps modulo the prime 2^31 - 1 (products < 2^57).
 _HASH_BASE = 257
 _HASH_PRIME = 2147483647
 _HASH_MULTIPLIERS = (48271, 69621)
@@ -300,21 +300,21 @@ class LexicalChannel(nn.Module):
         """Every n-gram's hash [N, G] (in [0, 2^31 - 1)) and whether it is a real n-gram [N, G]."""
         cfg = self.cfg
         x = torch.where((ids >= 66) & (ids <= 91), ids + 32, ids)  # 'A'..'Z' (byte + 1) lower-cased
-        length = x.shape[1]
+        # The n-gram at i as a polynomial in its bytes, from the (n-1)-gram at i: bytes are >= 1, so an
+        # n-gram's value lies in [257^(n-1), 257^n) and no two lengths collide. Padding (0) only
+        # trails the text: the n-gram at i is real when its last byte is.
         hashes, valid = [], []
-        for n in range(cfg.lexical_min_n, cfg.lexical_max_n + 1):
-            h = torch.full_like(x[:, : length - n + 1], n)
-            ok = torch.ones_like(h, dtype=torch.bool)
-            for j in range(n):
-                c = x[:, j : length - n + 1 + j]
-                h = h * _HASH_BASE + c
-                ok = ok & (c > 0)
-            h = torch.remainder(h, _HASH_PRIME)
-            for m in _HASH_MULTIPLIERS:
-                h = torch.remainder(h * m, _HASH_PRIME)
-            hashes.append(h)
-            valid.append(ok)
-        return torch.cat(hashes, 1), torch.cat(valid, 1)
+        h = x
+        for n in range(1, cfg.lexical_max_n + 1):
+            if n > 1:
+                h = h[:, :-1] * _HASH_BASE + x[:, n - 1 :]
+            if n >= cfg.lexical_min_n:
+                hashes.append(h)
+                valid.append(x[:, n - 1 :] > 0)
+        h = torch.cat(hashes, 1)
+        for m in _HASH_MULTIPLIERS:
+            h = torch.remainder(h * m, _HASH_PRIME)
+        return h, torch.cat(valid, 1)
 
     def buckets(self, hashes: torch.Tensor) -> torch.Tensor:
         """The idf table's entry of each hash."""

@@ -96,6 +96,9 @@ class TrainConfig:
     # Train on the development half of all 23 devices (a product model, EVALUATION.md), or of the
     # 12 seen devices only (the paper's protocol: --seen-devices).
     all_devices: bool = True
+    # What the lexical channel's idf counts as one document: a training device's development texts
+    # ("device"), or each distinct text ("text"). Used only when Config.lexical_dim is not 0.
+    lexical_idf: str = "device"
     # One thread: on this shared 2-core machine two torch threads ran 5x slower than one (spinning
     # against the other jobs), and one thread makes the shipped files reproducible bit for bit.
     threads: int = 1
@@ -689,6 +692,32 @@ def save_model(
     return hashes
 
 
+def idf_documents(data: Data, unit: str) -> list[list[int]]:
+    """What the lexical idf counts as one document (TrainConfig.lexical_idf), as rows of data.strings."""
+    if unit == "device":
+        return [sorted({int(i) for c in caps for i in c}) for caps in data.captures.values()]
+    return [[i] for i in range(len(data.strings))]
+
+
+def lexical_channel(cfg, ids, data: Data, unit: str):
+    """The lexical channel of `cfg` (lexical_dim > 0), its idf computed from the training texts."""
+    from export.model import LexicalChannel, idf_table
+
+    return LexicalChannel(cfg, idf_table(LexicalChannel(cfg), ids, idf_documents(data, unit)))
+
+
+def train_labs(labs: list[str], cfg, tc: TrainConfig, seed: int, log):
+    """A product model on the development half of every device of these labs: (net, ids, data, result)."""
+    from tool.evaluation.dataset import lab_named
+
+    parts = [
+        load_data(None, list(lab_named(n).devices), cfg.uses_length, True, True, lab_named(n)) for n in labs
+    ]
+    data = parts[0] if len(parts) == 1 else merge_data(parts)
+    net, ids, result = train_net(data, cfg, tc, seed, log)
+    return net, ids, data, result
+
+
 def train_fold(data_dir, number, fold, train_names, eval_names, cfg, tc, seed, log, masked, fold_models):
     """One leave-devices-out fold: train on `train_names` (validating on `eval_names` if given) and,
     with `fold_models`, export the model to fold_models/fold<number> with its held-out devices."""
@@ -798,6 +827,15 @@ SETTINGS: tuple[tuple[type, str, dict], ...] = (
         "help": "Share of the Chamfer similarity in the trained set score (the runtime's: 0.5).",
     }),
     (TrainConfig, "packet_weight", {"help": "With --loss set: weight of the per-packet one-class loss."}),
+    (Config, "lexical_dim", {"help": "Dimensions of the lexical channel fused into encoder.onnx (0: none)."}),
+    (Config, "lexical_weight", {"help": "The lexical channel's share of the fused cosine."}),
+    (Config, "lexical_min_n", {}),
+    (Config, "lexical_max_n", {}),
+    (Config, "lexical_buckets", {"help": "Entries of the lexical channel's idf table."}),
+    (TrainConfig, "lexical_idf", {
+        "choices": ["device", "text"],
+        "help": "The lexical idf's document: a training device's texts, or each distinct text.",
+    }),
     (TrainConfig, "drop_prob", {}),
     (TrainConfig, "jitter", {}),
 )  # fmt: skip
@@ -836,6 +874,12 @@ def setting_options(command):
     "--devices",
     default=None,
     help="Comma-separated devices to train on [default: all 23, or the 12 seen with --seen-devices].",
+)
+@click.option(
+    "--labs",
+    default=None,
+    help="Comma-separated labs (iot-sentinel, uclouvain-boot) whose development halves, every device, a "
+    "product model trains on, read from ../shared/data [default: the --data folder].",
 )
 @click.option(
     "--paper",
@@ -881,7 +925,7 @@ def setting_options(command):
 )
 @setting_options
 def main(
-    data_dir, out, devices, paper, cv, cv_folds, tfidf, seed, masked, fold_models, report, **options
+    data_dir, out, devices, labs, paper, cv, cv_folds, tfidf, seed, masked, fold_models, report, **options
 ) -> None:
     """Train the ConvLSTM autoencoder and the prototype head; write models/ (ONNX + manifest)."""
     import torch
@@ -892,6 +936,16 @@ def main(
     tc = TrainConfig(**options)
     if paper:
         tc = replace(tc, all_devices=False, loss="packet")
+        cfg = replace(cfg, lexical_dim=0)  # the paper's encoder: the ConvLSTM alone
+    if cfg.lexical_dim and cv:
+        raise click.UsageError("--cv measures the encoder alone: python -m export.crosslab --folds with it")
+    if cfg.lexical_dim and cfg.proto_net:
+        raise click.UsageError("the lexical channel goes with --mean-proto")
+    if labs and (data_dir or devices or paper or cv or not tc.all_devices):
+        raise click.UsageError(
+            "--labs trains a product model on every device of the labs: no --data, "
+            "--devices, --paper, --seen-devices or --cv with it"
+        )
     all_devices = tc.all_devices
     torch.set_num_threads(tc.threads)
     if cfg.max_len % 16:
@@ -950,14 +1004,38 @@ def main(
 
     out = out or Path(__file__).resolve().parent.parent / "models"
     start = time.time()
-    net, _, data, result = run(data_dir, names, names, cfg, tc, seed, log, all_devices=all_devices)
-    hashes = save_model(net, out, data, result, names, tc, seed, time.time() - start)
+    extra = None
+    if labs:
+        chosen = [n.strip() for n in labs.split(",")]
+        net, ids, data, result = train_labs(chosen, replace(cfg, lexical_dim=0), tc, seed, log)
+        names = sorted(data.captures)
+        extra = {"training_data": {
+            "dataset": "IoT Sentinel setup captures (Miettinen et al., ICDCS 2017); uclouvain-boot (De "
+            "Keersmaeker et al., ICNP 2025)",
+            "labs": {lab: [n for n in names if n in _lab_devices(lab)] for lab in chosen},
+            "devices": names,
+            "captures": "development half: captures 1-10 of each device (each lab's protocol order)",
+            "packets": int(data.counts.sum()),
+            "distinct_strings": len(data.strings),
+        }}  # fmt: skip
+    else:
+        net, ids, data, result = run(
+            data_dir, names, names, replace(cfg, lexical_dim=0), tc, seed, log, all_devices=all_devices
+        )
+    lexical = lexical_channel(cfg, ids, data, tc.lexical_idf) if cfg.lexical_dim else None
+    hashes = save_model(net, out, data, result, names, tc, seed, time.time() - start, extra, lexical)
     if report:
         write_text_atomic(
             report, json.dumps({**settings, **{k: v for k, v in result.items() if "loss" not in k}}, indent=1)
         )
     files = ", ".join(f"{n} {h[:12]}" for n, h in hashes.items())
     log(f"wrote {out} in {time.time() - start:.0f} s: {files}")
+
+
+def _lab_devices(lab: str) -> tuple[str, ...]:
+    from tool.evaluation.dataset import lab_named
+
+    return lab_named(lab).devices
 
 
 if __name__ == "__main__":

@@ -44,8 +44,6 @@ from export.train import (
 )
 from tool.files import write_text_atomic
 
-DEFAULT_DIM = 256  # the lexical channel's dimensions where --lexical-dim is not given
-
 
 @dataclass
 class Trial:
@@ -317,8 +315,10 @@ def main(only, directions, folds, weights, models_dir, report, from_models, seed
     cfg = Config(**{n: options.pop(n) for _, n, _ in SETTINGS if n in Config.__dataclass_fields__})
     tc = TrainConfig(**options)
     torch.set_num_threads(tc.threads)
-    # The models train without the channel; it is fused at each weight afterwards (DEFAULT_DIM if unset).
-    dim = cfg.lexical_dim or DEFAULT_DIM
+    # The models train without the channel; it is fused at each weight afterwards.
+    dim = cfg.lexical_dim
+    if not dim and any(float(w) > 0 for w in weights.split(",")):
+        raise click.UsageError("--lexical weights above 0 need --lexical-dim above 0")
     cfg = replace(cfg, lexical_dim=0)
     chosen = [t for t in trials(directions, folds) if not only or only in t.name]
     ws = [float(w) for w in weights.split(",")]

@@ -44,7 +44,8 @@ class Config:
     conv: str = "1d"  # ConvLSTM convolutions along a chunk's characters, or "2d": over a square map of them
     # The lexical channel (LexicalChannel): 0 dims is none. Its share of the fused cosine, its hashed
     # n-gram table's size and the n-gram lengths; the table's idf comes from the training texts.
-    lexical_dim: int = 0
+    # Chosen across labs (python -m export.crosslab, model card); the paper model has none.
+    lexical_dim: int = 256
     lexical_weight: float = 0.5
     lexical_buckets: int = 1 << 17
     lexical_min_n: int = 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ def export_onnx(net: DeepNetPrint, out: Path, lexical: LexicalChannel | None = N
 
     out.mkdir(parents=True, exist_ok=True)
     net = net.eval()
-    cfg = lexical.cfg if lexical is not None else net.cfg
+    # Without the channel the encoder is the learnt one alone, whatever the config's lexical_dim.
+    cfg = lexical.cfg if lexical is not None else replace(net.cfg, lexical_dim=0)
     ids = torch.randint(1, 128, (3, cfg.max_len), dtype=torch.int64)
     support = torch.randn(PACKETS, cfg.output_dim)
     encoder = ExportEncoder(net, lexical)

@@ -47,6 +47,8 @@ from tool.files import write_text_atomic
 
 # ---- settings (the shipped model uses these defaults) ------------------------------------------
 SEED = 1337
+# The labs whose development halves the shipped product model trains on (dnp-train without --data).
+PRODUCT_LABS = ("iot-sentinel", "uclouvain-boot")
 QUERY_RANDOM = 12  # plus random packets of the capture, for the packet-level one-class loss
 # Leave-devices-out folds over the 12 seen devices, each holding out devices whose vendor
 # relatives stay in training, as the real unseen devices have relatives among the seen ones.
@@ -661,7 +663,7 @@ def save_model(
         "format": 1,
         "name": "deepnetprint-convlstm",
         "files": {name: {"sha256": h} for name, h in hashes.items()},
-        "config": (lexical.cfg if lexical is not None else net.cfg).to_dict(),
+        "config": (lexical.cfg if lexical is not None else replace(net.cfg, lexical_dim=0)).to_dict(),
         "train": asdict(tc),
         "seed": seed,
         "training_data": {
@@ -879,7 +881,8 @@ def setting_options(command):
     "--labs",
     default=None,
     help="Comma-separated labs (iot-sentinel, uclouvain-boot) whose development halves, every device, a "
-    "product model trains on, read from ../shared/data [default: the --data folder].",
+    "product model trains on, read from ../shared/data [default: both, the shipped model; with --data, "
+    "--devices, --paper, --seen-devices or --cv: the one data folder].",
 )
 @click.option(
     "--paper",
@@ -937,10 +940,12 @@ def main(
     if paper:
         tc = replace(tc, all_devices=False, loss="packet")
         cfg = replace(cfg, lexical_dim=0)  # the paper's encoder: the ConvLSTM alone
-    if cfg.lexical_dim and cv:
-        raise click.UsageError("--cv measures the encoder alone: python -m export.crosslab --folds with it")
+    if cv:  # the learnt encoder alone: python -m export.crosslab --folds measures it with the channel
+        cfg = replace(cfg, lexical_dim=0)
     if cfg.lexical_dim and cfg.proto_net:
         raise click.UsageError("the lexical channel goes with --mean-proto")
+    if labs is None and not (data_dir or devices or paper or cv) and tc.all_devices:
+        labs = ",".join(PRODUCT_LABS)  # the shipped product model: both labs' development halves
     if labs and (data_dir or devices or paper or cv or not tc.all_devices):
         raise click.UsageError(
             "--labs trains a product model on every device of the labs: no --data, "

@@ -65,8 +65,10 @@ def test_a_model_with_the_lexical_channel_exports_and_loads_at_its_width(tmp_pat
 
 
 def test_a_model_without_the_channel_keeps_its_manifest():
-    assert not any(k.startswith("lexical") or k == "output_dim" for k in Config().to_dict())
+    plain = Config(lexical_dim=0).to_dict()  # the paper model's, and every model's before the channel
+    assert not any(k.startswith("lexical") or k == "output_dim" for k in plain)
     assert Config(lexical_dim=8).to_dict()["output_dim"] == 72
+    assert Config().to_dict()["output_dim"] == 64 + 256  # the shipped recipe carries the channel
 
 
 def test_crosslab_trains_on_one_lab_and_measures_on_the_other(tmp_path):

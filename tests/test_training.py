@@ -44,6 +44,8 @@ def test_dnp_train_writes_a_loadable_model_set(data_dir, tmp_path):
         "--threads",
         "1",
         "--proto-net",
+        "--lexical-dim",
+        "0",
     ]
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
@@ -147,7 +149,7 @@ def test_dnp_train_builds_the_2d_convlstm(data_dir, tmp_path):
     assert done.exit_code == 0, done.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["conv"] == "2d" and manifest["onnx_max_abs_diff"] < 1e-4
-    assert Model.load(out).embed(["DNS\tStandard query 0xID A example.com"], [80]).shape == (1, 64)
+    assert Model.load(out).embed(["DNS\tStandard query 0xID A example.com"], [80]).shape == (1, 64 + 256)
 
 
 def test_2d_convlstm_needs_square_chunks():

@@ -94,6 +94,8 @@ def ensemble(members: list[Path], out: Path) -> dict[str, str]:
     manifest = dict(manifests[0])
     manifest["files"] = {name: {"sha256": h} for name, h in hashes.items()}
     manifest["config"] = dict(manifests[0]["config"], embed_dim=dim)
+    if "output_dim" in manifest["config"]:  # a member with the lexical channel: the runtime reads this width
+        manifest["config"]["output_dim"] = dim
     manifest["ensemble"] = [
         {"encoder_sha256": m.encoder_sha256, "seed": man.get("seed"), "train": man.get("train")}
         for m, man in zip(models, manifests)

@@ -42,6 +42,19 @@ class Config:
     readout: str = "all"  # f_phi reads every step's hidden state, or "last": the last one only
     normalize: bool = True  # f_phi's output on the unit sphere (and f_phi(0) = 0 still)
     conv: str = "1d"  # ConvLSTM convolutions along a chunk's characters, or "2d": over a square map of them
+    # The lexical channel (LexicalChannel): 0 dims is none. Its share of the fused cosine, its hashed
+    # n-gram table's size and the n-gram lengths; the table's idf comes from the training texts.
+    # Chosen across labs (python -m export.crosslab, model card); the paper model has none.
+    lexical_dim: int = 256
+    lexical_weight: float = 0.5
+    lexical_buckets: int = 1 << 17
+    lexical_min_n: int = 2
+    lexical_max_n: int = 5
+
+    @property
+    def output_dim(self) -> int:
+        """The dimension of what encoder.onnx gives: f_phi's, plus the lexical channel's."""
+        return self.embed_dim + self.lexical_dim
 
     @property
     def encoding_dim(self) -> int:
@@ -52,7 +65,13 @@ class Config:
         return self.max_len // self.chunk
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.lexical_dim:  # a model without the channel keeps the manifest it always had
+            for name in [k for k in out if k.startswith("lexical_")]:
+                del out[name]
+        else:
+            out["output_dim"] = self.output_dim
+        return out
 
 
 class SquareConv(nn.Conv2d):
@@ -250,15 +269,102 @@ class DeepNetPrint(nn.Module):
         return match(queries, prototypes, self.log_scale)
 
 
-class ExportEncoder(nn.Module):
-    """What encoder.onnx computes: bytes [N, L] int64 -> embeddings [N, D]."""
+# Integer hashing of byte n-grams, exact in int64 on every runtime: a polynomial in the byte values
+# (at most 257^5 < 2^41), then two Lehmer steps modulo the prime 2^31 - 1 (products < 2^57).
+_HASH_BASE = 257
+_HASH_PRIME = 2147483647
+_HASH_MULTIPLIERS = (48271, 69621)
 
-    def __init__(self, net: DeepNetPrint):
+
+class LexicalChannel(nn.Module):
+    """A packet's rare tokens, kept visible: hashed byte n-grams weighted by rarity, fixed, not learnt.
+
+    From the same input bytes as the ConvLSTM ([N, L] int64, byte + 1, 0 padding), lower-cased: every
+    n-gram of lexical_min_n..lexical_max_n bytes without padding is hashed to an integer; its idf
+    weight is looked up in a table of lexical_buckets entries (the `idf` buffer, computed from the
+    training hosts' texts: an n-gram no training host sent gets the highest weight); the weights are
+    summed into lexical_dim signed buckets by a second part of the hash (the hashing trick: a sparse
+    random projection, so that no dense table has to ship), and the sum is put on the unit sphere.
+    The cosine of two such vectors approximates that of their TF-IDF vectors.
+    """
+
+    def __init__(self, cfg: Config, idf: torch.Tensor | None = None):
         super().__init__()
-        self.net = net
+        self.cfg = cfg
+        if idf is None:
+            idf = torch.ones(cfg.lexical_buckets)
+        if idf.shape != (cfg.lexical_buckets,):
+            raise ValueError(f"idf must have {cfg.lexical_buckets} entries, got {list(idf.shape)}")
+        self.register_buffer("idf", idf.to(torch.float32))
+
+    def hashes(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every n-gram's hash [N, G] (in [0, 2^31 - 1)) and whether it is a real n-gram [N, G]."""
+        cfg = self.cfg
+        x = torch.where((ids >= 66) & (ids <= 91), ids + 32, ids)  # 'A'..'Z' (byte + 1) lower-cased
+        # The n-gram at i as a polynomial in its bytes, from the (n-1)-gram at i: bytes are >= 1, so an
+        # n-gram's value lies in [257^(n-1), 257^n) and no two lengths collide. Padding (0) only
+        # trails the text: the n-gram at i is real when its last byte is.
+        hashes, valid = [], []
+        h = x
+        for n in range(1, cfg.lexical_max_n + 1):
+            if n > 1:
+                h = h[:, :-1] * _HASH_BASE + x[:, n - 1 :]
+            if n >= cfg.lexical_min_n:
+                hashes.append(h)
+                valid.append(x[:, n - 1 :] > 0)
+        h = torch.cat(hashes, 1)
+        for m in _HASH_MULTIPLIERS:
+            h = torch.remainder(h * m, _HASH_PRIME)
+        return h, torch.cat(valid, 1)
+
+    def buckets(self, hashes: torch.Tensor) -> torch.Tensor:
+        """The idf table's entry of each hash."""
+        return torch.remainder(hashes, self.cfg.lexical_buckets)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.net.embedding(ids)
+        cfg = self.cfg
+        h, ok = self.hashes(ids)
+        high = torch.div(h, cfg.lexical_buckets, rounding_mode="floor")  # bits the bucket did not use
+        dim = torch.remainder(high, cfg.lexical_dim)
+        sign = 1.0 - 2.0 * torch.remainder(torch.div(high, cfg.lexical_dim, rounding_mode="floor"), 2).float()
+        weight = self.idf[self.buckets(h)] * sign * ok.float()
+        out = torch.zeros(ids.shape[0], cfg.lexical_dim, dtype=torch.float32)
+        out = out.scatter_add(1, dim, weight)
+        return out / (out.norm(dim=1, keepdim=True) + 1e-6)
+
+
+def idf_table(channel: LexicalChannel, ids: torch.Tensor, documents: list[list[int]]) -> torch.Tensor:
+    """The idf of every bucket over `documents` (each a list of rows of `ids` that make one document):
+    log((1 + D) / (1 + df)) + 1, as scikit-learn smooths it; a bucket no document has gets the most."""
+    with torch.no_grad():
+        h, ok = channel.hashes(ids)
+        b = channel.buckets(h)
+    df = torch.zeros(channel.cfg.lexical_buckets, dtype=torch.float64)
+    for rows in documents:
+        present = torch.unique(b[rows][ok[rows]])
+        df[present] += 1
+    return (torch.log((1.0 + len(documents)) / (1.0 + df)) + 1.0).float()
+
+
+class ExportEncoder(nn.Module):
+    """What encoder.onnx computes: bytes [N, L] int64 -> embeddings [N, D].
+
+    With a lexical channel, D = embed_dim + lexical_dim: the learnt embedding and the lexical vector,
+    both unit length, weighted so that the fused vector has unit length and the cosine of two fused
+    vectors is (1 - w) times the learnt cosine plus w times the lexical one (w = lexical_weight).
+    """
+
+    def __init__(self, net: DeepNetPrint, lexical: LexicalChannel | None = None):
+        super().__init__()
+        self.net = net
+        self.lexical = lexical
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        learnt = self.net.embedding(ids)
+        if self.lexical is None:
+            return learnt
+        w = float(self.lexical.cfg.lexical_weight)
+        return torch.cat([math.sqrt(1.0 - w) * learnt, math.sqrt(w) * self.lexical(ids)], dim=1)
 
 
 class ExportHead(nn.Module):

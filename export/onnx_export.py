@@ -10,28 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from export.model import DeepNetPrint, ExportEncoder, ExportHead
+from export.model import DeepNetPrint, ExportEncoder, ExportHead, LexicalChannel
 from tool.constants import PACKETS
 
 OPSET = 17
 
 
-def export_onnx(net: DeepNetPrint, out: Path) -> dict[str, str]:
-    """Write encoder.onnx and head.onnx into `out`, check them; {file name: sha256}."""
+def export_onnx(net: DeepNetPrint, out: Path, lexical: LexicalChannel | None = None) -> dict[str, str]:
+    """Write encoder.onnx (with the lexical channel, if given) and head.onnx into `out`, check them;
+    {file name: sha256}."""
     import onnx
 
     out.mkdir(parents=True, exist_ok=True)
     net = net.eval()
-    cfg = net.cfg
+    # Without the channel the encoder is the learnt one alone, whatever the config's lexical_dim.
+    cfg = lexical.cfg if lexical is not None else replace(net.cfg, lexical_dim=0)
     ids = torch.randint(1, 128, (3, cfg.max_len), dtype=torch.int64)
-    support = torch.randn(PACKETS, cfg.embed_dim)
+    support = torch.randn(PACKETS, cfg.output_dim)
+    encoder = ExportEncoder(net, lexical)
     jobs = [
-        ("encoder.onnx", ExportEncoder(net), (ids,), ["bytes"], ["embedding"], {"bytes": {0: "n"}}),
+        ("encoder.onnx", encoder, (ids,), ["bytes"], ["embedding"], {"bytes": {0: "n"}}),
         (
             "head.onnx",
             ExportHead(net),
@@ -61,7 +65,9 @@ def export_onnx(net: DeepNetPrint, out: Path) -> dict[str, str]:
     return hashes
 
 
-def check_against_torch(net: DeepNetPrint, out: Path, ids: np.ndarray) -> float:
+def check_against_torch(
+    net: DeepNetPrint, out: Path, ids: np.ndarray, lexical: LexicalChannel | None = None
+) -> float:
     """Largest absolute difference between torch and onnxruntime on these inputs (embed + head)."""
     import onnxruntime as ort
 
@@ -69,7 +75,7 @@ def check_against_torch(net: DeepNetPrint, out: Path, ids: np.ndarray) -> float:
     enc = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
     head = ort.InferenceSession(str(out / "head.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        want = net.embedding(torch.from_numpy(ids)).numpy()
+        want = ExportEncoder(net, lexical)(torch.from_numpy(ids)).numpy()
         got = enc.run(None, {"bytes": ids})[0]
         support = want[:PACKETS] if len(want) >= PACKETS else np.resize(want, (PACKETS, want.shape[1]))
         proto = net.proto(torch.from_numpy(support)[None])[0].numpy()

@@ -47,6 +47,8 @@ from tool.files import write_text_atomic
 
 # ---- settings (the shipped model uses these defaults) ------------------------------------------
 SEED = 1337
+# The labs whose development halves the shipped product model trains on (dnp-train without --data).
+PRODUCT_LABS = ("iot-sentinel", "uclouvain-boot")
 QUERY_RANDOM = 12  # plus random packets of the capture, for the packet-level one-class loss
 # Leave-devices-out folds over the 12 seen devices, each holding out devices whose vendor
 # relatives stay in training, as the real unseen devices have relatives among the seen ones.
@@ -96,6 +98,9 @@ class TrainConfig:
     # Train on the development half of all 23 devices (a product model, EVALUATION.md), or of the
     # 12 seen devices only (the paper's protocol: --seen-devices).
     all_devices: bool = True
+    # What the lexical channel's idf counts as one document: a training device's development texts
+    # ("device"), or each distinct text ("text"). Used only when Config.lexical_dim is not 0.
+    lexical_idf: str = "device"
     # One thread: on this shared 2-core machine two torch threads ran 5x slower than one (spinning
     # against the other jobs), and one thread makes the shipped files reproducible bit for bit.
     threads: int = 1
@@ -112,19 +117,26 @@ class Data:
 
 
 def load_data(
-    root: Path | None, names: list[str], uses_length: bool, masked: bool = True, all_devices: bool = False
+    root: Path | None,
+    names: list[str],
+    uses_length: bool,
+    masked: bool = True,
+    all_devices: bool = False,
+    lab=None,
 ) -> Data:
-    """The development half of `names`; only SEEN devices unless `all_devices` (a product model)."""
-    from tool.evaluation.dataset import SEEN, device_packets, load_devices
+    """The development half of `names` in one lab (default: the one `root` holds, else iot-sentinel);
+    only the lab's seen devices unless `all_devices` (a product model)."""
+    from tool.evaluation.dataset import device_packets, lab_of, load_devices
     from tool.model import model_input
     from tool.text import packet_text
 
-    unknown = [n for n in names if n not in SEEN]
+    lab = lab or lab_of(root)
+    unknown = [n for n in names if n not in lab.seen]
     if unknown and not all_devices:
         # The 12-device (paper) model reads the seen devices only (EVALUATION.md); a product model
         # may read the development half of all 23 (--all-devices).
         raise click.UsageError(f"not seen devices: {', '.join(unknown)} (--all-devices reads them)")
-    devices = [d for d in load_devices(root) if d.name in names]
+    devices = [d for d in load_devices(root, lab) if d.name in names]
     if len(devices) != len(names):
         missing = set(names) - {d.name for d in devices}
         raise click.UsageError(f"devices not in the data folder: {', '.join(sorted(missing))}")
@@ -149,6 +161,27 @@ def load_data(
                 counts[index[s]] += 1
                 idx.append(index[s])
             captures[d.name].append(np.array(idx, dtype=np.int64))
+    return Data(list(index), np.array(counts, dtype=np.float64), captures)
+
+
+def merge_data(parts: list[Data]) -> Data:
+    """Several labs' Data as one: the distinct strings of all, each device's captures re-indexed.
+    The labs' device names do not collide (tool.evaluation.dataset), so a device stays one identity."""
+    index: dict[str, int] = {}
+    counts: list[float] = []
+    captures: dict[str, list[np.ndarray]] = {}
+    for part in parts:
+        remap = np.zeros(len(part.strings), dtype=np.int64)
+        for i, s in enumerate(part.strings):
+            if s not in index:
+                index[s] = len(index)
+                counts.append(0.0)
+            remap[i] = index[s]
+            counts[remap[i]] += float(part.counts[i])
+        for name, caps in part.captures.items():
+            if name in captures:
+                raise click.UsageError(f"device {name} is in two labs")
+            captures[name] = [remap[c] for c in caps]
     return Data(list(index), np.array(counts, dtype=np.float64), captures)
 
 
@@ -543,6 +576,36 @@ def validate_tfidf(root, names: list[str]) -> dict:
 
 
 # ---- one run ---------------------------------------------------------------------------------------
+def train_net(data: Data, cfg, tc: TrainConfig, seed: int, log):
+    """Both phases on `data`, from the seed: (net, ids of data.strings, result with losses and times)."""
+    import torch
+
+    from export.model import DeepNetPrint
+    from tool.model import encode_bytes
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    ids = torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
+    packets = int(data.counts.sum())
+    log(f"{len(data.captures)} devices, {len(data.strings)} distinct strings, {packets} packets")
+    net = DeepNetPrint(cfg)
+    t0 = time.time()
+    ae = train_autoencoder(net, ids, data, tc, rng, log)
+    t1 = time.time()
+    proto = train_prototypes(net, ids, data, tc, rng, log)
+    t2 = time.time()
+    log(f"  phase 1 {t1 - t0:.0f} s, phase 2 {t2 - t1:.0f} s")
+    result = {
+        "ae_seconds": round(t1 - t0, 1),
+        "proto_seconds": round(t2 - t1, 1),
+        "ae_loss": ae,
+        "proto_loss": proto,
+    }
+    return net, ids, result
+
+
 def run(
     root,
     train_names,
@@ -560,29 +623,10 @@ def run(
     """
     import torch
 
-    from export.model import DeepNetPrint
     from tool.model import encode_bytes
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     data = load_data(root, train_names, cfg.uses_length, masked, all_devices)
-    ids = torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
-    log(f"{len(train_names)} devices, {len(data.strings)} distinct strings, {int(data.counts.sum())} packets")
-    net = DeepNetPrint(cfg)
-    t0 = time.time()
-    ae = train_autoencoder(net, ids, data, tc, rng, log)
-    t1 = time.time()
-    proto = train_prototypes(net, ids, data, tc, rng, log)
-    t2 = time.time()
-    log(f"  phase 1 {t1 - t0:.0f} s, phase 2 {t2 - t1:.0f} s")
-    result = {
-        "ae_seconds": round(t1 - t0, 1),
-        "proto_seconds": round(t2 - t1, 1),
-        "ae_loss": ae,
-        "proto_loss": proto,
-    }
+    net, ids, result = train_net(data, cfg, tc, seed, log)
     if eval_names:
         vdata = load_data(root, eval_names, cfg.uses_length, masked, all_devices)
         vids = torch.from_numpy(encode_bytes(vdata.strings, cfg.max_len))
@@ -600,8 +644,10 @@ def save_model(
     seed: int,
     seconds: float,
     extra: dict | None = None,
+    lexical=None,
 ) -> dict[str, str]:
-    """Export the ONNX files, check them against torch, and write manifest.json; their sha256."""
+    """Export the ONNX files (with the lexical channel, if given), check them against torch, and
+    write manifest.json; their sha256."""
     import onnx
     import onnxruntime
     import torch
@@ -609,15 +655,15 @@ def save_model(
     from export.onnx_export import check_against_torch, export_onnx
     from tool.model import encode_bytes
 
-    hashes = export_onnx(net, out)
-    err = check_against_torch(net, out, encode_bytes(data.strings[:256], net.cfg.max_len))
+    hashes = export_onnx(net, out, lexical)
+    err = check_against_torch(net, out, encode_bytes(data.strings[:256], net.cfg.max_len), lexical)
     if err > 1e-4:
         raise click.ClickException(f"onnxruntime differs from torch by {err:.2e}")
     manifest = {
         "format": 1,
         "name": "deepnetprint-convlstm",
         "files": {name: {"sha256": h} for name, h in hashes.items()},
-        "config": net.cfg.to_dict(),
+        "config": (lexical.cfg if lexical is not None else replace(net.cfg, lexical_dim=0)).to_dict(),
         "train": asdict(tc),
         "seed": seed,
         "training_data": {
@@ -646,6 +692,32 @@ def save_model(
     }
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return hashes
+
+
+def idf_documents(data: Data, unit: str) -> list[list[int]]:
+    """What the lexical idf counts as one document (TrainConfig.lexical_idf), as rows of data.strings."""
+    if unit == "device":
+        return [sorted({int(i) for c in caps for i in c}) for caps in data.captures.values()]
+    return [[i] for i in range(len(data.strings))]
+
+
+def lexical_channel(cfg, ids, data: Data, unit: str):
+    """The lexical channel of `cfg` (lexical_dim > 0), its idf computed from the training texts."""
+    from export.model import LexicalChannel, idf_table
+
+    return LexicalChannel(cfg, idf_table(LexicalChannel(cfg), ids, idf_documents(data, unit)))
+
+
+def train_labs(labs: list[str], cfg, tc: TrainConfig, seed: int, log):
+    """A product model on the development half of every device of these labs: (net, ids, data, result)."""
+    from tool.evaluation.dataset import lab_named
+
+    parts = [
+        load_data(None, list(lab_named(n).devices), cfg.uses_length, True, True, lab_named(n)) for n in labs
+    ]
+    data = parts[0] if len(parts) == 1 else merge_data(parts)
+    net, ids, result = train_net(data, cfg, tc, seed, log)
+    return net, ids, data, result
 
 
 def train_fold(data_dir, number, fold, train_names, eval_names, cfg, tc, seed, log, masked, fold_models):
@@ -757,6 +829,15 @@ SETTINGS: tuple[tuple[type, str, dict], ...] = (
         "help": "Share of the Chamfer similarity in the trained set score (the runtime's: 0.5).",
     }),
     (TrainConfig, "packet_weight", {"help": "With --loss set: weight of the per-packet one-class loss."}),
+    (Config, "lexical_dim", {"help": "Dimensions of the lexical channel fused into encoder.onnx (0: none)."}),
+    (Config, "lexical_weight", {"help": "The lexical channel's share of the fused cosine."}),
+    (Config, "lexical_min_n", {}),
+    (Config, "lexical_max_n", {}),
+    (Config, "lexical_buckets", {"help": "Entries of the lexical channel's idf table."}),
+    (TrainConfig, "lexical_idf", {
+        "choices": ["device", "text"],
+        "help": "The lexical idf's document: a training device's texts, or each distinct text.",
+    }),
     (TrainConfig, "drop_prob", {}),
     (TrainConfig, "jitter", {}),
 )  # fmt: skip
@@ -795,6 +876,13 @@ def setting_options(command):
     "--devices",
     default=None,
     help="Comma-separated devices to train on [default: all 23, or the 12 seen with --seen-devices].",
+)
+@click.option(
+    "--labs",
+    default=None,
+    help="Comma-separated labs (iot-sentinel, uclouvain-boot) whose development halves, every device, a "
+    "product model trains on, read from ../shared/data [default: both, the shipped model; with --data, "
+    "--devices, --paper, --seen-devices or --cv: the one data folder].",
 )
 @click.option(
     "--paper",
@@ -840,7 +928,7 @@ def setting_options(command):
 )
 @setting_options
 def main(
-    data_dir, out, devices, paper, cv, cv_folds, tfidf, seed, masked, fold_models, report, **options
+    data_dir, out, devices, labs, paper, cv, cv_folds, tfidf, seed, masked, fold_models, report, **options
 ) -> None:
     """Train the ConvLSTM autoencoder and the prototype head; write models/ (ONNX + manifest)."""
     import torch
@@ -851,6 +939,18 @@ def main(
     tc = TrainConfig(**options)
     if paper:
         tc = replace(tc, all_devices=False, loss="packet")
+        cfg = replace(cfg, lexical_dim=0)  # the paper's encoder: the ConvLSTM alone
+    if cv:  # the learnt encoder alone: python -m export.crosslab --folds measures it with the channel
+        cfg = replace(cfg, lexical_dim=0)
+    if cfg.lexical_dim and cfg.proto_net:
+        raise click.UsageError("the lexical channel goes with --mean-proto")
+    if labs is None and not (data_dir or devices or paper or cv) and tc.all_devices:
+        labs = ",".join(PRODUCT_LABS)  # the shipped product model: both labs' development halves
+    if labs and (data_dir or devices or paper or cv or not tc.all_devices):
+        raise click.UsageError(
+            "--labs trains a product model on every device of the labs: no --data, "
+            "--devices, --paper, --seen-devices or --cv with it"
+        )
     all_devices = tc.all_devices
     torch.set_num_threads(tc.threads)
     if cfg.max_len % 16:
@@ -909,14 +1009,38 @@ def main(
 
     out = out or Path(__file__).resolve().parent.parent / "models"
     start = time.time()
-    net, _, data, result = run(data_dir, names, names, cfg, tc, seed, log, all_devices=all_devices)
-    hashes = save_model(net, out, data, result, names, tc, seed, time.time() - start)
+    extra = None
+    if labs:
+        chosen = [n.strip() for n in labs.split(",")]
+        net, ids, data, result = train_labs(chosen, replace(cfg, lexical_dim=0), tc, seed, log)
+        names = sorted(data.captures)
+        extra = {"training_data": {
+            "dataset": "IoT Sentinel setup captures (Miettinen et al., ICDCS 2017); uclouvain-boot (De "
+            "Keersmaeker et al., ICNP 2025)",
+            "labs": {lab: [n for n in names if n in _lab_devices(lab)] for lab in chosen},
+            "devices": names,
+            "captures": "development half: captures 1-10 of each device (each lab's protocol order)",
+            "packets": int(data.counts.sum()),
+            "distinct_strings": len(data.strings),
+        }}  # fmt: skip
+    else:
+        net, ids, data, result = run(
+            data_dir, names, names, replace(cfg, lexical_dim=0), tc, seed, log, all_devices=all_devices
+        )
+    lexical = lexical_channel(cfg, ids, data, tc.lexical_idf) if cfg.lexical_dim else None
+    hashes = save_model(net, out, data, result, names, tc, seed, time.time() - start, extra, lexical)
     if report:
         write_text_atomic(
             report, json.dumps({**settings, **{k: v for k, v in result.items() if "loss" not in k}}, indent=1)
         )
     files = ", ".join(f"{n} {h[:12]}" for n, h in hashes.items())
     log(f"wrote {out} in {time.time() - start:.0f} s: {files}")
+
+
+def _lab_devices(lab: str) -> tuple[str, ...]:
+    from tool.evaluation.dataset import lab_named
+
+    return lab_named(lab).devices
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def test_torch_and_onnxruntime_agree_on_real_packets(tmp_path, packets):
 
     # A network with every part switched on and non-trivial weights, exported as dnp-train does.
     torch.manual_seed(0)
-    cfg = Config(proto_net=True, uses_length=True, readout="all", normalize=True)
+    cfg = Config(proto_net=True, uses_length=True, readout="all", normalize=True, lexical_dim=0)
     net = DeepNetPrint(cfg).eval()
     with torch.no_grad():
         for p in net.parameters():

@@ -44,6 +44,8 @@ def test_dnp_train_writes_a_loadable_model_set(data_dir, tmp_path):
         "--threads",
         "1",
         "--proto-net",
+        "--lexical-dim",
+        "0",
     ]
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
@@ -147,7 +149,7 @@ def test_dnp_train_builds_the_2d_convlstm(data_dir, tmp_path):
     assert done.exit_code == 0, done.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["conv"] == "2d" and manifest["onnx_max_abs_diff"] < 1e-4
-    assert Model.load(out).embed(["DNS\tStandard query 0xID A example.com"], [80]).shape == (1, 64)
+    assert Model.load(out).embed(["DNS\tStandard query 0xID A example.com"], [80]).shape == (1, 64 + 256)
 
 
 def test_2d_convlstm_needs_square_chunks():
@@ -186,3 +188,40 @@ def test_cv_fold_models_are_calibrated_on_their_held_out_devices(data_dir, tmp_p
     for i, fold in enumerate(CV23_FOLDS, 1):
         cohort = json.loads((folds / f"fold{i}" / "cohort.json").read_text())
         assert not set(cohort["devices"]) & set(fold) and len(cohort["devices"]) == 23 - len(fold)
+
+
+def test_a_product_model_trains_on_both_labs_with_the_lexical_channel(tmp_path):
+    # dnp-train --labs: the development half of every device of each lab, one identity per device; the
+    # lexical channel widens encoder.onnx, and the cohort then covers both labs' devices.
+    from export.cohort import build
+    from tool.evaluation.dataset import IOT_SENTINEL, UCLOUVAIN_BOOT
+
+    out = tmp_path / "models"
+    args = [
+        "--labs",
+        "iot-sentinel,uclouvain-boot",
+        "--out",
+        str(out),
+        "--ae-steps",
+        "1",
+        "--proto-steps",
+        "1",
+    ]
+    done = CliRunner().invoke(main, [*args, "--lexical-dim", "16", "--lexical-buckets", "1024"])
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    trained = manifest["training_data"]
+    assert trained["labs"] == {
+        "iot-sentinel": sorted(IOT_SENTINEL.devices),
+        "uclouvain-boot": sorted(UCLOUVAIN_BOOT.devices),
+    }
+    assert trained["devices"] == sorted(IOT_SENTINEL.devices + UCLOUVAIN_BOOT.devices)
+    assert manifest["config"]["output_dim"] == 80 and manifest["onnx_max_abs_diff"] < 1e-4
+    model = Model.load(out)
+    assert model.embed(["DNS\tStandard query 0xID A example.com"], [80]).shape == (1, 80)
+    cohort = build(str(out), None)
+    assert cohort["devices"] == list(IOT_SENTINEL.devices) + list(UCLOUVAIN_BOOT.devices)
+    assert len(cohort["embeddings"][0]) == 80
+    # --labs is for a product model of whole labs only.
+    done = CliRunner().invoke(main, ["--labs", "uclouvain-boot", "--paper", "--out", str(tmp_path / "x")])
+    assert done.exit_code == 2 and "--labs" in done.output

@@ -86,7 +86,8 @@ class Model:
         self.encoder_sha256 = files[ENCODER]["sha256"]
         self.head_sha256 = files[HEAD]["sha256"]
         cfg = manifest["config"]
-        self.embedding_dim = int(cfg["embed_dim"])
+        # What encoder.onnx gives: output_dim where a lexical channel widens it (export/model.py).
+        self.embedding_dim = int(cfg.get("output_dim", cfg["embed_dim"]))
         self.uses_length = bool(cfg["uses_length"])
         self.max_len = int(cfg["max_len"])
 
@@ -101,7 +102,7 @@ class Model:
             manifest = json.loads(manifest_path.read_text())
             files = manifest["files"]
             cfg = manifest["config"]
-            int(cfg["embed_dim"]), int(cfg["max_len"]), bool(cfg["uses_length"])
+            int(cfg.get("output_dim", cfg["embed_dim"])), int(cfg["max_len"]), bool(cfg["uses_length"])
         except (ValueError, KeyError, TypeError) as e:
             raise ModelError(f"{manifest_path}: not a DeepNetPrint model manifest ({e!r})") from None
         if manifest.get("format") != FORMAT:
@@ -131,7 +132,7 @@ class Model:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ModelError(f"{directory / name}: onnxruntime cannot load it: {first}") from None
         encoder, head = sessions
-        dim = int(cfg["embed_dim"])
+        dim = int(cfg.get("output_dim", cfg["embed_dim"]))
         _, scale = head.run(None, {"support": np.zeros((MIN_PACKETS, dim), np.float32)})
         return cls(directory, manifest, encoder, head, float(scale))
 

@@ -42,18 +42,18 @@ def host_windows(captures: list[list], exclude: set[str]) -> dict[str, list[list
     from tool.hosts import HostTally
 
     out: dict[str, list[list]] = {}
+    routers: set[str] = set()  # a router in any capture (in some it only answers, and forwards nothing)
     for packets in captures:
         tally = HostTally(host_packets=len(packets) + 1)
         own: dict[str, list] = {}
         for packet, host in zip(packets, tally.add(packets)):
             if host is not None and host.address not in exclude:
                 own.setdefault(host.address, []).append(packet)
+        routers.update(address for address, host in tally.hosts.items() if host.router)
         for address, sent in own.items():
-            if tally.hosts[address].router:
-                continue
             if found := windows_of(sent):
                 out.setdefault(address, []).extend(found)
-    return out
+    return {address: found for address, found in out.items() if address not in routers}
 
 
 def build(

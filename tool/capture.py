@@ -125,6 +125,7 @@ class Sender(NamedTuple):
     time: float
     protocol: str  # Wireshark's Protocol and Info columns: whether a router's packet is an answer
     info: str
+    ip_dst: str = ""  # where it goes: a packet from the internet to a private address was forwarded
 
 
 def tshark_path() -> str:
@@ -165,10 +166,10 @@ def packet_of(parts: Sequence[str]) -> Packet:
 def sender_of(parts: Sequence[str]) -> Sender:
     """The Sender of a line's fields (`split_line`): a fraction of `packet_of`'s cost, for the many
     packets whose host is counted but whose text is never read."""
-    _, _, when, esrc, _, sll, wsa, ip4s, _, ip6s, _, _, protocol, info = parts
+    _, _, when, esrc, _, sll, wsa, ip4s, ip4d, ip6s, ip6d, _, protocol, info = parts
     ip = ip4s or ip6s
     host, kind = source_host(esrc.lower(), sll.lower(), ip, wsa.lower())
-    return Sender(host, kind, ip, float(when or 0.0), protocol, info)
+    return Sender(host, kind, ip, float(when or 0.0), protocol, info, ip4d or ip6d)
 
 
 def parse_line(line: str) -> Packet:

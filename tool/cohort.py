@@ -17,11 +17,11 @@ count the device's own traffic as false matches. The cohort group nearest the fi
 mean score) is therefore always left out: for a trained type it is the type itself, for a new type
 its closest relative, and the held-out measurements in the model card include that choice. Only a
 device group is ever left out: the other hosts of the captures (a phone, a laptop; not routers,
-which no verdict names) always count as impostors. With `leave_out` "brand" (cohort.json, `python -m export.cohort
---leave-out`), the nearest type's whole brand is left out with it: its same-vendor siblings send
-the same join traffic, so against them no score is unusual, and a rate counted over them would
-withhold the verdict from the device itself. The siblings then reach the verdict as the device does,
-and the verdict names them together ("HS100 or HS110", tool.verdict).
+which no verdict names) always count as impostors. With `leave_out` "brand" (cohort.json, `python -m
+export.cohort --leave-out`), the nearest type's whole brand is left out with it: its same-vendor
+siblings send the same join traffic, so against them no score is unusual, and a rate counted over
+them would withhold the verdict from the device itself. The siblings then reach the verdict as the
+device does, and the verdict names them together ("HS100 or HS110", tool.verdict).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import numpy as np
 
 from tool.capture import Packet, Sender
 from tool.constants import PACKETS
-from tool.routers import ROUTER_SOURCES, is_answer, off_link
+from tool.routers import ROUTER_SOURCES, is_answer, lan_ipv4, off_link, serves
 from tool.text import packet_text
 
 if TYPE_CHECKING:
@@ -66,26 +66,30 @@ class Host:
     # The off-link sources (IPv4 addresses, IPv6 /64s) it has sent from, up to ROUTER_SOURCES.
     off_link: set[str] = field(default_factory=set, repr=False)
     lan_ipv4: bool = False  # it has sent from a private (on-link) IPv4 address
-    resolver: bool = False  # it has answered DNS queries (a router's resolver; devices never do)
+    nat: bool = False  # it has sent a packet from an off-link source to a private IPv4 address
+    server: bool = False  # it has answered others' DNS or DHCP, or advertised a route (tool.routers.serves)
 
     @property
     def router(self) -> bool:
-        """Whether the host forwards other hosts' packets or resolves their names (tool.routers)."""
-        forwarding = len(self.off_link) >= ROUTER_SOURCES
-        return forwarding or self.resolver or (self.lan_ipv4 and any("/" not in s for s in self.off_link))
+        """Whether the host forwards other hosts' packets or serves them (tool.routers)."""
+        forwarding = len(self.off_link) >= ROUTER_SOURCES or self.nat
+        return forwarding or self.server or (self.lan_ipv4 and any("/" not in s for s in self.off_link))
 
-    def forwards(self, ip_src: str) -> bool:
-        """Whether a packet from `ip_src` is one the host forwards (and learn from it): from its
-        second off-link source on, or from its first where it has sent from a private IPv4 address
-        (a host behind NAT never sends from a public one; an IPv6 host has global addresses of its
-        own, so there a second /64 is needed)."""
+    def forwards(self, ip_src: str, ip_dst: str = "") -> bool:
+        """Whether a packet from `ip_src` to `ip_dst` is one the host forwards (and learn from it):
+        from its second off-link source on, from its first where it has sent from a private IPv4
+        address or sends it to one (a host behind NAT never sends from a public address, and a host
+        with a public one does not reach private ones; an IPv6 host has global addresses of its own,
+        so there a second /64 is needed)."""
         if not ip_src:
             return False
         source = off_link(ip_src)
         if source is None:
-            if "." in ip_src and ip_src != "0.0.0.0":
+            if lan_ipv4(ip_src):
                 self.lan_ipv4 = True
             return False
+        if ip_dst and lan_ipv4(ip_dst):
+            self.nat = True
         if len(self.off_link) < ROUTER_SOURCES:
             self.off_link.add(source)
         if self.router and self.ips:  # it forwards: an off-link address it was seen with is not its own
@@ -99,13 +103,13 @@ class Host:
         self.packets += 1
         self.last_seen = packet.time
         ip = packet.ip_src
-        if self.forwards(ip):
+        if self.forwards(ip, packet.ip_dst):
             self.forwarded += 1
             return False  # nor is its source one of the host's addresses
         if ip and len(self.ips) < MAX_HOST_IPS and ip not in self.ips and ip not in NO_ADDRESS:
             self.ips.append(ip)
         if is_answer(packet.protocol, packet.info):
-            self.resolver |= packet.protocol == "DNS"
+            self.server |= serves(packet.protocol, packet.info)
             if self.router:
                 return False
         if self.first_count < host_packets:
@@ -120,7 +124,8 @@ class Host:
         self.forwarded += later.forwarded
         self.off_link = set(sorted(self.off_link | later.off_link)[:ROUTER_SOURCES])
         self.lan_ipv4 |= later.lan_ipv4
-        self.resolver |= later.resolver
+        self.nat |= later.nat
+        self.server |= later.server
         self.last_seen = later.last_seen
         add_ips(self.ips, later.ips)
         if len(self.firsts) < host_packets:
@@ -161,7 +166,8 @@ def joined(parts: Sequence[Sequence[Host]], host_packets: int = PACKETS) -> list
             if m is None:
                 merged[h.address] = Host(
                     h.address, h.kind, len(merged), list(h.ips), h.packets, h.first_count,
-                    h.first_seen, h.last_seen, h.firsts, h.forwarded, set(h.off_link), h.lan_ipv4, h.resolver,
+                    h.first_seen, h.last_seen, h.firsts, h.forwarded, set(h.off_link), h.lan_ipv4, h.nat,
+                    h.server,
                 )  # fmt: skip
             else:
                 m.join(h, host_packets)

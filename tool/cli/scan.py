@@ -38,8 +38,9 @@ Examples:
 @verdict_options(
     "The verdict: a host matches when at most this share of the cohort's hosts (other devices' and "
     f"other hosts' traffic, shipped with the model) reach its score; {verdict_help()}. Measured on "
-    "every-host merges of each lab's test captures, the default's false-match rate is 0.29% on the "
-    "lab the model learnt from and 6.2% on one it never saw (lab2); 0.01: 2.4% and 10.2% (README). "
+    "every-host merges of each lab's test captures, the default's false-match rate is 0.8% on the "
+    "labs the model learnt from (dnp-23, lab2: 0.9%) and was 6.2% on one it never saw (lab2, the "
+    "previous model); 0.01: 4.3%, 5.1% and 10.2% (README). "
     "A host that reaches several fingerprints is named with all of them (A or B).",
     "The verdict on the raw host score instead (for set, half Chamfer similarity and half cosine of"
     " the mean embeddings; for set-all, that cosine; for first20 / mean, p(Target)).",

@@ -349,10 +349,13 @@ def test_extcap_driven_by_tshark(namespace, merged, cam, devices, tmp_path, clea
     from tool.cli.plugin import plugin_file
 
     shown = subprocess.run(
-        ["tshark", "-r", str(out), "-X", f"lua_script:{plugin_file()}", "-Y", "deepnetprint.host_match > 0.9",
-         "-T", "fields", "-e", "eth.src", "-e", "deepnetprint.target", "-e", "frame.comment"],
+        ["tshark", "-r", str(out), "-X", f"lua_script:{plugin_file()}",
+         "-Y", "deepnetprint.host_match > 0.85", "-T", "fields",
+         "-e", "eth.src", "-e", "deepnetprint.target", "-e", "frame.comment"],
         capture_output=True, text=True, env=clean_env, check=True,
     ).stdout.splitlines()  # fmt: skip
+    # The camera's host scores 0.90 (offline dnp-scan of this merge, encoder ed4750611a0c), the next
+    # host 0.64: the filter sits between them.
     assert shown and {tuple(line.split("\t")[:2]) for line in shown} == {(devices[ENROLLED].mac, ENROLLED)}
     assert all(line.split("\t")[2].startswith("deepnetprint.match=") for line in shown)
 

@@ -102,14 +102,16 @@ def test_the_router_is_recognised_and_never_named(merged, fingerprints, clean_en
 
 def test_same_brand_siblings_are_named_together(lab2, merged, fingerprints, clean_env):
     """The Tapo plug and bulb send the same join: their hosts reach both fingerprints, and the verdict
-    says so instead of naming one."""
-    report = scan_json(merged, [fingerprints["TapoPlug"], fingerprints["TapoLight"]], clean_env)
+    says so instead of naming one. (On a raw threshold: the shipped model learnt lab2, so its cohort
+    holds each one's sibling, which keeps both from the default rule's verdict.)"""
+    fps = [fingerprints["TapoPlug"], fingerprints["TapoLight"]]
+    report = scan_json(merged, fps, clean_env, "--threshold", "0.9")
     rows = {h["host"]: h for h in report["hosts"]}
     for name in ("TapoPlug", "TapoLight"):
         row = rows[lab2[name].mac]
         assert {row["verdict"], *row["alternatives"]} == {"TapoPlug", "TapoLight"}, row
-    done = run_command("dnp-scan", str(merged), "-f", str(fingerprints["TapoPlug"]), "-f",
-                       str(fingerprints["TapoLight"]), env=clean_env)  # fmt: skip
+    args = [str(merged), *[a for f in fps for a in ("-f", str(f))], "--threshold", "0.9"]
+    done = run_command("dnp-scan", *args, env=clean_env)
     assert " or " in done.stdout
 
 

@@ -86,10 +86,19 @@ def _check_whole(text: str, rows: list[tuple[str, ...]]) -> None:
         )
 
 
-def verdict_text(verdict: str | None, alternatives: list[str], router: bool) -> str:
+def _host_cells(result: dict) -> list[tuple[str, ...]]:
+    """What each host's row must show whole: its MAC, score, false-match rate and verdict."""
     from tool.report import verdict_text
 
-    return verdict_text(verdict, alternatives, router)
+    return [
+        (
+            h["mac"],
+            f"{h['score']:.3f}",
+            _rate(h["false_match"]["camera"], result["cohort_hosts"]),
+            verdict_text(h["verdict"], h["alternatives"], h["router"]),
+        )
+        for h in result["hosts"]
+    ]
 
 
 def _rate(rate: float, cohort: int) -> str:
@@ -115,16 +124,7 @@ def test_scan_tables_at_80_columns_keep_every_mac_score_rate_and_verdict(camera,
     shown = in_terminal("dnp-scan", str(DEMO), "-f", str(camera), "--json", str(report), env=clean_env)
     result = json.loads(report.read_text())
     hosts = shown[: shown.index("Best-matching packets")]
-    rows = [
-        (
-            h["mac"],
-            f"{h['score']:.3f}",
-            _rate(h["false_match"]["camera"], result["cohort_hosts"]),
-            verdict_text(h["verdict"], h["alternatives"], h["router"]),
-        )
-        for h in result["hosts"]
-    ]
-    _check_whole(hosts, rows)
+    _check_whole(hosts, _host_cells(result))
     packets = shown[shown.index("Best-matching packets") :]
     _check_whole(
         packets, [(p["host"], str(p["frame"]), f"{p['probability']:.3f}") for p in result["top_packets"]]
@@ -139,16 +139,7 @@ def test_watch_table_at_80_columns_keeps_every_mac_score_rate_and_verdict(camera
     shown = in_terminal("dnp-watch", "-r", str(DEMO), "-f", str(camera), "--json", str(report), env=clean_env)
     result = json.loads(report.read_text())
     final = shown[shown.rindex("packets/s") :]
-    rows = [
-        (
-            h["mac"],
-            f"{h['score']:.3f}",
-            _rate(h["false_match"]["camera"], result["cohort_hosts"]),
-            verdict_text(h["verdict"], h["alternatives"], h["router"]),
-        )
-        for h in result["hosts"]
-    ]
-    _check_whole(final, rows)
+    _check_whole(final, _host_cells(result))
 
 
 def test_hunt_table_at_80_columns_keeps_every_mac_score_and_rate(camera, clean_env, tmp_path):

@@ -72,7 +72,9 @@ def build(
 
     model = Model.load(model_dir)
     trained = model.manifest["training_data"]
-    names = devices or list(trained["devices"])
+    names = devices or list(
+        trained["devices"] if "devices" in trained else [d for lab in trained["labs"].values() for d in lab]
+    )
     # A model trained on several labs (dnp-train --labs) has its cohort from each lab's folder.
     folders = (
         [load_devices(data)]
@@ -161,6 +163,12 @@ def main(models: str | None, data: str | None, also: tuple[str, ...], leave_out:
 
     cohort = build(models, data, also=also, leave_out=leave_out)
     path = Path(models) if models else models_dir()
+    if (path / COHORT).is_file():
+        # The calibration measures the training recipe on labs it never saw (export/calibration.py),
+        # not this encoder's cohort: it stays until export.calibration measures it again.
+        kept = json.loads((path / COHORT).read_text(encoding="utf-8")).get("calibration")
+        if kept is not None:
+            cohort["calibration"] = kept
     text = json.dumps(cohort, separators=(",", ":")) + "\n"
     write_text_atomic(path / COHORT, text)
     groups = len(cohort["group_names"])

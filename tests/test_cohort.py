@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tool.cohort import Cohort
+from tool.cohort import Calibration, Cohort
 from tool.fingerprint import Fingerprint
 from tool.model import Model, set_vector, unit
 from tool.scores import set_scores
@@ -71,6 +71,43 @@ def test_false_match_is_monotone_in_the_score():
     scores = np.sort(rng.uniform(-1, 1, size=(50, 3)), axis=0)
     rates = cohort.false_match(fps, scores)
     assert (np.diff(rates, axis=0) <= 1e-12).all() and ((0 <= rates) & (rates <= 1)).all()
+
+
+def test_a_calibrated_rate_is_the_share_of_held_out_pairs_at_or_above_the_margin():
+    """With a calibration, a host's rate is counted over the held-out pairs' margins over their
+    fingerprint's anchor (the score that 0.001 of its cohort's impostors reach), not over the cohort."""
+    fp = [_Set([[1.0, 0.0]])]
+    # 2000 impostor windows of 4 devices (and the fingerprint's own type, left out) spread over angles.
+    rng = np.random.default_rng(1)
+    thetas = rng.uniform(0.2, 3.0, 2000)
+    vectors = [[1.0, 0.0]] + [[np.cos(t), np.sin(t)] for t in thetas]
+    groups = [0] + [1 + i % 4 for i in range(2000)]
+    plain = _cohort(vectors, groups)
+    impostors = plain.impostors(fp)
+    anchor = Cohort.anchors(impostors)[0]
+    # The anchor is the lowest impostor score that at most 0.001 of the (equally weighted) impostors reach.
+    assert plain.false_match(fp, np.array([[anchor]]))[0, 0] <= 0.001
+    below = impostors[0][0][impostors[0][0] < anchor][-1]
+    assert plain.false_match(fp, np.array([[below]]))[0, 0] > 0.001
+    # Held-out margins -0.2, -0.1, 0, 0.1 out of 10 pairs (6 of them routers, never named).
+    calibrated = _cohort(vectors, groups)
+    calibrated.calibration = Calibration(np.array([-0.2, -0.1, 0.0, 0.1]), 10)
+    scores = anchor + np.array([[-0.3], [-0.1], [0.05], [0.1], [0.2]])
+    assert calibrated.false_match(fp, scores)[:, 0] == pytest.approx([0.4, 0.3, 0.1, 0.1, 0.0])
+    assert calibrated.rate_over == 10 and plain.rate_over == 2001
+    # The set-all score has no calibration: its rates stay the cohort's.
+    set_all = plain.false_match(fp, scores, "set-all")
+    assert calibrated.false_match(fp, scores, "set-all") == pytest.approx(set_all)
+
+
+def test_the_shipped_calibration_was_measured_on_labs_the_model_never_trained_on(model):
+    cohort = Cohort.load(model)
+    assert cohort is not None and cohort.calibration is not None
+    calibration = cohort.calibration
+    assert calibration.pairs >= 4000 and (np.diff(calibration.margins) >= 0).all()
+    # Its floor: a margin above every held-out pair states a rate below 1 / pairs, shown as such.
+    assert calibration.rate(np.array([calibration.margins[-1] + 1]))[0] == 0
+    assert calibration.rate(np.array([calibration.margins[0] - 1]))[0] <= 1
 
 
 def test_cohort_scores_its_windows_as_the_scan_scores_a_host():
@@ -146,6 +183,7 @@ def test_set_vector_is_the_normalised_mean():
         '{"format": "deepnetprint-cohort"}',
         "not json",
         '{"format": "deepnetprint-cohort", "embeddings": [[1]]}',
+        "calibration",
     ],
 )
 def test_damaged_cohort_is_one_line_and_exit_2(tmp_path, clean_env, content):
@@ -156,6 +194,12 @@ def test_damaged_cohort_is_one_line_and_exit_2(tmp_path, clean_env, content):
 
     models = tmp_path / "models"
     shutil.copytree(models_dir(), models, ignore=shutil.ignore_patterns("__pycache__", "*.py", "README.md"))
+    if content == "calibration":  # a good cohort whose calibration is damaged
+        import json
+
+        data = json.loads((models / "cohort.json").read_text())
+        data["calibration"]["margins"] = ["x"]
+        content = json.dumps(data)
     (models / "cohort.json").write_text(content)
     demo = Path(__file__).resolve().parent.parent / "examples"
     fp = tmp_path / "camera.fp"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, enroll_device, run_command
+from tool.constants import MAX_FALSE_MATCH
 
 pytest.importorskip("distributed", reason="dnp-hunt's engine: pip install '.[hunt]'")
 
@@ -118,14 +119,14 @@ def test_merged_table(local_hunt, devices):
     for name in ENROLLED:
         row = next(h for h in matched if h["mac"] == devices[name].mac and h["fingerprint"] == name)
         assert row["best_capture"].endswith(f"{name}-11.pcap")
-        assert row["false_match_rate"] <= 0.001
+        assert row["false_match_rate"] <= MAX_FALSE_MATCH
     # The rows are the per-capture rows merged: count, best score and times, for every matching pair.
     for h in matched:
         rows = [
             (name, r)
             for name, rec in records.items()
             for r in rec["hosts"]
-            if r["host"] == h["host"] and r["false_match"][h["fingerprint"]] <= 0.001
+            if r["host"] == h["host"] and r["false_match"][h["fingerprint"]] <= MAX_FALSE_MATCH
         ]
         assert h["captures"] == len(rows)
         assert h["score"] == max(r["match"][h["fingerprint"]] for _, r in rows)

@@ -163,7 +163,7 @@ def test_hunt_table_at_80_columns_keeps_every_mac_score_and_rate(camera, clean_e
     )
     result = json.loads((out / "hunt.json").read_text())
     assert len(result["hosts"]) > 5
-    cohort = int(re.search(r"\((\d+) cohort hosts\)", result["rule"]).group(1))
+    cohort = int(re.search(r"\((?:measured on )?(\d+) (?:cohort hosts|trials)", result["rule"]).group(1))
     rows = [(h["host"], f"{h['score']:.3f}", _rate(h["false_match_rate"], cohort)) for h in result["hosts"]]
     _check_whole(shown, rows)
 

@@ -3,8 +3,8 @@
 A raw set score does not mean the same for every fingerprint: a device whose join traffic looks
 like everybody's scores high against every host. As speaker verification does, each
 fingerprint is therefore compared with a cohort of other devices' hosts, and a host's score is
-reported with its **false-match rate**: the share of cohort hosts that reach it. A verdict at
-`--max-false-match 0.001` is a score that one cohort host in a thousand reaches.
+reported with its **false-match rate**: how many other hosts reach it, on the scale the cohort sets
+for that fingerprint (the calibration below says how many they are on a new network).
 
 The cohort is `cohort.json` beside the model: windows of `packets` consecutive packets from the
 training devices' development captures, each a list of indexes into a table of distinct packet
@@ -22,6 +22,17 @@ export.cohort --leave-out`), the nearest type's whole brand is left out with it:
 siblings send the same join traffic, so against them no score is unusual, and a rate counted over
 them would withhold the verdict from the device itself. The siblings then reach the verdict as the
 device does, and the verdict names them together ("HS100 or HS110", tool.verdict).
+
+A cohort rate is counted over the training lab's devices, which the model knows well: on a network it
+never saw, the share of other hosts that reach a score is 8 to 60 times higher (the model card). So the
+cohort only sets each fingerprint's scale, and the rate a verdict states is measured where the model
+had no part: cohort.json's `calibration` (export/calibration.py) holds, for held-out models (each
+trained on one lab, its own cohort from that lab), the margins by which the other lab's hosts beat
+their fingerprint's anchor: the score that ANCHOR of its cohort's impostors reach. A host's stated
+rate is the share of those held-out (fingerprint, host) pairs whose margin is at least its own.
+Those pairs are every pair of a fingerprint with a host of another vendor (and the routers, which no
+verdict names); a same-vendor sibling is not counted, since it sends the device's own traffic: it
+reaches the verdict as the device does, and a scan with both fingerprints names them together.
 """
 
 from __future__ import annotations
@@ -48,11 +59,39 @@ DEVICE, HOST = "device", "host"
 # it, or that type and every type of its brand (its same-vendor siblings, which send the same traffic).
 TYPE, BRAND = "type", "brand"
 LEAVE_OUT = (TYPE, BRAND)
+# The cohort rate whose score is a calibrated margin's zero: chosen with the margins across labs
+# (the model card's calibration table), where it carried the rate from one lab to the other within 2x.
+ANCHOR = 0.001
 
 
 class CohortError(ModelError):
     """A cohort file that is damaged or made with another encoder (one line for the user): a cohort is
     part of the model set, so the commands report it as they report a damaged model."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A host score's margin over its fingerprint's anchor, read as the share of held-out other
+    vendors' hosts that reach it (module docstring): `margins` of every held-out impostor pair that
+    could be named, ascending, out of `pairs` pairs (routers included, which are never named)."""
+
+    margins: np.ndarray
+    pairs: int
+    anchor: float = ANCHOR
+
+    def rate(self, margins: np.ndarray) -> np.ndarray:
+        """The measured share of held-out impostor pairs whose margin is at least each of `margins`
+        (0 where none was: a rate below 1 / pairs)."""
+        at_or_above = len(self.margins) - np.searchsorted(self.margins, margins - 1e-9, side="left")
+        return at_or_above / self.pairs
+
+    @classmethod
+    def from_json(cls, data: dict) -> Calibration:
+        margins = np.sort(np.asarray(data["margins"], dtype=np.float64))
+        pairs, anchor = int(data["pairs"]), float(data["anchor"])
+        if margins.ndim != 1 or not np.isfinite(margins).all() or len(margins) > pairs or not 0 < anchor < 1:
+            raise ValueError("calibration")
+        return cls(margins, pairs, anchor)
 
 
 @dataclass
@@ -68,6 +107,12 @@ class Cohort:
     devices: np.ndarray | None = None  # [G] whether each group is a device type (None: all are)
     brands: list[str] | None = None  # [G] each device group's brand, where the cohort knows them
     leave_out: str = TYPE
+    calibration: Calibration | None = None  # what a rate is on networks the model never saw
+
+    @property
+    def rate_over(self) -> int:
+        """How many hosts a stated rate is counted over: the held-out pairs, or the cohort's hosts."""
+        return self.calibration.pairs if self.calibration is not None else len(self.windows)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -91,6 +136,7 @@ class Cohort:
             leave_out = data.get("leave_out", TYPE)
             if leave_out not in LEAVE_OUT or (brands is not None and len(brands) != len(kinds or ())):
                 raise ValueError("leave_out or group_brands")
+            calibration = Calibration.from_json(data["calibration"]) if "calibration" in data else None
             ok = data.get("format") == COHORT_FORMAT
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CohortError(f"{path}: not a DeepNetPrint cohort ({e!r})") from None
@@ -107,7 +153,7 @@ class Cohort:
                 f"{path}: computed with encoder {sha[:12]}, the model is {model.encoder_sha256[:12]}: "
                 "run python -m export.cohort"
             )
-        return cls(table, windows, groups, packets, sha, devices, brands, leave_out)
+        return cls(table, windows, groups, packets, sha, devices, brands, leave_out, calibration)
 
     def scores(self, fingerprints: Sequence[Fingerprint], how: str = "set") -> np.ndarray:
         """Every cohort host's host score (`set` or `set-all`) for each fingerprint: [C, K], each window
@@ -147,6 +193,17 @@ class Cohort:
             out.append((column[keep][order], weights[order]))
         return out
 
+    @staticmethod
+    def anchors(impostors: list[tuple[np.ndarray, np.ndarray]], rate: float = ANCHOR) -> np.ndarray:
+        """Each fingerprint's anchor [K]: the lowest impostor score that at most `rate` of the cohort's
+        impostor weight reaches (the score a cohort rate of `rate` needs)."""
+        out = []
+        for scores, weights in impostors:
+            at_or_above = np.cumsum(weights[::-1])[::-1]
+            i = int(np.searchsorted(-at_or_above, -rate, side="left"))
+            out.append(scores[min(i, len(scores) - 1)])
+        return np.asarray(out, dtype=np.float64)
+
     def false_match(
         self,
         fingerprints: Sequence[Fingerprint],
@@ -154,14 +211,19 @@ class Cohort:
         how: str = "set",
         impostors: list[tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> np.ndarray:
-        """Each host score's false-match rate [H, K]: the weighted share of impostor cohort hosts at or
-        above it (0 when none reaches it). `how` is the host score the scores are (set or set-all).
+        """Each host score's false-match rate [H, K]: with a calibration and the `set` score, the share
+        of held-out other vendors' hosts that reached its margin over the fingerprint's anchor;
+        otherwise the weighted share of impostor cohort hosts at or above it (0 when none reaches
+        it). `how` is the host score the scores are (set or set-all).
         `impostors`, from `impostors(fingerprints, how)`, spares scoring the cohort again: a live watch
         asks for a rate at every packet of a host's first ones."""
         host_scores = np.atleast_2d(np.asarray(host_scores, dtype=np.float64))
         out = np.empty_like(host_scores)
         if impostors is None:
             impostors = self.impostors(fingerprints, how)
+        if self.calibration is not None and how == "set":
+            margins = host_scores - self.anchors(impostors, self.calibration.anchor)[None, :]
+            return self.calibration.rate(margins)
         for k, (impostors_k, weights) in enumerate(impostors):
             # Weight at or above each score: the total less what lies strictly below.
             above = np.r_[np.cumsum(weights[::-1])[::-1], 0.0]

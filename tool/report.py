@@ -132,7 +132,8 @@ def _fmt(score: float) -> str:
 
 
 def _rate(rate: float, cohort: int) -> str:
-    """A false-match rate as a person reads it: 0 means no cohort host reached it, not 'impossible'."""
+    """A false-match rate as a person reads it: 0 means none of the `cohort` hosts (or calibration
+    trials) it is counted over reached it, not 'impossible'."""
     if rate == 0:
         return f"< {1 / max(cohort, 1):.0e}"
     return f"{rate:.4f}" if rate < 0.01 else f"{rate:.3f}"

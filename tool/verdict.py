@@ -1,7 +1,8 @@
 """The verdict: which fingerprint a host matches best, and whether it matches it at all.
 
 One rule for every mode: a raw threshold on the host score (--threshold, or the fallback where no
-cohort calibrates the score), or a false-match rate against the model's cohort (tool/cohort.py).
+cohort calibrates the score), or a false-match rate: measured on labs the model never trained on,
+on the scale the model's cohort sets for each fingerprint (tool/cohort.py).
 `Verdict.judge` applies it to hosts' scores; scan, watch and hunt all call it.
 """
 
@@ -37,7 +38,7 @@ class Verdict:
     """The rule that turns a host score into a verdict: a raw threshold, or a false-match rate."""
 
     threshold: float | None  # raw host score, when given (or when no cohort calibrates the score)
-    max_false_match: float | None  # the share of cohort hosts allowed to reach a match
+    max_false_match: float | None  # the false-match rate allowed (tool/cohort.py)
     cohort: Cohort | None
     how: str = "set"  # the host score the cohort's hosts are scored by
     # Routers (tool.routers) get a verdict only when asked: their own packets are mostly answers to
@@ -96,7 +97,11 @@ class Verdict:
         if self.threshold is not None:
             return f"threshold {self.threshold:.3f}"
         assert self.max_false_match is not None and self.cohort is not None
-        return f"false-match rate <= {self.max_false_match:g} ({len(self.cohort)} cohort hosts)"
+        if self.cohort.calibration is not None and self.how == "set":
+            over = f"measured on {self.cohort.rate_over} trials on labs the model never trained on"
+        else:
+            over = f"{len(self.cohort)} cohort hosts"
+        return f"false-match rate <= {self.max_false_match:g} ({over})"
 
 
 def verdict_rule(

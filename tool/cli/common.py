@@ -83,7 +83,7 @@ def host_packets_option(help: str) -> Callable:
 
 
 def verdict_help() -> str:
-    """The --max-false-match help's note on the cohort shipped with the model.
+    """The --max-false-match help's note on the cohort and calibration shipped with the model.
 
     Read from the cohort's file directly: --help must not start onnxruntime.
     """
@@ -91,8 +91,13 @@ def verdict_help() -> str:
         from tool.cohort import COHORT
         from tool.model import models_dir
 
-        hosts = len(json.loads((models_dir() / COHORT).read_text())["windows"])
-        return f"{hosts} cohort hosts ship with the model"
+        cohort = json.loads((models_dir() / COHORT).read_text())
+        if "calibration" in cohort:
+            return (
+                f"measured on {cohort['calibration']['pairs']} trials on labs the model never trained on, on "
+                f"the scale its {len(cohort['windows'])} cohort hosts set for each fingerprint"
+            )
+        return f"{len(cohort['windows'])} cohort hosts ship with the model"
     except Exception:
         return "no cohort ships with this model: the verdict falls back to --threshold 0.5"
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from tool.constants import MAX_FALSE_MATCH
+
 INTERFACE = "deepnetprint"
 VERSION = "0.1.0"
 FLUSH = 0.1
@@ -44,7 +46,7 @@ def _print_config() -> None:
     )
     click.echo(
         "arg {number=2}{call=--max-false-match}{display=Verdict: false-match rate}{type=double}"
-        "{default=0.001}{tooltip=As dnp-scan's --max-false-match}"
+        f"{{default={MAX_FALSE_MATCH:g}}}{{tooltip=As dnp-scan's --max-false-match}}"
     )
 
 

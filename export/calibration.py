@@ -46,9 +46,10 @@ class HeldOut:
         return len(self.impostors) + self.routers
 
 
-def held_out(models: str, protocol: str, leave_out: str) -> HeldOut:
+def held_out(models: str, protocol: str, leave_out: str, same_traffic: float | None) -> HeldOut:
     """Scan `protocol`'s development merges with the held-out model in `models` and keep its margins;
-    its cohort leaves out what the shipped one does (`leave_out`), so that the anchors mean the same."""
+    its cohort leaves out what the shipped one does (`leave_out`, `same_traffic`), so that the anchors
+    mean the same."""
     from export.cohort import build
     from tool.cohort import Cohort
     from tool.evaluation.protocol import load_protocol
@@ -65,7 +66,7 @@ def held_out(models: str, protocol: str, leave_out: str) -> HeldOut:
         write_text_atomic(model.directory / COHORT, text)
         cohort = Cohort.load(model)
     assert cohort is not None
-    cohort.leave_out = leave_out
+    cohort.leave_out, cohort.same_traffic = leave_out, same_traffic
     data = load_protocol(None, "dev", protocol)
     trained = {d for lab in model.manifest["training_data"].get("labs", {}).values() for d in lab}
     # Only the devices the model never trained on are fingerprints: every one on another lab, the
@@ -151,9 +152,9 @@ def main(held: tuple[str, ...], check: tuple[str, ...], models: str | None) -> N
 
     path = (Path(models) if models else models_dir()) / COHORT
     cohort = json.loads(path.read_text(encoding="utf-8"))
-    leave_out = cohort.get("leave_out", TYPE)
-    sets = [held_out(*model_and_protocol(item, "--held-out"), leave_out) for item in held]
-    checks = [held_out(*model_and_protocol(item, "--check"), leave_out) for item in check]
+    rule = cohort.get("leave_out", TYPE), cohort.get("same_traffic")
+    sets = [held_out(*model_and_protocol(item, "--held-out"), *rule) for item in held]
+    checks = [held_out(*model_and_protocol(item, "--check"), *rule) for item in check]
     for line in report(sets, checks):
         click.echo(line)
     cohort["calibration"] = {

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tool.cohort import COHORT, COHORT_FORMAT, DEVICE, HOST, LEAVE_OUT, TYPE
+from tool.cohort import COHORT, COHORT_FORMAT, DEVICE, HOST, LEAVE_OUT, SAME_TRAFFIC, TYPE
 from tool.constants import MIN_PACKETS, PACKETS
 
 MAX_WINDOWS = 40  # windows per capture
@@ -128,6 +128,7 @@ def build(
         "group_kinds": kinds,
         "group_brands": brands,
         "leave_out": leave_out,
+        "same_traffic": SAME_TRAFFIC,
         "windows": windows,
         "embeddings": [list(v) for v in table],
     }

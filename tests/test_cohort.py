@@ -100,6 +100,24 @@ def test_a_calibrated_rate_is_the_share_of_held_out_pairs_at_or_above_the_margin
     assert calibrated.false_match(fp, scores, "set-all") == pytest.approx(set_all)
 
 
+def test_a_window_that_sends_the_fingerprints_own_traffic_is_no_impostor():
+    """With same_traffic 0.9, a twin type's window that scores 0.99 against the fingerprint does not
+    set its scale; the other windows still do, and a cohort of nothing but twins keeps them all."""
+    fp = [_Set([[1.0, 0.0]])]
+    # Group 0: the fingerprint's type (left out); 1: its twin (cos 0.1 = 0.995); 2 and 3 further off.
+    angles = {0: [0.0], 1: [0.1, 1.2], 2: [0.8], 3: [1.0]}
+    vectors = [[np.cos(t), np.sin(t)] for thetas in angles.values() for t in thetas]
+    groups = [g for g, thetas in angles.items() for _ in thetas]
+    cohort = _cohort(vectors, groups)
+    assert cohort.impostors(fp)[0][0].max() == pytest.approx(np.cos(0.1))
+    cohort.same_traffic = 0.9
+    kept = cohort.impostors(fp)[0][0]
+    assert kept.max() == pytest.approx(np.cos(0.8)) and len(kept) == 3
+    twins = _cohort([[1.0, 0.0], [np.cos(0.1), np.sin(0.1)]], [0, 1])
+    twins.same_traffic = 0.9
+    assert len(twins.impostors(fp)[0][0]) == 1
+
+
 def test_the_shipped_calibration_was_measured_on_labs_the_model_never_trained_on(model):
     cohort = Cohort.load(model)
     assert cohort is not None and cohort.calibration is not None

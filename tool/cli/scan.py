@@ -40,7 +40,7 @@ Examples:
     f"({verdict_help()}). A same-vendor sibling of the device sends its traffic and is not counted: "
     "it matches as the device does. Stated against measured (README): on the labs held out, 0.01 -> "
     "1.0x and 1.0x, 0.001 -> 1.3x and 0.8x; on the test halves of the labs the model learnt from, "
-    "no other vendor's host reached a verdict at any rate. "
+    "no other vendor's host reached a verdict at 0.001-0.01. "
     "A host that reaches several fingerprints is named with all of them (A or B).",
     "The verdict on the raw host score instead (for set, half Chamfer similarity and half cosine of"
     " the mean embeddings; for set-all, that cosine; for first20 / mean, p(Target)).",

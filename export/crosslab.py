@@ -212,7 +212,9 @@ def fused_model(directory: Path, channel):
 def remeasure(chosen: list[Trial], cfg: Config, weights: list[float], dim: int, idf_unit: str, models: Path,
               log) -> list[dict]:  # fmt: skip
     """run_trials on the plain models a run with --models kept, without training: each is measured
-    with the lexical channel of these settings beside it (fused_model)."""
+    with the lexical channel of these settings beside it (fused_model). With `cfg.fields`, the models
+    read the texts with the dissected fields' tag (and the channel's idf counts them), trained on it
+    or not: what the tag alone does to the same learnt encoder."""
     from tool.evaluation.protocol import ModelScorer, evaluate_scorer
 
     measure = Measure(cfg.fields)
@@ -223,14 +225,13 @@ def remeasure(chosen: list[Trial], cfg: Config, weights: list[float], dim: int, 
         ids = torch_ids(data, cfg)
         cache: dict = {}
         for w in weights:
+            scorer = ModelScorer(plain)
             if w > 0:
-                scorer = ModelScorer(plain)
                 scorer.model = fused_model(plain, fused_channel(ids, data, cfg, w, dim, idf_unit, cache))
-                protocol = measure.protocol(trial.test)
-                ev = evaluate_scorer(protocol, scorer)
-                got = {"model": numbers(ev, trial.held_out), **measure.references(trial)}
-            else:
-                got = measure(plain, trial)
+            if cfg.fields:
+                scorer.model.fields = True
+            ev = evaluate_scorer(measure.protocol(trial.test), scorer)
+            got = {"model": numbers(ev, trial.held_out), **measure.references(trial)}
             rows.append({"trial": trial.name, "lexical_weight": w, **got})
             log(line(trial, w, got))
     return rows
@@ -320,7 +321,7 @@ def summary(rows: list[dict]) -> list[dict]:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="No training: measure the plain models an earlier run kept with --models, with the lexical "
-    "channel beside them.",
+    "channel beside them (with --fields: reading the fields' tag, though they trained without it).",
 )
 @click.option("--seed", type=int, default=SEED, show_default=True)
 @setting_options

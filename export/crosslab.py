@@ -77,7 +77,7 @@ def training_data(trial: Trial, cfg: Config):
     from tool.evaluation.dataset import lab_named
 
     parts = [
-        load_data(None, names, cfg.uses_length, True, True, lab_named(lab))
+        load_data(None, names, cfg.uses_length, True, True, lab_named(lab), cfg.fields)
         for lab, names in trial.train.items()
     ]
     return parts[0] if len(parts) == 1 else merge_data(parts)
@@ -94,11 +94,14 @@ def fused_channel(ids, data, cfg: Config, weight: float, dim: int, idf_unit: str
 
 
 class Measure:
-    """The development-half protocols of both labs, read once, and the n-gram's figures on them."""
+    """The development-half protocols of both labs, read once, and the n-gram's figures on them (with
+    `fields`, also the n-gram of the texts with the dissected fields' tag, "ngram_fields")."""
 
-    def __init__(self):
+    def __init__(self, fields: bool = False):
         self.protocols: dict[str, Any] = {}
         self.ngram: dict[str, Any] = {}
+        self.ngram_fields: dict[str, Any] = {}
+        self.fields = fields
 
     def protocol(self, lab: str):
         from tool.evaluation.baselines import evaluate_ngram
@@ -107,17 +110,24 @@ class Measure:
         if lab not in self.protocols:
             self.protocols[lab] = load_protocol(None, "dev", lab)
             self.ngram[lab] = evaluate_ngram(self.protocols[lab])
+            if self.fields:
+                self.ngram_fields[lab] = evaluate_ngram(self.protocols[lab], fields=True)
         return self.protocols[lab]
+
+    def references(self, trial: Trial) -> dict[str, dict[str, float]]:
+        """The n-gram's numbers on the trial (and the fields' n-gram's, with `fields`)."""
+        self.protocol(trial.test)
+        out = {"ngram": numbers(self.ngram[trial.test], trial.held_out)}
+        if self.fields:
+            out["ngram_fields"] = numbers(self.ngram_fields[trial.test], trial.held_out)
+        return out
 
     def __call__(self, model_dir: Path, trial: Trial) -> dict[str, dict[str, float]]:
         from tool.evaluation.protocol import ModelScorer, evaluate_scorer
 
         protocol = self.protocol(trial.test)
         ev = evaluate_scorer(protocol, ModelScorer(model_dir))
-        return {
-            "model": numbers(ev, trial.held_out),
-            "ngram": numbers(self.ngram[trial.test], trial.held_out),
-        }
+        return {"model": numbers(ev, trial.held_out), **self.references(trial)}
 
 
 def numbers(ev, held_out: list[str] | None) -> dict[str, float]:
@@ -143,7 +153,7 @@ def numbers(ev, held_out: list[str] | None) -> dict[str, float]:
 def run_trials(chosen: list[Trial], cfg: Config, tc: TrainConfig, seed: int, weights: list[float], dim: int,
                idf_unit: str, models: Path, log) -> list[dict]:  # fmt: skip
     """Train each trial's model once and measure it at every lexical weight; one row per (trial, weight)."""
-    measure = Measure()
+    measure = Measure(cfg.fields)
     rows = []
     for trial in chosen:
         log(f"{trial.name}: training on {sum(len(v) for v in trial.train.values())} devices")
@@ -161,12 +171,7 @@ def run_trials(chosen: list[Trial], cfg: Config, tc: TrainConfig, seed: int, wei
             got = measure(out, trial)
             row = {"trial": trial.name, "lexical_weight": w, **got, "train_seconds": round(seconds, 1)}
             rows.append(row)
-            log(
-                f"  {trial.name:32s} lexical {w:<4g} model {got['model']['capture_top1']:.3f} / "
-                f"{got['model']['host_rank1']:.3f}   n-gram {got['ngram']['capture_top1']:.3f} / "
-                f"{got['ngram']['host_rank1']:.3f}   (capture_top1 / host_rank1, "
-                f"{got['model']['captures']} captures)"
-            )
+            log(f"{line(trial, w, got)}   (capture_top1 / host_rank1, {got['model']['captures']} captures)")
     return rows
 
 
@@ -207,10 +212,12 @@ def fused_model(directory: Path, channel):
 def remeasure(chosen: list[Trial], cfg: Config, weights: list[float], dim: int, idf_unit: str, models: Path,
               log) -> list[dict]:  # fmt: skip
     """run_trials on the plain models a run with --models kept, without training: each is measured
-    with the lexical channel of these settings beside it (fused_model)."""
+    with the lexical channel of these settings beside it (fused_model). With `cfg.fields`, the models
+    read the texts with the dissected fields' tag (and the channel's idf counts them), trained on it
+    or not: what the tag alone does to the same learnt encoder."""
     from tool.evaluation.protocol import ModelScorer, evaluate_scorer
 
-    measure = Measure()
+    measure = Measure(cfg.fields)
     rows = []
     for trial in chosen:
         plain = models / trial.name.replace(" ", "").replace("->", "-to-") / "lexical0"
@@ -218,22 +225,28 @@ def remeasure(chosen: list[Trial], cfg: Config, weights: list[float], dim: int, 
         ids = torch_ids(data, cfg)
         cache: dict = {}
         for w in weights:
+            scorer = ModelScorer(plain)
             if w > 0:
-                scorer = ModelScorer(plain)
                 scorer.model = fused_model(plain, fused_channel(ids, data, cfg, w, dim, idf_unit, cache))
-                protocol = measure.protocol(trial.test)
-                ev = evaluate_scorer(protocol, scorer)
-                ngram = measure.ngram[trial.test]
-                got = {"model": numbers(ev, trial.held_out), "ngram": numbers(ngram, trial.held_out)}
-            else:
-                got = measure(plain, trial)
+            if cfg.fields:
+                scorer.model.fields = True
+            ev = evaluate_scorer(measure.protocol(trial.test), scorer)
+            got = {"model": numbers(ev, trial.held_out), **measure.references(trial)}
             rows.append({"trial": trial.name, "lexical_weight": w, **got})
-            log(
-                f"  {trial.name:32s} lexical {w:<4g} model {got['model']['capture_top1']:.3f} / "
-                f"{got['model']['host_rank1']:.3f}   n-gram {got['ngram']['capture_top1']:.3f} / "
-                f"{got['ngram']['host_rank1']:.3f}"
-            )
+            log(line(trial, w, got))
     return rows
+
+
+def line(trial: Trial, weight: float, got: dict[str, dict[str, float]]) -> str:
+    """One measured row for the log: the model's capture_top1 / host_rank1 and the n-gram's."""
+
+    def pair(who: str) -> str:
+        return f"{got[who]['capture_top1']:.3f} / {got[who]['host_rank1']:.3f}"
+
+    out = f"  {trial.name:32s} lexical {weight:<4g} model {pair('model')}   n-gram {pair('ngram')}"
+    if "ngram_fields" in got:
+        out += f"   n-gram with fields {pair('ngram_fields')}"
+    return out
 
 
 def torch_ids(data, cfg: Config):
@@ -244,6 +257,9 @@ def torch_ids(data, cfg: Config):
     return torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
 
 
+REFERENCES = ("model", "ngram", "ngram_fields")  # what a row measures, each capture_top1 / host_rank1
+
+
 def summary(rows: list[dict]) -> list[dict]:
     """Per lexical weight: each direction, and the mean over the dnp-23 folds (weighted by captures)."""
     out = []
@@ -252,7 +268,7 @@ def summary(rows: list[dict]) -> list[dict]:
         entry: dict[str, Any] = {"lexical_weight": w}
         for r in mine:
             if not r["trial"].startswith("dnp-23 fold"):
-                entry[r["trial"]] = {"model": r["model"], "ngram": r["ngram"]}
+                entry[r["trial"]] = {k: r[k] for k in REFERENCES if k in r}
         folds = [r for r in mine if r["trial"].startswith("dnp-23 fold")]
         if folds:
             entry["dnp-23 folds"] = {
@@ -267,7 +283,8 @@ def summary(rows: list[dict]) -> list[dict]:
                     )
                     for m in ("capture_top1", "host_rank1")
                 }
-                for who in ("model", "ngram")
+                for who in REFERENCES
+                if who in folds[0]
             }
         out.append(entry)
     return out
@@ -304,7 +321,7 @@ def summary(rows: list[dict]) -> list[dict]:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="No training: measure the plain models an earlier run kept with --models, with the lexical "
-    "channel beside them.",
+    "channel beside them (with --fields: reading the fields' tag, though they trained without it).",
 )
 @click.option("--seed", type=int, default=SEED, show_default=True)
 @setting_options

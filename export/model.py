@@ -50,6 +50,9 @@ class Config:
     lexical_buckets: int = 1 << 17
     lexical_min_n: int = 2
     lexical_max_n: int = 5
+    # The packet text carries the dissected fields' tag (tool.text.field_tag: DHCP parameter list and
+    # vendor class, JA3, User-Agent); the runtime reads it where the manifest says so (tool.model).
+    fields: bool = False
 
     @property
     def output_dim(self) -> int:
@@ -71,6 +74,8 @@ class Config:
                 del out[name]
         else:
             out["output_dim"] = self.output_dim
+        if not self.fields:  # likewise a model without the fields' tag
+            del out["fields"]
         return out
 
 

@@ -123,12 +123,14 @@ def load_data(
     masked: bool = True,
     all_devices: bool = False,
     lab=None,
+    fields: bool = False,
 ) -> Data:
     """The development half of `names` in one lab (default: the one `root` holds, else iot-sentinel);
-    only the lab's seen devices unless `all_devices` (a product model)."""
+    only the lab's seen devices unless `all_devices` (a product model); with `fields`, each text with
+    its dissected fields' tag (tool.text.field_tag)."""
     from tool.evaluation.dataset import device_packets, lab_of, load_devices
     from tool.model import model_input
-    from tool.text import packet_text
+    from tool.text import text_of
 
     lab = lab or lab_of(root)
     unknown = [n for n in names if n not in lab.seen]
@@ -153,7 +155,7 @@ def load_data(
             idx = []
             for p in capture:
                 # Unmasked text is for the masking ablation only: the runtime always masks.
-                text = packet_text(p.protocol, p.info) if masked else f"{p.protocol}\t{p.info}"
+                text = text_of(p, fields) if masked else f"{p.protocol}\t{p.info}"
                 s = model_input(text, p.length, uses_length)
                 if s not in index:
                     index[s] = len(index)
@@ -625,10 +627,10 @@ def run(
 
     from tool.model import encode_bytes
 
-    data = load_data(root, train_names, cfg.uses_length, masked, all_devices)
+    data = load_data(root, train_names, cfg.uses_length, masked, all_devices, fields=cfg.fields)
     net, ids, result = train_net(data, cfg, tc, seed, log)
     if eval_names:
-        vdata = load_data(root, eval_names, cfg.uses_length, masked, all_devices)
+        vdata = load_data(root, eval_names, cfg.uses_length, masked, all_devices, fields=cfg.fields)
         vids = torch.from_numpy(encode_bytes(vdata.strings, cfg.max_len))
         result["validation"] = validate(net, vids, vdata, [n for n in eval_names if n not in train_names])
     return net, ids, data, result
@@ -713,7 +715,8 @@ def train_labs(labs: list[str], cfg, tc: TrainConfig, seed: int, log):
     from tool.evaluation.dataset import lab_named
 
     parts = [
-        load_data(None, list(lab_named(n).devices), cfg.uses_length, True, True, lab_named(n)) for n in labs
+        load_data(None, list(lab_named(n).devices), cfg.uses_length, True, True, lab_named(n), cfg.fields)
+        for n in labs
     ]
     data = parts[0] if len(parts) == 1 else merge_data(parts)
     net, ids, result = train_net(data, cfg, tc, seed, log)
@@ -740,7 +743,7 @@ def cv_dev23(data_dir, pool, cfg, tc: TrainConfig, seed: int, log, masked, fold_
     from tool.model import encode_bytes
 
     every = sorted(SEEN + UNSEEN)
-    vdata = load_data(data_dir, every, cfg.uses_length, masked, all_devices=True)  # captures 1-10
+    vdata = load_data(data_dir, every, cfg.uses_length, masked, all_devices=True, fields=cfg.fields)  # 1-10
     vids = torch.from_numpy(encode_bytes(vdata.strings, cfg.max_len))
     folds = []
     for number, fold in enumerate(CV23_FOLDS, 1):
@@ -837,6 +840,11 @@ SETTINGS: tuple[tuple[type, str, dict], ...] = (
     (TrainConfig, "lexical_idf", {
         "choices": ["device", "text"],
         "help": "The lexical idf's document: a training device's texts, or each distinct text.",
+    }),
+    (Config, "fields", {
+        "flag": "--fields/--no-fields",
+        "help": "The packet text carries the dissected fields' tag (tool.text.field_tag: DHCP parameter "
+        "list, vendor class, JA3, User-Agent).",
     }),
     (TrainConfig, "drop_prob", {}),
     (TrainConfig, "jitter", {}),

@@ -69,25 +69,32 @@ def test_a_model_without_the_channel_keeps_its_manifest():
     assert not any(k.startswith("lexical") or k == "output_dim" for k in plain)
     assert Config(lexical_dim=8).to_dict()["output_dim"] == 72
     assert Config().to_dict()["output_dim"] == 64 + 256  # the shipped recipe carries the channel
+    # Likewise the dissected fields' tag: only a model trained with it says so (tool.model.Model.fields).
+    assert "fields" not in Config().to_dict() and Config(fields=True).to_dict()["fields"] is True
 
 
-def test_crosslab_trains_on_one_lab_and_measures_on_the_other(tmp_path):
+@pytest.mark.parametrize("fields", [False, True])
+def test_crosslab_trains_on_one_lab_and_measures_on_the_other(tmp_path, fields):
     from export.crosslab import main
 
     report = tmp_path / "crosslab.json"
     args = ["--only", "uclouvain-boot ->", "--ae-steps", "2", "--proto-steps", "2", "--lexical", "0,0.5"]
     args += ["--lexical-dim", "32", "--report", str(report), "--models", str(tmp_path / "m")]
+    args += ["--fields"] if fields else []
     done = CliRunner().invoke(main, args)
     assert done.exit_code == 0, done.output
     result = json.loads(report.read_text())
     assert [r["lexical_weight"] for r in result["rows"]] == [0.0, 0.5]
     for row in result["rows"]:
         assert row["trial"] == "uclouvain-boot -> iot-sentinel"
-        for who in ("model", "ngram"):
+        # With --fields, the n-gram of the tagged texts beside the plain one.
+        assert ("ngram_fields" in row) == fields
+        for who in ("model", "ngram", "ngram_fields")[: 3 if fields else 2]:
             assert 0 <= row[who]["capture_top1"] <= 1 and 0 <= row[who]["host_rank1"] <= 1
             assert row[who]["captures"] > 180  # captures 2-10 of the 23 devices, less enrollment's
     manifest = json.loads(
         (tmp_path / "m" / "uclouvain-boot-to-iot-sentinel" / "lexical0" / "manifest.json").read_text()
     )
     assert sorted(manifest["training_data"]["labs"]) == ["uclouvain-boot"]
+    assert manifest["config"].get("fields", False) == fields
     assert len(manifest["training_data"]["labs"]["uclouvain-boot"]) == 10

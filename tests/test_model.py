@@ -151,3 +151,42 @@ def test_an_ensemble_of_the_model_with_itself_scores_as_the_model(model, tmp_pat
     assert two.shape == (2, 2 * model.embedding_dim)
     np.testing.assert_allclose(two @ two.T, one @ one.T, atol=1e-5)
     assert twice.scale == pytest.approx(model.scale)
+
+
+def test_the_dissected_fields_reach_the_model_only_where_its_manifest_says(model, packets, tmp_path):
+    """config.fields (a model trained with --fields) puts tool.text.field_tag's tag in every text the
+    runtime encodes, fingerprints and scans alike; the shipped manifest does not set it."""
+    from tool.fingerprint import Fingerprint
+    from tool.scores import score_packets
+    from tool.text import text_of
+
+    assert "fields" not in model.manifest["config"] and not model.fields
+    shutil.copytree(models_dir(), tmp_path / "fields", ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = json.loads((tmp_path / "fields" / "manifest.json").read_text())
+    manifest["config"]["fields"] = True
+    (tmp_path / "fields" / "manifest.json").write_text(json.dumps(manifest))
+    tagged = Model.load(tmp_path / "fields")
+    assert tagged.fields
+
+    hue = packets["HueBridge"]
+    dhcp = [p for p in hue.per_capture[1] if p.dhcp_prl]
+    assert dhcp
+    support = hue.enrollment(20)
+    plain_fp = Fingerprint.from_packets(model, support, "HueBridge")
+    tagged_fp = Fingerprint.from_packets(tagged, support, "HueBridge")
+    assert [s.text for s in plain_fp.support] == [packet_text(p.protocol, p.info) for p in support]
+    assert [s.text for s in tagged_fp.support] == [text_of(p, True) for p in support]
+    assert any("{prl=1,3,6,12,15,28,42 vc=udhcp 1.19.4} " in s.text for s in tagged_fp.support)
+
+    queries = hue.per_capture[1][:40] + dhcp
+    want = tagged.match(
+        tagged.embed([text_of(p, True) for p in queries], [p.length for p in queries]),
+        np.asarray([tagged_fp.prototype], dtype=np.float32),
+    )
+    got = score_packets(tagged, queries, [tagged_fp])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # Against the same prototype: packets without a tag read the same text either way, the others not.
+    plain = score_packets(model, queries, [tagged_fp])
+    tagged_query = np.asarray([text_of(p, True) != packet_text(p.protocol, p.info) for p in queries])
+    np.testing.assert_allclose(got[~tagged_query], plain[~tagged_query], atol=1e-6)
+    assert not np.allclose(got[tagged_query], plain[tagged_query], atol=1e-6)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import rewrite_addresses
-from tool.capture import read_many, read_packets
-from tool.text import packet_text
+from tool.capture import Packet, read_many, read_packets
+from tool.text import AGENT_CHARS, PRL_CHARS, VENDOR_CHARS, field_tag, packet_text, text_of
 
 CASES = [
     # (protocol, raw Info, what must be gone, what must stay)
@@ -91,6 +91,43 @@ def test_rewritten_addresses_give_the_same_texts(devices, tmp_path, device):
     texts_before = [packet_text(p.protocol, p.info) for i, p in enumerate(before) if i not in altered]
     texts_after = [packet_text(p.protocol, p.info) for i, p in enumerate(after) if i not in altered]
     assert texts_before == texts_after
+    # The dissected fields' tag (a model with config.fields reads it) is as address-blind.
+    tagged_before = [text_of(p, True) for i, p in enumerate(before) if i not in altered]
+    tagged_after = [text_of(p, True) for i, p in enumerate(after) if i not in altered]
+    assert tagged_before == tagged_after
+    assert any(field_tag(p) for p in before)  # every one of these devices sends DHCP or TLS
+
+
+def test_field_tag_reads_every_dissected_field(devices):
+    # A udhcp client (parameter list and vendor class), a TLS client (JA3), an HTTP client (User-Agent).
+    tags = {}
+    for name in ("HueBridge", "TP-LinkPlugHS110", "Withings"):
+        for p in read_packets(devices[name].captures[0]):
+            if p.eth_src == devices[name].mac and field_tag(p):
+                tags.setdefault(name, []).append(text_of(p, True))
+    hue = tags["HueBridge"]
+    # Every item of the list, in the client's order, not only the first (tshark's -E occurrence=f).
+    assert "DHCP\t{prl=1,3,6,12,15,28,42 vc=udhcp 1.19.4} DHCP Discover - Transaction ID 0xID" in hue
+    tls = tags["TP-LinkPlugHS110"]
+    assert any(t.startswith("TLSv1") and "{ja3=cc847787e180} Client Hello" in t for t in tls)
+    assert any("ua=Withings UserAgent} " in t for t in tags["Withings"])
+    # Without config.fields the text is the plain one, as before the fields were read.
+    p = next(p for p in read_packets(devices["HueBridge"].captures[0]) if p.dhcp_prl)
+    assert text_of(p, False) == packet_text(p.protocol, p.info) == "DHCP\tDHCP Discover - Transaction ID 0xID"
+
+
+def test_field_tag_masks_units_and_keeps_each_field_short():
+    long = Packet(
+        1, 0.0, "", "", "", "", 590, "DHCP", "DHCP Request  - Transaction ID 0x5a3e0b21",
+        dhcp_prl=",".join(str(i) for i in range(1, 40)), dhcp_vendor="dhcpcd-9:b0:c5:54:25:5b:0e",
+        user_agent="Dalvik/2.1.0 (Linux; U; Android 11; SM-G991B Build/RP1A.200720.012) serial 0a1b2c3d4e5f",
+    )  # fmt: skip
+    tag = field_tag(long)
+    assert "b0:c5:54" not in tag and "vc=dhcpcd-9:MACADDR" in tag
+    assert len(tag) <= len("prl= vc= ua=") + PRL_CHARS + VENDOR_CHARS + AGENT_CHARS
+    assert field_tag(Packet(1, 0.0, "", "", "", "", 60, "ARP", "Who has 10.0.0.1? Tell 10.0.0.2")) == ""
+    ja3 = Packet(1, 0.0, "", "", "", "", 571, "TLSv1.2", "Client Hello", ja3="cc847787e1803cc91adeecfc721d1f")
+    assert text_of(ja3, True) == "TLSv1.2\t{ja3=cc847787e180} Client Hello"
 
 
 def test_linear_unit_masking_does_what_the_regex_says():

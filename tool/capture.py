@@ -39,6 +39,12 @@ FIELDS = (
     "ipv6.dst",
     "frame.len",
     "_ws.col.Protocol",
+    # Fields Wireshark dissects but the Info column does not show, what Fingerbank and JA3 identify a
+    # client by (tool.text.field_tag; a model reads them only where its manifest sets config.fields):
+    "_ws.col.prl",  # the DHCP parameter request list, every item (the custom column of TSHARK_PREFS)
+    "dhcp.option.vendor_class_id",  # the DHCP vendor class (option 60)
+    "tls.handshake.ja3",  # the MD5 of a TLS Client Hello's JA3 string
+    "http.user_agent",  # an HTTP request's User-Agent
     "_ws.col.Info",
 )
 
@@ -46,6 +52,10 @@ FIELDS = (
 TSHARK_PREFS = (
     "tcp.analyze_sequence_numbers:FALSE",
     "arp.detect_duplicate_ips:FALSE",
+    # The columns tshark computes: Protocol, Info, and "prl", a custom column of every DHCP parameter
+    # request list item comma-separated (occurrence 0: all), which `-E occurrence=f` would cut to the
+    # first item had it been a plain -e field.
+    'gui.column.format:"Protocol","%p","Info","%i","prl","%Cus:dhcp.option.request_list_item:0:R"',
 )
 
 
@@ -81,6 +91,11 @@ class Packet:
     source: int = 0  # index of the input file, when several were read in one tshark run
     sll_src: str = ""  # the sender's MAC in a Linux cooked capture (no Ethernet header there)
     wlan_src: str = ""  # the source address of an 802.11 frame (no Ethernet header there either)
+    # Dissected fields the Info column does not show (FIELDS; tool.text.field_tag), "" where absent:
+    dhcp_prl: str = ""  # the DHCP parameter request list, comma-separated option numbers
+    dhcp_vendor: str = ""  # the DHCP vendor class identifier
+    ja3: str = ""  # the JA3 hash of a TLS Client Hello
+    user_agent: str = ""  # the User-Agent of an HTTP request
 
     @property
     def host(self) -> str:
@@ -146,7 +161,8 @@ def split_line(line: str) -> list[str]:
 
 def packet_of(parts: Sequence[str]) -> Packet:
     """The Packet of a line's fields (`split_line`)."""
-    iface, frame, when, esrc, edst, sll, wsa, ip4s, ip4d, ip6s, ip6d, length, proto, info = parts
+    iface, frame, when, esrc, edst, sll, wsa, ip4s, ip4d, ip6s, ip6d = parts[:11]
+    length, proto, prl, vc, ja3, ua, info = parts[11:]
     return Packet(
         frame=int(frame),
         time=float(when or 0.0),
@@ -160,13 +176,17 @@ def packet_of(parts: Sequence[str]) -> Packet:
         source=int(iface or 0),
         sll_src=sll.lower(),
         wlan_src=wsa.lower(),
+        dhcp_prl=prl,
+        dhcp_vendor=vc,
+        ja3=ja3,
+        user_agent=ua,
     )
 
 
 def sender_of(parts: Sequence[str]) -> Sender:
     """The Sender of a line's fields (`split_line`): a fraction of `packet_of`'s cost, for the many
     packets whose host is counted but whose text is never read."""
-    _, _, when, esrc, _, sll, wsa, ip4s, ip4d, ip6s, ip6d, _, protocol, info = parts
+    _, _, when, esrc, _, sll, wsa, ip4s, ip4d, ip6s, ip6d, _, protocol, _, _, _, _, info = parts
     ip = ip4s or ip6s
     host, kind = source_host(esrc.lower(), sll.lower(), ip, wsa.lower())
     return Sender(host, kind, ip, float(when or 0.0), protocol, info, ip4d or ip6d)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tool import __version__
 from tool.capture import Packet
 from tool.constants import MIN_PACKETS, PACKETS
-from tool.text import packet_text
+from tool.text import text_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -95,7 +95,7 @@ class Fingerprint:
         """Learn a fingerprint from a device's packets, in capture order (the first 20 by default)."""
         if len(packets) < MIN_PACKETS:
             raise FingerprintError(f"a fingerprint needs at least {MIN_PACKETS} packets, got {len(packets)}")
-        support = [SupportPacket(p.frame, packet_text(p.protocol, p.info), p.length) for p in packets]
+        support = [SupportPacket(p.frame, text_of(p, model.fields), p.length) for p in packets]
         embeddings = _embed(model, support)
         prototype = model.prototype(embeddings)
         return cls(

@@ -21,7 +21,7 @@ import numpy as np
 from tool.capture import Packet, Sender
 from tool.constants import PACKETS
 from tool.routers import ROUTER_SOURCES, is_answer, lan_ipv4, off_link, serves
-from tool.text import packet_text
+from tool.text import text_of
 
 if TYPE_CHECKING:
     from tool.model import Model
@@ -188,7 +188,7 @@ def host_packets_embedded(
         packets = list(packets) if host_packets is None else list(packets)[:host_packets]
         row = []
         for p in packets:
-            text = packet_text(p.protocol, p.info)
+            text = text_of(p, model.fields)
             key = model.key(text, p.length)
             if key not in keys:
                 keys[key] = len(inputs)

@@ -74,6 +74,7 @@ class Model:
     embedding_dim: int
     uses_length: bool
     max_len: int
+    fields: bool
     manifest: dict
 
     def __init__(self, directory: Path, manifest: dict, encoder, head, scale: float):
@@ -90,6 +91,9 @@ class Model:
         self.embedding_dim = int(cfg.get("output_dim", cfg["embed_dim"]))
         self.uses_length = bool(cfg["uses_length"])
         self.max_len = int(cfg["max_len"])
+        # The packet text carries the dissected fields' tag (tool.text.field_tag) for a model trained
+        # so; a manifest without config.fields (every model before it) reads the plain text.
+        self.fields = bool(cfg.get("fields", False))
 
     @classmethod
     def load(cls, directory: str | Path | None = None, threads: int = 1) -> Model:

@@ -16,7 +16,7 @@ import numpy as np
 from tool.capture import Packet
 from tool.constants import HOST_SCORES, PACKETS
 from tool.hosts import Host, host_packets_embedded
-from tool.text import memo_info, packet_text
+from tool.text import field_tag, memo_info, packet_text
 
 if TYPE_CHECKING:
     from tool.fingerprint import Fingerprint
@@ -32,9 +32,9 @@ MEMO_LIMIT = 1 << 16
 class Matcher:
     """Scores packets against fingerprints, remembering the probabilities of each distinct input.
 
-    Two memos, both indexes into one table of probabilities: raw (protocol, blanked Info[, length])
-    to row, which spares packet_text on repeats, and model input (`Model.key`) to row, which spares
-    the encoder on texts that differ only in what packet_text masks.
+    Two memos, both indexes into one table of probabilities: raw (protocol, blanked Info, the dissected
+    fields' tag[, length]) to row, which spares packet_text on repeats, and model input (`Model.key`) to
+    row, which spares the encoder on texts that differ only in what packet_text masks.
 
     Each memo is bounded least-recently-used by generations: entries go into the current generation;
     when it holds `memo_limit / 2`, it becomes the previous one and the one before is forgotten, its
@@ -56,7 +56,7 @@ class Matcher:
         self._by_input: dict[Hashable, int] = {}
         self._old_raw: dict[tuple, int] = {}  # the previous generation of each
         self._old_input: dict[Hashable, int] = {}
-        self._texts: dict[tuple[str, str], str] = {}
+        self._texts: dict[tuple[str, str, str], str] = {}
         self._free: list[int] = []  # table rows no entry refers to any more
         self._rows = 0  # table rows handed out
         self._table = np.zeros((1024, len(self.fingerprints)), dtype=np.float32)
@@ -102,19 +102,22 @@ class Matcher:
         old_raw, old_input = self._old_raw, self._old_input
         uses_length = self.model.uses_length
         key_of = self.model.key
+        fields = self.model.fields
         new: dict[Hashable, tuple[str, int, int]] = {}
         rows = []
         for p in packets:
             info = memo_info(p.info)
-            raw = (p.protocol, info, p.length) if uses_length else (p.protocol, info)
+            # The dissected fields' tag (tool.text.field_tag), for a model that reads it.
+            tag = field_tag(p) if fields else ""
+            raw = (p.protocol, info, tag, p.length) if uses_length else (p.protocol, info, tag)
             row = by_raw.get(raw)
             if row is None:
                 row = old_raw.get(raw)
                 if row is None:
                     # Frames of several lengths share a text: packet_text once for all of them.
-                    text = texts.get((p.protocol, info))
+                    text = texts.get((p.protocol, info, tag))
                     if text is None:
-                        text = texts[(p.protocol, info)] = packet_text(p.protocol, info)
+                        text = texts[(p.protocol, info, tag)] = packet_text(p.protocol, info, tag)
                     key = key_of(text, p.length)
                     row = by_input.get(key)
                     if row is None:

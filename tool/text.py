@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from typing import Protocol
 
 # Placeholders are upper-case words the Info column never prints on its own.
 IP4 = "IPV4"
@@ -149,13 +150,74 @@ def mask_info(info: str) -> str:
     return " ".join(text.split())
 
 
-def packet_text(protocol: str, info: str) -> str:
-    """The text the model reads for one packet: its protocol, a tab, its masked Info.
+def packet_text(protocol: str, info: str, tag: str = "") -> str:
+    """The text the model reads for one packet: its protocol, a tab, its masked Info; with a `tag`
+    (`field_tag`: dissected fields the Info does not show), the tag in braces before the Info.
 
     >>> packet_text("DHCP", "DHCP Discover - Transaction ID 0x391675c3")
     'DHCP\\tDHCP Discover - Transaction ID 0xID'
+    >>> packet_text("DHCP", "DHCP Discover - Transaction ID 0x391675c3", "prl=1,3,6,15 vc=udhcp 1.19.4")
+    'DHCP\\t{prl=1,3,6,15 vc=udhcp 1.19.4} DHCP Discover - Transaction ID 0xID'
     """
+    if tag:
+        return f"{protocol.strip()}\t{{{tag}}} {mask_info(info)}"
     return f"{protocol.strip()}\t{mask_info(info)}"
+
+
+class Dissected(Protocol):
+    """What `field_tag` and `text_of` read of a packet (a tool.capture.Packet)."""
+
+    protocol: str
+    info: str
+    dhcp_prl: str
+    dhcp_vendor: str
+    ja3: str
+    user_agent: str
+
+
+# Each field's share of the 128 bytes the encoder reads (with the frame length, the protocol and a DHCP
+# Info, the longest tag of both labs still fits whole). The tag goes before the Info: a long HTTP path
+# or mDNS Info is cut at its end, not the tag.
+PRL_CHARS = 48  # about 16 option numbers; Fingerbank's lists rarely run longer
+VENDOR_CHARS = 32  # "udhcp 1.21.1--LSDK-10.2-00082-4" is 31
+JA3_CHARS = 12  # of the MD5's 32 hex digits: enough to tell a few thousand TLS stacks apart
+AGENT_CHARS = 40  # the product tokens open a User-Agent; the rest is platform detail
+
+
+def field_tag(packet: Dissected) -> str:
+    """The fields Wireshark dissects but the Info column does not show, as a short tag: the DHCP
+    parameter request list and vendor class (what Fingerbank identifies a client by), the TLS client's
+    JA3 hash, the HTTP User-Agent; "" where a packet has none (most packets).
+
+    These are behaviour: a client's software stack picks them, not its network. The vendor class and
+    User-Agent are masked as the Info is (a serial or MAC in them is a unit, not a type); no DHCP host
+    name is read (units derive theirs from their MAC). The JA3 hash is not masked: it is the value.
+
+    >>> from tool.capture import Packet
+    >>> dhcp = Packet(1, 0.0, "", "", "", "", 342, "DHCP", "", dhcp_prl="1,3,6,15", dhcp_vendor="udhcp 1.1")
+    >>> field_tag(dhcp)
+    'prl=1,3,6,15 vc=udhcp 1.1'
+    """
+    prl, vendor, ja3, agent = packet.dhcp_prl, packet.dhcp_vendor, packet.ja3, packet.user_agent
+    if not (prl or vendor or ja3 or agent):
+        return ""
+    parts = []
+    if prl:
+        parts.append(f"prl={prl[:PRL_CHARS]}")
+    if vendor:
+        parts.append(f"vc={mask_info(vendor)[:VENDOR_CHARS]}")
+    if ja3:
+        parts.append(f"ja3={ja3[:JA3_CHARS]}")
+    if agent:
+        parts.append(f"ua={mask_info(agent)[:AGENT_CHARS]}")
+    return " ".join(parts)
+
+
+def text_of(packet: Dissected, fields: bool) -> str:
+    """`packet_text` of a tool.capture.Packet, with its `field_tag` where `fields` (a model's
+    config.fields, tool.model.Model.fields) asks for it."""
+    tag = field_tag(packet) if fields else ""
+    return packet_text(packet.protocol, packet.info, tag)
 
 
 # Per-connection numbers that packet_text masks anyway: TCP counters, and the port pair that opens

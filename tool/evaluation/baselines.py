@@ -27,7 +27,7 @@ import numpy as np
 from tool.capture import CaptureError, Packet, concatenate, tshark_path
 from tool.evaluation.dataset import cached_extraction
 from tool.evaluation.protocol import Evaluation, ProtocolData
-from tool.text import packet_text
+from tool.text import text_of
 
 SEED = 0
 
@@ -45,13 +45,15 @@ class NgramScorer:
 
     name = "ngram"
 
-    def __init__(self, fit_texts: Sequence[str]):
-        """`fit_texts`: the packet texts the vocabulary and idf are learnt from (the dev half)."""
+    def __init__(self, fit_texts: Sequence[str], fields: bool = False):
+        """`fit_texts`: the packet texts the vocabulary and idf are learnt from (the dev half); `fields`:
+        each packet's text carries its dissected fields' tag (tool.text.field_tag), as fit_texts do."""
         self.vectorizer = ngram_vectorizer()
         self.vectorizer.fit(list(fit_texts))
+        self.fields = fields
 
     def _vectors(self, packets: Sequence[Packet]) -> Any:
-        return self.vectorizer.transform([packet_text(p.protocol, p.info) for p in packets])
+        return self.vectorizer.transform([text_of(p, self.fields) for p in packets])
 
     def enroll(self, name: str, packets: Sequence[Packet]) -> np.ndarray:
         mean = np.asarray(self._vectors(packets).mean(axis=0)).ravel()
@@ -59,7 +61,7 @@ class NgramScorer:
         return mean / norm if norm > 0 else mean
 
     def score(self, packets: Sequence[Packet], states: Sequence[np.ndarray]) -> np.ndarray:
-        texts = [packet_text(p.protocol, p.info) for p in packets]
+        texts = [text_of(p, self.fields) for p in packets]
         # Test captures repeat a few thousand distinct texts; each is vectorised once.
         distinct = list(dict.fromkeys(texts))
         row = {t: i for i, t in enumerate(distinct)}
@@ -89,24 +91,23 @@ class NgramScorer:
         return {}
 
 
-def ngram_fit_texts(data: ProtocolData) -> list[str]:
+def ngram_fit_texts(data: ProtocolData, fields: bool = False) -> list[str]:
     """The n-gram baseline's fitting texts: every packet of the seen devices' development half; in a
     lab with no seen device (lab2), the fingerprints' packets (what a user of that network has)."""
     seen = [d for d in data.devices if d.split == "seen"]
     if not seen:
-        return [packet_text(p.protocol, p.info) for d in data.devices for p in data.enrollment[d.name]]
-    return [
-        packet_text(p.protocol, p.info) for d in seen for capture in data.development[d.name] for p in capture
-    ]
+        return [text_of(p, fields) for d in data.devices for p in data.enrollment[d.name]]
+    return [text_of(p, fields) for d in seen for capture in data.development[d.name] for p in capture]
 
 
-def evaluate_ngram(data: ProtocolData) -> Evaluation:
-    """The n-gram matcher on the protocol, its idf fitted on the seen devices' development half."""
+def evaluate_ngram(data: ProtocolData, fields: bool = False) -> Evaluation:
+    """The n-gram matcher on the protocol, its idf fitted on the seen devices' development half; with
+    `fields`, on the packet texts with their dissected fields' tag (tool.text.field_tag)."""
     from tool.evaluation.protocol import evaluate_scorer
 
     start = time.perf_counter()
-    texts = ngram_fit_texts(data)
-    scorer = NgramScorer(texts)
+    texts = ngram_fit_texts(data, fields)
+    scorer = NgramScorer(texts, fields)
     ev = evaluate_scorer(data, scorer)
     ev.seconds = time.perf_counter() - start
     seen = any(d.split == "seen" for d in data.devices)
@@ -115,6 +116,8 @@ def evaluate_ngram(data: ProtocolData) -> Evaluation:
         + ("the development half of the seen devices" if seen else "the fingerprints (enrollment packets)"),
         "ngrams": len(scorer.vectorizer.vocabulary_),
     }
+    if fields:
+        ev.notes["texts"] = "with the dissected fields' tag (tool.text.field_tag)"
     return ev
 
 

@@ -128,7 +128,7 @@ def command(
         status.say(f"scoring {sum(len(t.packets) for t in protocol.tests):,} test packets")
         evaluations = [evaluate_scorer(protocol, scorer, curves=True)]
         if baselines:
-            evaluations += _run_baselines(protocol, status)
+            evaluations += _run_baselines(protocol, status, scorer.model.fields)
         on_wire = None
         if wire:
             from tool.evaluation.wire import wire_report
@@ -218,11 +218,13 @@ def _need(module: str, option: str) -> None:
         raise click.ClickException(f"{option} needs {module}: pip install 'deepnetprint[eval]'")
 
 
-def _run_baselines(protocol: Any, status: _Status) -> list[Any]:
+def _run_baselines(protocol: Any, status: _Status, fields: bool) -> list[Any]:
+    """The baselines; the n-gram reads the texts the model reads (with the dissected fields' tag where
+    the model's manifest sets config.fields)."""
     from tool.evaluation.baselines import evaluate_ngram, evaluate_sentinel
 
     status.say("n-gram baseline")
-    ngram = evaluate_ngram(protocol)
+    ngram = evaluate_ngram(protocol, fields)
     status.say("IoT Sentinel baseline (one tshark run, then 23 random forests)")
     return [ngram, evaluate_sentinel(protocol)]
 

@@ -300,11 +300,13 @@ def cached_extraction(
 
 
 def _packet_row(p: Packet) -> list[object]:
-    return [p.frame, repr(p.time), p.eth_src, p.eth_dst, p.ip_src, p.ip_dst, p.length, p.protocol, p.info]
+    return [p.frame, repr(p.time), p.eth_src, p.eth_dst, p.ip_src, p.ip_dst, p.length, p.protocol, p.info,
+            p.dhcp_prl, p.dhcp_vendor, p.ja3, p.user_agent]  # fmt: skip
 
 
 def _row_packet(r: list[str]) -> Packet:
-    return Packet(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8])
+    return Packet(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8],
+                  dhcp_prl=r[9], dhcp_vendor=r[10], ja3=r[11], user_agent=r[12])  # fmt: skip
 
 
 def _read_fresh(paths: list[Path]) -> list[list[Packet]]:

@@ -94,7 +94,7 @@ def test_a_calibrated_rate_is_the_share_of_held_out_pairs_at_or_above_the_margin
     calibrated.calibration = Calibration(np.array([-0.2, -0.1, 0.0, 0.1]), 10)
     scores = anchor + np.array([[-0.3], [-0.1], [0.05], [0.1], [0.2]])
     assert calibrated.false_match(fp, scores)[:, 0] == pytest.approx([0.4, 0.3, 0.1, 0.1, 0.0])
-    assert calibrated.rate_over == 10 and plain.rate_over == 2001
+    assert calibrated.rate_over() == 10 and plain.rate_over() == 2001 == calibrated.rate_over("set-all")
     # The set-all score has no calibration: its rates stay the cohort's.
     set_all = plain.false_match(fp, scores, "set-all")
     assert calibrated.false_match(fp, scores, "set-all") == pytest.approx(set_all)

@@ -116,10 +116,10 @@ class Cohort:
     calibration: Calibration | None = None  # what a rate is on networks the model never saw
     same_traffic: float | None = None  # windows scoring this or more are no impostors (SAME_TRAFFIC)
 
-    @property
-    def rate_over(self) -> int:
-        """How many hosts a stated rate is counted over: the held-out pairs, or the cohort's hosts."""
-        return self.calibration.pairs if self.calibration is not None else len(self.windows)
+    def rate_over(self, how: str = "set") -> int:
+        """How many hosts a stated rate of the `how` score is counted over: the held-out pairs where
+        the calibration applies (the set score), else the cohort's hosts."""
+        return self.calibration.pairs if self.calibration is not None and how == "set" else len(self.windows)
 
     def __len__(self) -> int:
         return len(self.windows)

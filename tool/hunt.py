@@ -423,7 +423,7 @@ def hunt(
         packets=sum(r["packets"] for r in good),
         fingerprints=names,
         rule=rule.describe(),
-        cohort_hosts=rule.cohort.rate_over if rule.cohort is not None else 0,
+        cohort_hosts=rule.rate_over,
         scanned=scanned,
         reused=reused,
         failed=failed,

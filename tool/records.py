@@ -294,7 +294,7 @@ class ScanResult:
     hosts: list[dict[str, Any]]  # HostRow.to_dict of each host, best match first
     top_packets: list[dict[str, Any]]  # PacketRow.top_packet of the best-matching packets, best first
     rule: str = ""  # the verdict rule in words
-    cohort_hosts: int = 0  # how many hosts the false-match rates are counted over (Cohort.rate_over; 0: none)
+    cohort_hosts: int = 0  # how many hosts the false-match rates are counted over (Verdict.rate_over)
 
     @property
     def matched(self) -> bool:

@@ -122,5 +122,5 @@ def scan(
         hosts=host_rows(ordered, fingerprints, scores, rule),
         top_packets=best.rows(names),
         rule=rule.describe(),
-        cohort_hosts=rule.cohort.rate_over if rule.cohort is not None else 0,
+        cohort_hosts=rule.rate_over,
     )

@@ -93,12 +93,17 @@ class Verdict:
             also.append([j for j in reached if j != k] if k in reached else [])
         return Judgement(false_match, best, matched, also)
 
+    @property
+    def rate_over(self) -> int:
+        """How many hosts the rule's false-match rates are counted over (0: no rates)."""
+        return 0 if self.cohort is None else self.cohort.rate_over(self.how)
+
     def describe(self) -> str:
         if self.threshold is not None:
             return f"threshold {self.threshold:.3f}"
         assert self.max_false_match is not None and self.cohort is not None
         if self.cohort.calibration is not None and self.how == "set":
-            over = f"measured on {self.cohort.rate_over} trials on labs the model never trained on"
+            over = f"measured on {self.rate_over} trials on labs the model never trained on"
         else:
             over = f"{len(self.cohort)} cohort hosts"
         return f"false-match rate <= {self.max_false_match:g} ({over})"

@@ -296,5 +296,5 @@ class Watcher:
             hosts=host_rows([s.host for s in states], self.fingerprints, scores, rule),
             top_packets=self.top.rows(self.names),
             rule=rule.describe(),
-            cohort_hosts=rule.cohort.rate_over if rule.cohort is not None else 0,
+            cohort_hosts=rule.rate_over,
         )

@@ -190,7 +190,7 @@ class _Screen:
         rows = []
         for s in watcher.scored()[:TABLE_HOSTS]:
             k = s.best
-            rate = _rate(float(s.false_match[k]), watcher.rule.cohort.rate_over) if calibrated else ""
+            rate = _rate(float(s.false_match[k]), watcher.rule.rate_over) if calibrated else ""
             rows.append((s, k, f"{s.host.packets:,}", f"{s.scores[k]:.3f}", rate))
         # At 80 columns the MAC, the score, the rate and the verdict stay whole; the IPs give way.
         tight = narrow(self.console)
@@ -378,7 +378,7 @@ def command(
         on_terminal,
         f"dnp-watch {label}",
         names,
-        rule.cohort.rate_over if rule.cohort is not None else 0,
+        rule.rate_over,
     )
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)

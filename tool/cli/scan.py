@@ -39,7 +39,7 @@ Examples:
     "The verdict: a host matches when at most this share of other vendors' hosts reach its score "
     f"({verdict_help()}). A same-vendor sibling of the device sends its traffic and is not counted: "
     "it matches as the device does. Stated against measured (README): on the labs held out, 0.01 -> "
-    "1.0x and 1.0x, 0.001 -> 1.3x and 0.8x; on the test halves of the labs the model learnt from, "
+    "0.6x and 1.0x, 0.001 -> 0x and 0.8x; on the test halves of the labs the model learnt from, "
     "no other vendor's host reached a verdict at 0.001-0.01. "
     "A host that reaches several fingerprints is named with all of them (A or B).",
     "The verdict on the raw host score instead (for set, half Chamfer similarity and half cosine of"

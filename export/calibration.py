@@ -100,8 +100,8 @@ def report(sets: list[HeldOut], checks: list[HeldOut] = ()) -> list[str]:
     """Stated against measured rates: fitted on the pool, measured on each set and on the `checks`
     (held out, not fitted on), and fitted on each set alone, measured on the others ("measured /
     stated, own hosts reaching it")."""
-    pool = HeldOut("pooled", np.sort(np.concatenate([s.impostors for s in sets])), np.array([]), 0)
-    pool.routers = sum(s.routers for s in sets)
+    impostors = np.sort(np.concatenate([s.impostors for s in sets]))
+    pool = HeldOut("pooled", impostors, np.array([]), sum(s.routers for s in sets))
     lines = []
     fits = [(pool, [*sets, *checks])] + [(s, [t for t in sets if t is not s]) for s in sets if len(sets) > 1]
     for fit, measured in fits:

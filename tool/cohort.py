@@ -229,12 +229,12 @@ class Cohort:
         `impostors`, from `impostors(fingerprints, how)`, spares scoring the cohort again: a live watch
         asks for a rate at every packet of a host's first ones."""
         host_scores = np.atleast_2d(np.asarray(host_scores, dtype=np.float64))
-        out = np.empty_like(host_scores)
         if impostors is None:
             impostors = self.impostors(fingerprints, how)
         if self.calibration is not None and how == "set":
             margins = host_scores - self.anchors(impostors, self.calibration.anchor)[None, :]
             return self.calibration.rate(margins)
+        out = np.empty_like(host_scores)
         for k, (impostors_k, weights) in enumerate(impostors):
             # Weight at or above each score: the total less what lies strictly below.
             above = np.r_[np.cumsum(weights[::-1])[::-1], 0.0]

@@ -33,6 +33,12 @@ FORMAT = 1
 BATCH = 256
 
 
+def output_dim(config: dict) -> int:
+    """The width of the embedding encoder.onnx gives: manifest config's output_dim where a lexical
+    channel widens it (export/model.py), else the learnt embed_dim."""
+    return int(config.get("output_dim", config["embed_dim"]))
+
+
 class ModelError(Exception):
     """A model set that is missing, damaged or does not match its manifest (one-line message)."""
 
@@ -87,8 +93,7 @@ class Model:
         self.encoder_sha256 = files[ENCODER]["sha256"]
         self.head_sha256 = files[HEAD]["sha256"]
         cfg = manifest["config"]
-        # What encoder.onnx gives: output_dim where a lexical channel widens it (export/model.py).
-        self.embedding_dim = int(cfg.get("output_dim", cfg["embed_dim"]))
+        self.embedding_dim = output_dim(cfg)
         self.uses_length = bool(cfg["uses_length"])
         self.max_len = int(cfg["max_len"])
         # The packet text carries the dissected fields' tag (tool.text.field_tag) for a model trained
@@ -106,7 +111,7 @@ class Model:
             manifest = json.loads(manifest_path.read_text())
             files = manifest["files"]
             cfg = manifest["config"]
-            int(cfg.get("output_dim", cfg["embed_dim"])), int(cfg["max_len"]), bool(cfg["uses_length"])
+            output_dim(cfg), int(cfg["max_len"]), bool(cfg["uses_length"])
         except (ValueError, KeyError, TypeError) as e:
             raise ModelError(f"{manifest_path}: not a DeepNetPrint model manifest ({e!r})") from None
         if manifest.get("format") != FORMAT:
@@ -136,7 +141,7 @@ class Model:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ModelError(f"{directory / name}: onnxruntime cannot load it: {first}") from None
         encoder, head = sessions
-        dim = int(cfg.get("output_dim", cfg["embed_dim"]))
+        dim = output_dim(cfg)
         _, scale = head.run(None, {"support": np.zeros((MIN_PACKETS, dim), np.float32)})
         return cls(directory, manifest, encoder, head, float(scale))
 

@@ -72,12 +72,14 @@ def trials(directions: bool, folds: bool) -> list[Trial]:
     return out
 
 
-def training_data(trial: Trial, cfg: Config):
-    """The development half of the trial's training devices, the labs merged."""
+def training_data(trial: Trial, cfg: Config, other_hosts: bool = False):
+    """The development half of the trial's training devices, the labs merged; with `other_hosts`, the
+    other hosts of those devices' captures too (export.train.other_host_captures: the held-out
+    devices' folders are not read)."""
     from tool.evaluation.dataset import lab_named
 
     parts = [
-        load_data(None, names, cfg.uses_length, True, True, lab_named(lab), cfg.fields)
+        load_data(None, names, cfg.uses_length, True, True, lab_named(lab), cfg.fields, other_hosts)
         for lab, names in trial.train.items()
     ]
     return parts[0] if len(parts) == 1 else merge_data(parts)
@@ -158,14 +160,14 @@ def run_trials(chosen: list[Trial], cfg: Config, tc: TrainConfig, seed: int, wei
     for trial in chosen:
         log(f"{trial.name}: training on {sum(len(v) for v in trial.train.values())} devices")
         start = time.time()
-        data = training_data(trial, cfg)
+        data = training_data(trial, cfg, tc.other_hosts)
         net, ids, result = train_net(data, cfg, tc, seed, log)
         seconds = time.time() - start
         cache: dict = {}
         for w in weights:
             lexical = fused_channel(ids, data, cfg, w, dim, idf_unit, cache) if w > 0 else None
             out = models / trial.name.replace(" ", "").replace("->", "-to-") / f"lexical{w:g}"
-            names = sorted(data.captures)
+            names = data.devices
             extra = {"training_data": {"labs": trial.train, "captures": "development half (captures 1-10)"}}
             save_model(net, out, data, result, names, tc, seed, seconds, extra, lexical)
             got = measure(out, trial)
@@ -210,7 +212,7 @@ def fused_model(directory: Path, channel):
 
 
 def remeasure(chosen: list[Trial], cfg: Config, weights: list[float], dim: int, idf_unit: str, models: Path,
-              log) -> list[dict]:  # fmt: skip
+              log, other_hosts: bool = False) -> list[dict]:  # fmt: skip
     """run_trials on the plain models a run with --models kept, without training: each is measured
     with the lexical channel of these settings beside it (fused_model). With `cfg.fields`, the models
     read the texts with the dissected fields' tag (and the channel's idf counts them), trained on it
@@ -221,7 +223,7 @@ def remeasure(chosen: list[Trial], cfg: Config, weights: list[float], dim: int, 
     rows = []
     for trial in chosen:
         plain = models / trial.name.replace(" ", "").replace("->", "-to-") / "lexical0"
-        data = training_data(trial, cfg)
+        data = training_data(trial, cfg, other_hosts)  # the idf's documents, as the models trained
         ids = torch_ids(data, cfg)
         cache: dict = {}
         for w in weights:
@@ -344,7 +346,7 @@ def main(only, directions, folds, weights, models_dir, report, from_models, seed
                 "lexical_buckets": cfg.lexical_buckets}  # fmt: skip
     click.echo(json.dumps(settings))
     if from_models:
-        rows = remeasure(chosen, cfg, ws, dim, tc.lexical_idf, from_models, click.echo)
+        rows = remeasure(chosen, cfg, ws, dim, tc.lexical_idf, from_models, click.echo, tc.other_hosts)
     else:
         with tempfile.TemporaryDirectory(prefix="dnp-crosslab-") as tmp:
             models = models_dir or Path(tmp)

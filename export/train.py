@@ -26,6 +26,10 @@ p(Target) stays meaningful, and so is the small reconstruction term.
 
 `--all-devices` (default) reads the development half of all 23 devices, as EVALUATION.md allows a
 product model; `--seen-devices` only tool.evaluation.dataset's 12 SEEN ones. Captures 11-20 are never read.
+
+`--other-hosts` also trains on the other hosts of those captures (routers, set-up phones, laptops):
+each becomes an identity of its own, with its own prototype and query sets, that the devices must be
+told apart from, as a scan of a real network sees them beside the devices (other_host_captures).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import json
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -104,6 +108,25 @@ class TrainConfig:
     # One thread: on this shared 2-core machine two torch threads ran 5x slower than one (spinning
     # against the other jobs), and one thread makes the shipped files reproducible bit for bit.
     threads: int = 1
+    # Every other host of the training captures (routers, phones) is an identity too: more identities,
+    # and negatives a scan meets (other_host_captures). Read from the training devices' folders only.
+    other_hosts: bool = False
+
+
+# Other hosts (--other-hosts). A capture is one of a host's training captures where the host's set
+# holds at least as many packets as the smallest query set training makes of a device's capture
+# (TrainConfig.min_keep): fewer would be a host sparser than any the loss sees. The host needs the
+# captures of one episode (a support and TrainConfig.query_sets query sets, set_episode).
+OTHER_HOST_MIN_PACKETS = TrainConfig.min_keep
+OTHER_HOST_MIN_CAPTURES = 1 + TrainConfig.query_sets
+# A device has 10 development captures, but a host of the lab's own (its router, the set-up phone)
+# can be in the captures of every device: at most this many captures per host (spread over the
+# folders), so that one host does not take the share of several devices in the strings the
+# autoencoder samples, nor in the supports and query sets drawn from its captures.
+OTHER_HOST_MAX_CAPTURES = 30
+# At most one other host for every two training devices (those with the most captures), so that the
+# devices stay two thirds or more of every episode's identities and of its loss.
+OTHER_HOSTS_PER_DEVICE = 0.5
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -113,7 +136,60 @@ class Data:
 
     strings: list[str]
     counts: np.ndarray  # [U] occurrences in the data
-    captures: dict[str, list[np.ndarray]]  # device -> dev captures -> [n packets] indices
+    captures: dict[str, list[np.ndarray]]  # identity -> dev captures -> [n packets] indices
+    # The identities of `captures` that are not devices (--other-hosts: "lab:host:MAC"), sorted.
+    other_hosts: list[str] = field(default_factory=list)
+
+    @property
+    def devices(self) -> list[str]:
+        """The identities that are devices, sorted."""
+        return sorted(set(self.captures) - set(self.other_hosts))
+
+
+def is_multicast(mac: str) -> bool:
+    """Whether a MAC is a group address (broadcast, multicast): the first octet's low bit is set."""
+    return bool(int(mac.split(":")[0], 16) & 1)
+
+
+def other_host_captures(devices: list, lab_macs: set[str], lab: str, max_hosts: int) -> dict[str, list[list]]:
+    """The other hosts of these devices' development captures: "lab:host:MAC" -> its packets in each
+    of its captures, devices sorted by name and each device's captures in protocol order.
+
+    A host is every unicast source MAC that is none of the lab's devices (`lab_macs`), its packets
+    those its set holds as the runtime counts hosts (tool.hosts.HostTally, every packet): a router's
+    forwarded packets and its answers to its clients are set aside there, so they are here. Only
+    `devices`' own folders are read, and only their development half; a capture counts where the host
+    has OTHER_HOST_MIN_PACKETS there, a host where it has OTHER_HOST_MIN_CAPTURES such captures (at
+    most OTHER_HOST_MAX_CAPTURES kept, evenly spread); the `max_hosts` hosts with most captures.
+    """
+    from tool.evaluation.dataset import read_captures
+    from tool.hosts import HostTally
+
+    paths = [c for d in devices for c in d.dev_captures]
+    packets = read_captures(paths)
+    found: dict[str, list[list]] = {}
+    for path in paths:
+        tally = HostTally(use_all=True)
+        mine: dict[str, list] = {}
+        for p, host in zip(packets[path], tally.add(packets[path])):
+            if host is None or host.kind != "mac" or host.address in lab_macs or is_multicast(host.address):
+                continue
+            mine.setdefault(host.address, []).append(p)
+        for mac, sent in mine.items():
+            if len(sent) >= OTHER_HOST_MIN_PACKETS:
+                found.setdefault(mac, []).append(sent)
+    kept = sorted(
+        (mac for mac, caps in found.items() if len(caps) >= OTHER_HOST_MIN_CAPTURES),
+        key=lambda mac: (-len(found[mac]), mac),
+    )[:max_hosts]
+    out = {}
+    for mac in sorted(kept):
+        caps = found[mac]
+        if len(caps) > OTHER_HOST_MAX_CAPTURES:
+            spread = np.linspace(0, len(caps) - 1, OTHER_HOST_MAX_CAPTURES).round().astype(int)
+            caps = [caps[i] for i in spread]
+        out[f"{lab}:host:{mac}"] = caps
+    return out
 
 
 def load_data(
@@ -124,10 +200,12 @@ def load_data(
     all_devices: bool = False,
     lab=None,
     fields: bool = False,
+    other_hosts: bool = False,
 ) -> Data:
     """The development half of `names` in one lab (default: the one `root` holds, else iot-sentinel);
     only the lab's seen devices unless `all_devices` (a product model); with `fields`, each text with
-    its dissected fields' tag (tool.text.field_tag)."""
+    its dissected fields' tag (tool.text.field_tag); with `other_hosts`, the other hosts of those
+    devices' captures as identities too (other_host_captures)."""
     from tool.evaluation.dataset import device_packets, lab_of, load_devices
     from tool.model import model_input
     from tool.text import text_of
@@ -138,7 +216,8 @@ def load_data(
         # The 12-device (paper) model reads the seen devices only (EVALUATION.md); a product model
         # may read the development half of all 23 (--all-devices).
         raise click.UsageError(f"not seen devices: {', '.join(unknown)} (--all-devices reads them)")
-    devices = [d for d in load_devices(root, lab) if d.name in names]
+    every = load_devices(root, lab)
+    devices = [d for d in every if d.name in names]
     if len(devices) != len(names):
         missing = set(names) - {d.name for d in devices}
         raise click.UsageError(f"devices not in the data folder: {', '.join(sorted(missing))}")
@@ -146,12 +225,20 @@ def load_data(
     for d in devices:
         d.captures = d.dev_captures
     packets = device_packets(devices)
+    identities = {d.name: packets[d.name].per_capture for d in devices}
+    hosts = {}
+    if other_hosts:
+        # No device of the lab is another host, not even one this model holds out (its MAC file is
+        # read, never its captures), and only these devices' folders are read.
+        max_hosts = int(OTHER_HOSTS_PER_DEVICE * len(devices))
+        hosts = other_host_captures(devices, {d.mac for d in every}, lab.name, max_hosts)
+        identities.update(hosts)
     index: dict[str, int] = {}
     counts: list[int] = []
     captures: dict[str, list[np.ndarray]] = {}
-    for d in devices:
-        captures[d.name] = []
-        for capture in packets[d.name].per_capture:
+    for name, per_capture in identities.items():
+        captures[name] = []
+        for capture in per_capture:
             idx = []
             for p in capture:
                 # Unmasked text is for the masking ablation only: the runtime always masks.
@@ -162,8 +249,8 @@ def load_data(
                     counts.append(0)
                 counts[index[s]] += 1
                 idx.append(index[s])
-            captures[d.name].append(np.array(idx, dtype=np.int64))
-    return Data(list(index), np.array(counts, dtype=np.float64), captures)
+            captures[name].append(np.array(idx, dtype=np.int64))
+    return Data(list(index), np.array(counts, dtype=np.float64), captures, sorted(hosts))
 
 
 def merge_data(parts: list[Data]) -> Data:
@@ -172,7 +259,9 @@ def merge_data(parts: list[Data]) -> Data:
     index: dict[str, int] = {}
     counts: list[float] = []
     captures: dict[str, list[np.ndarray]] = {}
+    other_hosts: list[str] = []
     for part in parts:
+        other_hosts += part.other_hosts
         remap = np.zeros(len(part.strings), dtype=np.int64)
         for i, s in enumerate(part.strings):
             if s not in index:
@@ -184,7 +273,7 @@ def merge_data(parts: list[Data]) -> Data:
             if name in captures:
                 raise click.UsageError(f"device {name} is in two labs")
             captures[name] = [remap[c] for c in caps]
-    return Data(list(index), np.array(counts, dtype=np.float64), captures)
+    return Data(list(index), np.array(counts, dtype=np.float64), captures, sorted(other_hosts))
 
 
 def support_sequence(captures: list[np.ndarray], start_capture: int, count: int) -> np.ndarray:
@@ -591,7 +680,8 @@ def train_net(data: Data, cfg, tc: TrainConfig, seed: int, log):
     rng = np.random.default_rng(seed)
     ids = torch.from_numpy(encode_bytes(data.strings, cfg.max_len))
     packets = int(data.counts.sum())
-    log(f"{len(data.captures)} devices, {len(data.strings)} distinct strings, {packets} packets")
+    hosts = f" and {len(data.other_hosts)} other hosts" if data.other_hosts else ""
+    log(f"{len(data.devices)} devices{hosts}, {len(data.strings)} distinct strings, {packets} packets")
     net = DeepNetPrint(cfg)
     t0 = time.time()
     ae = train_autoencoder(net, ids, data, tc, rng, log)
@@ -627,7 +717,9 @@ def run(
 
     from tool.model import encode_bytes
 
-    data = load_data(root, train_names, cfg.uses_length, masked, all_devices, fields=cfg.fields)
+    data = load_data(
+        root, train_names, cfg.uses_length, masked, all_devices, fields=cfg.fields, other_hosts=tc.other_hosts
+    )
     net, ids, result = train_net(data, cfg, tc, seed, log)
     if eval_names:
         vdata = load_data(root, eval_names, cfg.uses_length, masked, all_devices, fields=cfg.fields)
@@ -692,12 +784,17 @@ def save_model(
             "python": platform.python_version(),
         },
     }
+    if data.other_hosts:  # what else the model learnt to tell the devices from: captures per host
+        manifest["training_data"]["other_hosts"] = {n: len(data.captures[n]) for n in data.other_hosts}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return hashes
 
 
 def idf_documents(data: Data, unit: str) -> list[list[int]]:
-    """What the lexical idf counts as one document (TrainConfig.lexical_idf), as rows of data.strings."""
+    """What the lexical idf counts as one document (TrainConfig.lexical_idf), as rows of data.strings.
+
+    "device": each identity's texts, the other hosts' (--other-hosts) included: an n-gram that a
+    router or a phone also sends is common on a network, and weighs less in telling devices apart."""
     if unit == "device":
         return [sorted({int(i) for c in caps for i in c}) for caps in data.captures.values()]
     return [[i] for i in range(len(data.strings))]
@@ -714,10 +811,12 @@ def train_labs(labs: list[str], cfg, tc: TrainConfig, seed: int, log):
     """A product model on the development half of every device of these labs: (net, ids, data, result)."""
     from tool.evaluation.dataset import lab_named
 
-    parts = [
-        load_data(None, list(lab_named(n).devices), cfg.uses_length, True, True, lab_named(n), cfg.fields)
-        for n in labs
-    ]
+    parts = []
+    for n in labs:
+        lab = lab_named(n)
+        parts.append(
+            load_data(None, list(lab.devices), cfg.uses_length, True, True, lab, cfg.fields, tc.other_hosts)
+        )
     data = parts[0] if len(parts) == 1 else merge_data(parts)
     net, ids, result = train_net(data, cfg, tc, seed, log)
     return net, ids, data, result
@@ -845,6 +944,11 @@ SETTINGS: tuple[tuple[type, str, dict], ...] = (
         "flag": "--fields/--no-fields",
         "help": "The packet text carries the dissected fields' tag (tool.text.field_tag: DHCP parameter "
         "list, vendor class, JA3, User-Agent).",
+    }),
+    (TrainConfig, "other_hosts", {
+        "flag": "--other-hosts/--no-other-hosts",
+        "help": "Also train on the other hosts of the training captures (routers, phones), each an "
+        "identity of its own: negatives the devices must be told apart from.",
     }),
     (TrainConfig, "drop_prob", {}),
     (TrainConfig, "jitter", {}),
@@ -1021,7 +1125,7 @@ def main(
     if labs:
         chosen = [n.strip() for n in labs.split(",")]
         net, ids, data, result = train_labs(chosen, replace(cfg, lexical_dim=0), tc, seed, log)
-        names = sorted(data.captures)
+        names = data.devices
         extra = {"training_data": {
             "dataset": "IoT Sentinel setup captures (Miettinen et al., ICDCS 2017); uclouvain-boot (De "
             "Keersmaeker et al., ICNP 2025)",

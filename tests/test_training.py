@@ -225,3 +225,59 @@ def test_a_product_model_trains_on_both_labs_with_the_lexical_channel(tmp_path):
     # --labs is for a product model of whole labs only.
     done = CliRunner().invoke(main, ["--labs", "uclouvain-boot", "--paper", "--out", str(tmp_path / "x")])
     assert done.exit_code == 2 and "--labs" in done.output
+
+
+def test_other_hosts_are_identities_read_from_the_training_folders_development_half(data_dir, monkeypatch):
+    # --other-hosts: every unicast host of the training devices' captures 1-10 that is none of the
+    # lab's devices is an identity, its texts masked as the devices' are; nothing else is read.
+    from pathlib import Path
+
+    from export.train import is_multicast, load_data, other_host_captures
+    from tool.evaluation import dataset
+    from tool.model import model_input
+    from tool.text import text_of
+
+    read: list[Path] = []
+    real = dataset.read_captures
+
+    def recorded(paths, use_cache=True):
+        read.extend(Path(p) for p in paths)
+        return real(paths, use_cache)
+
+    monkeypatch.setattr(dataset, "read_captures", recorded)
+    # The set-up phone is in these folders' captures (and in EdimaxPlug1101W's, not read here), a
+    # laptop in MAXGateway's; D-LinkCam's other host is only in its own folder, held out here.
+    names = ["D-LinkHomeHub", "EdimaxPlug2101W", "HueBridge", "HueSwitch", "MAXGateway"]
+    data = load_data(data_dir, names, True, all_devices=True, other_hosts=True)
+    every = {d.name: d for d in dataset.load_devices(data_dir)}
+    assert read and set(read) <= {c for n in names for c in every[n].dev_captures}
+    phone, laptop = "iot-sentinel:host:38:0b:40:ef:85:41", "iot-sentinel:host:24:77:03:7c:ea:dc"
+    assert data.devices == sorted(names) and data.other_hosts == [laptop, phone]
+    assert len(data.captures[phone]) == 30  # 36 captures hold it: the cap, spread over the folders
+    assert len(data.captures[laptop]) == 10
+    macs = {d.mac for d in every.values()}
+    for name in data.other_hosts:
+        mac = name.removeprefix("iot-sentinel:host:")
+        assert mac not in macs and not is_multicast(mac)
+        assert all(len(c) >= 10 for c in data.captures[name])
+    # The identities' packets are the host's own, and their texts the devices' masked model inputs.
+    chosen = [every[n] for n in names]
+    hosts = other_host_captures(chosen, macs, "iot-sentinel", 2)
+    assert sorted(hosts) == [laptop, phone]
+    for name, captures in hosts.items():
+        assert all(p.eth_src == name.removeprefix("iot-sentinel:host:") for c in captures for p in c)
+        texts = [[data.strings[i] for i in c] for c in data.captures[name]]
+        assert texts == [[model_input(text_of(p, False), p.length, True) for p in c] for c in captures]
+    assert not any("bc:f5:ac:f4:c0:9d" in n for n in data.captures)  # in D-LinkCam's folder only
+    plain = load_data(data_dir, names, True, all_devices=True)
+    assert plain.other_hosts == [] and plain.strings == data.strings[: len(plain.strings)]
+    assert all(np.array_equal(a, b) for n in names for a, b in zip(plain.captures[n], data.captures[n]))
+
+
+def test_other_hosts_is_an_option_of_dnp_train_and_crosslab_off_by_default():
+    from export import crosslab
+
+    assert TrainConfig().other_hosts is False
+    for command in (main, crosslab.main):
+        done = CliRunner().invoke(command, ["--help"])
+        assert done.exit_code == 0 and "--other-hosts / --no-other-hosts" in done.output

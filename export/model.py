@@ -274,11 +274,29 @@ class DeepNetPrint(nn.Module):
         return match(queries, prototypes, self.log_scale)
 
 
-# Integer hashing of byte n-grams, exact in int64 on every runtime: a polynomial in the byte values
-# (at most 257^5 < 2^41), then two Lehmer steps modulo the prime 2^31 - 1 (products < 2^57).
+# Integer hashing of byte n-grams, exact in int64 on every runtime. The hash of an n-gram is its
+# polynomial in the byte values (base 257), times two Lehmer multipliers, modulo the prime 2^31 - 1.
+# Modulo p that is one linear form in the n bytes, sum_k x_k * (257^(n-1-k) * 48271 * 69621 mod p):
+# each term is below 2^40 and the sum below 2^43, so one int64 product and one remainder give the
+# same hash the polynomial and the two Lehmer steps gave (the idf tables of earlier models hold).
+# Every operand is non-negative, so the C remainder and division (fmod, trunc) are the mathematical
+# ones, and they export to plain ONNX Mod and Div without the sign corrections of floor semantics.
 _HASH_BASE = 257
 _HASH_PRIME = 2147483647
 _HASH_MULTIPLIERS = (48271, 69621)
+
+
+def hash_coefficients(min_n: int, max_n: int) -> torch.Tensor:
+    """[max_n, max_n - min_n + 1] int64: column j holds the linear form of the (min_n + j)-grams'
+    hash, the coefficient of the n-gram's k-th byte in row k (0 for k >= n)."""
+    multiplier = 1
+    for m in _HASH_MULTIPLIERS:
+        multiplier = multiplier * m % _HASH_PRIME
+    coefficients = torch.zeros(max_n, max_n - min_n + 1, dtype=torch.int64)
+    for j, n in enumerate(range(min_n, max_n + 1)):
+        for k in range(n):
+            coefficients[k, j] = pow(_HASH_BASE, n - 1 - k, _HASH_PRIME) * multiplier % _HASH_PRIME
+    return coefficients
 
 
 class LexicalChannel(nn.Module):
@@ -301,40 +319,37 @@ class LexicalChannel(nn.Module):
         if idf.shape != (cfg.lexical_buckets,):
             raise ValueError(f"idf must have {cfg.lexical_buckets} entries, got {list(idf.shape)}")
         self.register_buffer("idf", idf.to(torch.float32))
+        self.register_buffer("coefficients", hash_coefficients(cfg.lexical_min_n, cfg.lexical_max_n))
 
     def hashes(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every n-gram's hash [N, G] (in [0, 2^31 - 1)) and whether it is a real n-gram [N, G]."""
+        """Every n-gram's hash [N, L * G] (in [0, 2^31 - 1)) and whether it is a real n-gram, G the
+        number of n-gram lengths: the n-grams at each position, padding included, each length."""
         cfg = self.cfg
+        n, length = ids.shape
         x = torch.where((ids >= 66) & (ids <= 91), ids + 32, ids)  # 'A'..'Z' (byte + 1) lower-cased
-        # The n-gram at i as a polynomial in its bytes, from the (n-1)-gram at i: bytes are >= 1, so an
-        # n-gram's value lies in [257^(n-1), 257^n) and no two lengths collide. Padding (0) only
-        # trails the text: the n-gram at i is real when its last byte is.
-        hashes, valid = [], []
-        h = x
-        for n in range(1, cfg.lexical_max_n + 1):
-            if n > 1:
-                h = h[:, :-1] * _HASH_BASE + x[:, n - 1 :]
-            if n >= cfg.lexical_min_n:
-                hashes.append(h)
-                valid.append(x[:, n - 1 :] > 0)
-        h = torch.cat(hashes, 1)
-        for m in _HASH_MULTIPLIERS:
-            h = torch.remainder(h * m, _HASH_PRIME)
-        return h, torch.cat(valid, 1)
+        # The bytes at i, i+1, ..., i+max_n-1 of every position i [N, L, max_n], zero past the end.
+        # Padding (0) only trails the text: the n-gram at i is real when its last byte is.
+        padded = F.pad(x, (0, cfg.lexical_max_n - 1))
+        window = torch.stack([padded[:, k : k + length] for k in range(cfg.lexical_max_n)], 2)
+        h = torch.fmod(window @ self.coefficients, _HASH_PRIME)  # [N, L, G]
+        real = window[:, :, cfg.lexical_min_n - 1 :] > 0
+        return h.reshape(n, -1), real.reshape(n, -1)
 
     def buckets(self, hashes: torch.Tensor) -> torch.Tensor:
         """The idf table's entry of each hash."""
-        return torch.remainder(hashes, self.cfg.lexical_buckets)
+        return torch.fmod(hashes, self.cfg.lexical_buckets)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        h, ok = self.hashes(ids)
-        high = torch.div(h, cfg.lexical_buckets, rounding_mode="floor")  # bits the bucket did not use
-        dim = torch.remainder(high, cfg.lexical_dim)
-        sign = 1.0 - 2.0 * torch.remainder(torch.div(high, cfg.lexical_dim, rounding_mode="floor"), 2).float()
-        weight = self.idf[self.buckets(h)] * sign * ok.float()
-        out = torch.zeros(ids.shape[0], cfg.lexical_dim, dtype=torch.float32)
-        out = out.scatter_add(1, dim, weight)
+        h, real = self.hashes(ids)
+        # The bits above the bucket's: the lowest log2(lexical_dim) pick the dimension, the next one
+        # the sign. Summed into 2 x lexical_dim slots, the negative ones after the positive ones, and
+        # subtracted: the signed sum, without a sign to compute per n-gram.
+        high = torch.div(h, cfg.lexical_buckets, rounding_mode="trunc")
+        slot = torch.fmod(high, 2 * cfg.lexical_dim)
+        weight = self.idf[self.buckets(h)] * real.float()
+        out = torch.zeros(ids.shape[0], 2 * cfg.lexical_dim, dtype=torch.float32).scatter_add(1, slot, weight)
+        out = out[:, : cfg.lexical_dim] - out[:, cfg.lexical_dim :]
         return out / (out.norm(dim=1, keepdim=True) + 1e-6)
 
 
@@ -366,6 +381,78 @@ class ExportEncoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         learnt = self.net.embedding(ids)
+        if self.lexical is None:
+            return learnt
+        w = float(self.lexical.cfg.lexical_weight)
+        return torch.cat([math.sqrt(1.0 - w) * learnt, math.sqrt(w) * self.lexical(ids)], dim=1)
+
+
+class InferenceEncoder(nn.Module):
+    """ExportEncoder's function, laid out for onnxruntime on one core: encoder.onnx is exported from it.
+
+    The same arithmetic in another order, so the embeddings agree to float rounding (onnx_export
+    checks every export against ExportEncoder), and 1.2x faster on one core for the 16-channel
+    ConvLSTM (benchmarks/bench_encoder.py), where the convolutions over 16 characters and 16
+    channels were the cost: the input convolution of a byte's embedding is a table of VOCAB rows
+    per kernel tap, so it becomes three lookups; the state convolution is one matrix product of the
+    state beside its neighbours; states are kept characters-first so no step transposes. 1-D only.
+    """
+
+    def __init__(self, net: DeepNetPrint, lexical: LexicalChannel | None = None):
+        super().__init__()
+        cfg = net.cfg
+        if cfg.conv != "1d" or cfg.kernel != 3:
+            raise ValueError("InferenceEncoder lays out the 1-D ConvLSTM with kernel 3 only")
+        self.cfg = cfg
+        self.lexical = lexical
+        cell = net.encoder.cell
+        with torch.no_grad():
+            # [V + 1, 4H] each: a byte's embedding times one tap of the kernel; the last row, 0, is
+            # the convolution's zero padding at a chunk's edge (not the embedding of padding bytes)
+            embed = torch.cat([net.encoder.embed.weight, torch.zeros(1, cfg.char_dim)])
+            tap = [embed @ cell.conv_x.weight[:, :, k].T for k in range(3)]
+            self.register_buffer("tap_before", tap[0].clone())
+            self.register_buffer("tap_at", (tap[1] + cell.conv_x.bias).clone())
+            self.register_buffer("tap_after", tap[2].clone())
+            # [3H, 4H]: the state at i-1, at i and at i+1, side by side, times the kernel's taps
+            state_taps = torch.cat([cell.conv_h.weight[:, :, k].T for k in range(3)], 0)
+            self.register_buffer("state_taps", state_taps)
+            for name in ("w_ci", "w_cf", "w_co"):
+                self.register_buffer(name, getattr(cell, name).T.contiguous())  # [W, H]
+            fc1 = net.embed.fc1.weight  # [hidden, (T,) H, W] -> rows in the order (T,) W, H
+            steps = cfg.steps if cfg.readout == "all" else 1
+            fc1 = fc1.reshape(-1, steps, cfg.hidden, cfg.chunk).permute(0, 1, 3, 2).reshape(fc1.shape[0], -1)
+            self.register_buffer("fc1", fc1.T.contiguous())
+            self.register_buffer("fc2", net.embed.fc2.weight.T.contiguous())
+        self.normalize = cfg.normalize
+
+    def learnt(self, ids: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        n, steps, width, hidden = ids.shape[0], cfg.steps, cfg.chunk, cfg.hidden
+        x = ids.reshape(n, steps, width)
+        before = F.pad(x[:, :, :-1], (1, 0), value=VOCAB)  # the byte at i-1 in its chunk, or the edge
+        after = F.pad(x[:, :, 1:], (0, 1), value=VOCAB)
+        gx = self.tap_before[before] + self.tap_at[x] + self.tap_after[after]  # [N, T, W, 4H]
+        h = torch.zeros(n, width, hidden)
+        c = torch.zeros(n, width, hidden)
+        states = []
+        for t in range(steps):
+            beside = torch.cat([F.pad(h[:, :-1], (0, 0, 1, 0)), h, F.pad(h[:, 1:], (0, 0, 0, 1))], 2)
+            gi, gf, gc, go = (gx[:, t] + beside @ self.state_taps).split(hidden, 2)
+            i = torch.sigmoid(gi + self.w_ci * c)
+            f = torch.sigmoid(gf + self.w_cf * c)
+            c = f * c + i * torch.tanh(gc)
+            o = torch.sigmoid(go + self.w_co * c)
+            h = o * torch.tanh(c)
+            states.append(h)
+        z = torch.stack(states, 1).reshape(n, -1) if cfg.readout == "all" else h.reshape(n, -1)
+        e = F.relu(z @ self.fc1) @ self.fc2
+        if self.normalize:
+            e = e / (e.norm(dim=1, keepdim=True) + 1e-6)
+        return e
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        learnt = self.learnt(ids)
         if self.lexical is None:
             return learnt
         w = float(self.lexical.cfg.lexical_weight)

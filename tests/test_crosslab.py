@@ -38,6 +38,39 @@ def test_lexical_channel_weighs_rare_ngrams_and_reads_case_alike():
     assert float(v[1] @ v[2]) > float(v[0] @ v[1])  # two DNS queries share more than DNS and ARP
 
 
+def test_the_ngram_hash_is_the_polynomial_and_lehmer_steps_it_always_was():
+    # The hash as the first models with the channel computed it: their idf tables are indexed by it.
+    from export.model import _HASH_BASE, _HASH_MULTIPLIERS, _HASH_PRIME
+
+    cfg = Config(lexical_dim=64, lexical_buckets=1 << 17)
+    torch.manual_seed(0)
+    ids = torch.randint(1, 257, (6, cfg.max_len))
+    ids[1, 40:] = 0
+    ids[2, 1:] = 0
+    ids[3] = 0
+    h, real = LexicalChannel(cfg).hashes(ids)
+    for row in range(len(ids)):
+        x = [int(b) + 32 if 66 <= b <= 91 else int(b) for b in ids[row]]
+        want = set()
+        for n in range(cfg.lexical_min_n, cfg.lexical_max_n + 1):
+            for i in range(len(x) - n + 1):
+                if x[i + n - 1] == 0:
+                    continue
+                value = 0
+                for b in x[i : i + n]:
+                    value = value * _HASH_BASE + b
+                for m in _HASH_MULTIPLIERS:
+                    value = value * m % _HASH_PRIME
+                want.add((i, n, value))
+        got = {
+            (i, cfg.lexical_min_n + j, int(h[row].reshape(cfg.max_len, -1)[i, j]))
+            for i in range(cfg.max_len)
+            for j in range(cfg.lexical_max_n - cfg.lexical_min_n + 1)
+            if real[row].reshape(cfg.max_len, -1)[i, j]
+        }
+        assert got == want
+
+
 def test_a_model_with_the_lexical_channel_exports_and_loads_at_its_width(tmp_path):
     from export.onnx_export import check_against_torch, export_onnx
 

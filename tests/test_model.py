@@ -101,6 +101,28 @@ def test_damaged_or_missing_files_give_one_line_model_error(tmp_path):
         assert "\n" not in message and words in message and str(folder) in message
 
 
+@pytest.mark.parametrize("readout", ["all", "last"])
+def test_the_exported_layout_computes_the_reference_encoder(readout):
+    # encoder.onnx comes from InferenceEncoder; ExportEncoder, the network as trained, is the reference.
+    torch = pytest.importorskip("torch")
+    from export.model import Config, DeepNetPrint, ExportEncoder, InferenceEncoder, LexicalChannel
+
+    torch.manual_seed(1)
+    cfg = Config(readout=readout, hidden=8, lexical_dim=32, lexical_buckets=1 << 10)
+    net = DeepNetPrint(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    lexical = LexicalChannel(cfg, torch.rand(1 << 10) + 1)
+    ids = torch.randint(1, 257, (16, cfg.max_len))
+    ids[3:, 50:] = 0
+    ids[7, 1:] = 0
+    with torch.no_grad():
+        want = ExportEncoder(net, lexical)(ids)
+        got = InferenceEncoder(net, lexical)(ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
 def test_torch_and_onnxruntime_agree_on_real_packets(tmp_path, packets):
     torch = pytest.importorskip("torch")
     from export.model import Config, DeepNetPrint

@@ -173,7 +173,16 @@ class Cohort:
         if how == "set-all":
             means = unit(np.stack([self.table[w].sum(axis=0) for w in self.windows]))
             return means @ np.stack([f.vector for f in fingerprints]).T
-        return set_scores([self.table[w] for w in self.windows], fingerprints)
+        # A block of windows at a time: all of them as arrays at once are 3,000 x 20 packets x D floats
+        # (160 MB for the shipped model), and a host's score depends on its own packets only.
+        block = 256
+        return np.concatenate(
+            [
+                set_scores([self.table[w] for w in self.windows[i : i + block]], fingerprints)
+                for i in range(0, len(self.windows), block)
+            ]
+            or [np.zeros((0, len(fingerprints)))]
+        )
 
     def impostors(
         self, fingerprints: Sequence[Fingerprint], how: str = "set"

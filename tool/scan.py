@@ -89,7 +89,7 @@ def scan(
         if host_score == "set":  # at most host_packets packets a host: a short loop, not a sum
             for i, host in enumerate(counted):
                 if host is not None:
-                    host.firsts.append(embedded[i])
+                    host.firsts.append(embedded[i].copy())  # a view would keep the whole chunk alive
         else:
             if len(hosts) > len(sums):
                 sums = grown(sums, 2 * len(hosts))

@@ -391,7 +391,7 @@ class InferenceEncoder(nn.Module):
     """ExportEncoder's function, laid out for onnxruntime on one core: encoder.onnx is exported from it.
 
     The same arithmetic in another order, so the embeddings agree to float rounding (onnx_export
-    checks every export against ExportEncoder), and 1.2x faster on one core for the 16-channel
+    checks every export against ExportEncoder), and 1.15x as fast on one core for the 16-channel
     ConvLSTM (benchmarks/bench_encoder.py), where the convolutions over 16 characters and 16
     channels were the cost: the input convolution of a byte's embedding is a table of VOCAB rows
     per kernel tap, so it becomes three lookups; the state convolution is one matrix product of the

@@ -29,7 +29,7 @@ from typing import Any
 import click
 import numpy as np
 
-from export.model import Config
+from export.config import Config
 from export.train import (
     CV23_FOLDS,
     SEED,

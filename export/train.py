@@ -44,7 +44,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from export.model import Config
+from export.config import Config
 from tool.constants import PACKETS
 from tool.evaluation import metrics
 from tool.files import write_text_atomic

@@ -329,15 +329,19 @@ class ExportEncoder(nn.Module):
         self.net = net
         self.lexical = lexical
 
+    def learnt(self, ids: torch.Tensor) -> torch.Tensor:
+        """The learnt embedding [N, embed_dim]: the network as trained."""
+        return self.net.embedding(ids)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        learnt = self.net.embedding(ids)
+        learnt = self.learnt(ids)
         if self.lexical is None:
             return learnt
         w = float(self.lexical.cfg.lexical_weight)
         return torch.cat([math.sqrt(1.0 - w) * learnt, math.sqrt(w) * self.lexical(ids)], dim=1)
 
 
-class InferenceEncoder(nn.Module):
+class InferenceEncoder(ExportEncoder):
     """ExportEncoder's function, laid out for onnxruntime on one core: encoder.onnx is exported from it.
 
     The same arithmetic in another order, so the embeddings agree to float rounding (onnx_export
@@ -349,12 +353,11 @@ class InferenceEncoder(nn.Module):
     """
 
     def __init__(self, net: DeepNetPrint, lexical: LexicalChannel | None = None):
-        super().__init__()
+        super().__init__(net, lexical)
         cfg = net.cfg
         if cfg.conv != "1d" or cfg.kernel != 3:
             raise ValueError("InferenceEncoder lays out the 1-D ConvLSTM with kernel 3 only")
         self.cfg = cfg
-        self.lexical = lexical
         cell = net.encoder.cell
         with torch.no_grad():
             # [V + 1, 4H] each: a byte's embedding times one tap of the kernel; the last row, 0, is
@@ -400,13 +403,6 @@ class InferenceEncoder(nn.Module):
         if self.normalize:
             e = e / (e.norm(dim=1, keepdim=True) + 1e-6)
         return e
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        learnt = self.learnt(ids)
-        if self.lexical is None:
-            return learnt
-        w = float(self.lexical.cfg.lexical_weight)
-        return torch.cat([math.sqrt(1.0 - w) * learnt, math.sqrt(w) * self.lexical(ids)], dim=1)
 
 
 class ExportHead(nn.Module):

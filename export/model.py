@@ -377,7 +377,6 @@ class InferenceEncoder(ExportEncoder):
             fc1 = fc1.reshape(-1, steps, cfg.hidden, cfg.chunk).permute(0, 1, 3, 2).reshape(fc1.shape[0], -1)
             self.register_buffer("fc1", fc1.T.contiguous())
             self.register_buffer("fc2", net.embed.fc2.weight.T.contiguous())
-        self.normalize = cfg.normalize
 
     def learnt(self, ids: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
@@ -400,7 +399,7 @@ class InferenceEncoder(ExportEncoder):
             states.append(h)
         z = torch.stack(states, 1).reshape(n, -1) if cfg.readout == "all" else h.reshape(n, -1)
         e = F.relu(z @ self.fc1) @ self.fc2
-        if self.normalize:
+        if self.cfg.normalize:
             e = e / (e.norm(dim=1, keepdim=True) + 1e-6)
         return e
 

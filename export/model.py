@@ -355,7 +355,7 @@ class InferenceEncoder(ExportEncoder):
     def __init__(self, net: DeepNetPrint, lexical: LexicalChannel | None = None):
         super().__init__(net, lexical)
         cfg = net.cfg
-        if cfg.conv != "1d" or cfg.kernel != 3:
+        if not self.lays_out(cfg):
             raise ValueError("InferenceEncoder lays out the 1-D ConvLSTM with kernel 3 only")
         self.cfg = cfg
         cell = net.encoder.cell
@@ -377,6 +377,11 @@ class InferenceEncoder(ExportEncoder):
             fc1 = fc1.reshape(-1, steps, cfg.hidden, cfg.chunk).permute(0, 1, 3, 2).reshape(fc1.shape[0], -1)
             self.register_buffer("fc1", fc1.T.contiguous())
             self.register_buffer("fc2", net.embed.fc2.weight.T.contiguous())
+
+    @staticmethod
+    def lays_out(cfg: Config) -> bool:
+        """Whether this layout computes a network of these settings (else export ExportEncoder)."""
+        return cfg.conv == "1d" and cfg.kernel == 3
 
     def learnt(self, ids: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

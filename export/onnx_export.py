@@ -35,7 +35,7 @@ def export_onnx(net: DeepNetPrint, out: Path, lexical: LexicalChannel | None = N
     support = torch.randn(PACKETS, cfg.output_dim)
     # The 1-D ConvLSTM in the layout that runs faster; check_against_torch compares it with the
     # reference ExportEncoder (the 2-D one is exported as it is).
-    layout = InferenceEncoder if cfg.conv == "1d" and cfg.kernel == 3 else ExportEncoder
+    layout = InferenceEncoder if InferenceEncoder.lays_out(net.cfg) else ExportEncoder
     encoder = layout(net, lexical)
     jobs = [
         ("encoder.onnx", encoder, (ids,), ["bytes"], ["embedding"], {"bytes": {0: "n"}}),
